@@ -1,0 +1,245 @@
+"""Checkpoints: save and load our directory format; import Hugging Face and GGUF; export Hugging Face.
+
+A checkpoint directory holds `model.safetensors`, `config.json`, `tokenizer.json`,
+`tokenizer_config.json` (with the chat template) and `meta.json` (see docs/architecture.md).
+
+Notable choices:
+- Weight names are Hugging Face Llama's, so our checkpoints, HF imports and HF exports share one mapping.
+- `save_checkpoint` writes a complete temporary sibling directory and renames it into place: a killed
+  process leaves either the old checkpoint or the new one, never half of one.
+- Every load error (missing file, truncated safetensors, wrong shapes) is a `CheckpointError` that names
+  the file.
+- `load_model` takes anything a user would type: a registry name, a checkpoint directory, a `.gguf` file,
+  or a Hugging Face model directory.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .errors import CheckpointError
+from .fetch import atomic_write_text
+from .model import Transformer
+from .tokenizer import Tokenizer
+
+FORMAT = "alignchat"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _contiguous_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(directory: str | Path, model: Transformer, tokenizer: Tokenizer, meta: dict[str, Any] | None = None,
+                    extra_tensors: dict[str, torch.Tensor] | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Atomically write a checkpoint directory. `extra_tensors` adds e.g. `score_head.*` weights."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    state = _contiguous_state(model)
+    for k, v in (extra_tensors or {}).items():
+        state[k] = v.detach().to("cpu").contiguous()
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.cfg.to_dict()
+    cfg["format"] = FORMAT
+    atomic_write_text(tmp / "config.json", json.dumps(cfg, indent=2) + "\n")
+    tokenizer.save(tmp)
+    meta = {"created": _now(), **(meta or {})}
+    atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False, default=str) + "\n")
+    with open(tmp / "model.safetensors", "rb") as f:
+        os.fsync(f.fileno())
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+    return directory
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e})") from e
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+
+
+def _build(cfg: ModelConfig, state: dict[str, torch.Tensor], source: Path, dtype: torch.dtype) -> Transformer:
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = model.to_empty(device="cpu")
+    from .model import rope_tables
+    model.rope_cos, model.rope_sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    own = model.state_dict()
+    wanted = {k: v for k, v in state.items() if k in own}
+    if cfg.tie_embeddings:
+        wanted.pop("lm_head.weight", None)
+    missing = [k for k in own if k not in wanted]
+    if missing:
+        raise CheckpointError(f"{source}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    for k, v in wanted.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(f"{source}: tensor {k} has shape {tuple(v.shape)}, config expects {tuple(own[k].shape)}")
+    model.load_state_dict({k: v.to(dtype) for k, v in wanted.items()}, strict=True, assign=True)
+    return model
+
+
+def load_checkpoint(directory: str | Path, dtype: torch.dtype = torch.float32):
+    directory = Path(directory)
+    cfg_dict = _read_json(directory / "config.json")
+    cfg = ModelConfig.from_dict(cfg_dict)
+    state = read_safetensors(directory / "model.safetensors")
+    model = _build(cfg, state, directory / "model.safetensors", dtype)
+    tok = Tokenizer.load(directory)
+    meta = _read_json(directory / "meta.json") if (directory / "meta.json").exists() else {}
+    meta.setdefault("source", str(directory))
+    return model, tok, meta
+
+
+def load_extra_tensors(directory: str | Path, prefix: str) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint outside the LM (e.g. `score_head.`), with the prefix stripped."""
+    state = read_safetensors(Path(directory) / "model.safetensors")
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+# --- Hugging Face ---------------------------------------------------------------------------
+HF_ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "llama"}
+
+
+def config_from_hf(hf: dict, source: Path) -> ModelConfig:
+    archs = hf.get("architectures") or []
+    family = next((HF_ARCHS[a] for a in archs if a in HF_ARCHS), None)
+    if family is None and hf.get("model_type") in ("llama", "qwen2", "mistral"):
+        family = "qwen2" if hf["model_type"] == "qwen2" else "llama"
+    if family is None:
+        raise CheckpointError(f"{source}: unsupported architecture {archs or hf.get('model_type')!r} "
+                              f"(supported: {', '.join(HF_ARCHS)})")
+    n_heads = hf["num_attention_heads"]
+    return ModelConfig(
+        vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=n_heads,
+        n_kv_heads=hf.get("num_key_value_heads") or n_heads, hidden_dim=hf["intermediate_size"],
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        rope_theta=float(hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+        norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qkv_bias=family == "qwen2" or bool(hf.get("attention_bias", False)), family=family,
+        bos_token_id=hf.get("bos_token_id"), eos_token_id=_first(hf.get("eos_token_id")),
+    )
+
+
+def _first(v):
+    return v[0] if isinstance(v, list) and v else v
+
+
+def load_hf_dir(directory: str | Path, dtype: torch.dtype = torch.float32):
+    directory = Path(directory)
+    cfg = config_from_hf(_read_json(directory / "config.json"), directory / "config.json")
+    index = directory / "model.safetensors.index.json"
+    state: dict[str, torch.Tensor] = {}
+    if index.exists():
+        for shard in sorted(set(_read_json(index)["weight_map"].values())):
+            state.update(read_safetensors(directory / shard))
+    else:
+        state = read_safetensors(directory / "model.safetensors")
+    model = _build(cfg, state, directory, dtype)
+    tok = Tokenizer.load(directory)
+    return model, tok, {"stage": "import", "source": str(directory), "source_format": "hf"}
+
+
+def export_hf(model: Transformer, tokenizer: Tokenizer, out_dir: str | Path, dtype: torch.dtype = torch.float32,
+              meta: dict | None = None) -> Path:
+    """Write a directory that `transformers.AutoModelForCausalLM` and `AutoTokenizer` load."""
+    cfg = model.cfg
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    arch = "Qwen2ForCausalLM" if cfg.family == "qwen2" else "LlamaForCausalLM"
+    hf_cfg = {
+        "architectures": [arch], "model_type": "qwen2" if cfg.family == "qwen2" else "llama",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim, "intermediate_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": cfg.qkv_bias and cfg.family != "qwen2",
+        "mlp_bias": False, "torch_dtype": str(dtype).removeprefix("torch."),
+        "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id,
+    }
+    if cfg.family == "qwen2":
+        hf_cfg.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.n_layers)
+    atomic_write_text(tmp / "config.json", json.dumps(hf_cfg, indent=2) + "\n")
+    gen = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.stop_token_ids or tokenizer.eos_id,
+           "pad_token_id": tokenizer.pad_id}
+    atomic_write_text(tmp / "generation_config.json", json.dumps(gen, indent=2) + "\n")
+    state = {k: v.to(dtype) for k, v in _contiguous_state(model).items()}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save(tmp)
+    atomic_write_text(tmp / "chat_template.jinja", tokenizer.chat_template)
+    if meta:
+        atomic_write_text(tmp / "alignchat_meta.json", json.dumps(meta, indent=2, default=str) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+# --- one entry point -------------------------------------------------------------------------
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               pull: bool = True):
+    """Load (model, tokenizer, meta) from a registry name, checkpoint dir, .gguf file or HF directory."""
+    from .hub import resolve_model
+    path = resolve_model(str(name_or_path), pull=pull)
+    if path.is_file():
+        if path.suffix == ".gguf":
+            from .gguf_import import load_gguf
+            model, tok, meta = load_gguf(path, dtype=dtype)
+        elif path.name == "model.safetensors":
+            return load_model(path.parent, device, dtype, pull)
+        else:
+            raise CheckpointError(f"{path}: not a model file (expected a .gguf file or a checkpoint directory)")
+    elif path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.exists():
+            ggufs = sorted(path.glob("*.gguf")) + sorted(path.glob("*/*.gguf"))
+            if ggufs:
+                return load_model(ggufs[0], device, dtype, pull)
+            raise CheckpointError(f"{path}: no config.json or .gguf file; not a model directory")
+        if _read_json(cfg_path).get("format") == FORMAT:
+            model, tok, meta = load_checkpoint(path, dtype=dtype)
+        else:
+            model, tok, meta = load_hf_dir(path, dtype=dtype)
+    else:
+        raise CheckpointError(f"{path}: no such file or directory")
+    model = model.to(device)
+    model.eval()
+    meta.setdefault("name", str(name_or_path))
+    return model, tok, meta

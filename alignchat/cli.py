@@ -1,0 +1,69 @@
+"""`alignchat <verb>`: one verb per stage of the pipeline.
+
+Each verb lives in its own module, which defines `add_arguments(parser)` and `run(args) -> int | None`.
+Modules are imported only when their verb is used, so `alignchat --help` and light verbs start quickly
+and one stage's heavy imports never slow another.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+# verb -> (module, one-line help). Order is the order of the pipeline.
+VERBS: dict[str, tuple[str, str]] = {
+    "models": ("alignchat.hub", "list, pull and inspect models (the default: smollm2-135m-instruct)"),
+    "generate": ("alignchat.commands.generate", "complete one prompt with a model and print the answer"),
+    "chat": ("alignchat.commands.chat", "multi-turn chat with a model in the terminal, streamed"),
+    "import": ("alignchat.commands.convert", "convert a GGUF file or Hugging Face directory into a checkpoint"),
+    "export": ("alignchat.commands.export", "export a checkpoint (Hugging Face layout)"),
+    "tokenize": ("alignchat.train.tokenize_cli", "tokenize text/jsonl/parquet into memory-mapped shards with a train/val split"),
+    "pretrain": ("alignchat.train.pretrain", "pretrain a GPT on token shards (presets tiny/small/gpt2-124m; DDP/FSDP under torchrun)"),
+    "sft": ("alignchat.train.sft", "supervised fine-tuning on conversations (assistant-only loss, packing)"),
+    "compare": ("alignchat.train.compare_cli", "comparison data: sample K responses, rank with an AI judge, import HHH and chat feedback"),
+    "rm": ("alignchat.train.reward", "train a reward model on ranked comparisons (K-way pairwise loss, HHH accuracy)"),
+    "serve": ("alignchat.serve.cli", "serve the OpenAI-compatible API and the web chat UI (continuous batching)"),
+    "feedback": ("alignchat.serve.feedback_cli", "export the chat UI's feedback as SFT and comparison JSONL"),
+    "users": ("alignchat.serve.users_cli", "accounts and API keys for `alignchat serve`"),
+}
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alignchat",
+        description="alignchat: pretrain, instruction-tune, align (RLHF/DPO), serve and evaluate your own chat "
+                    "model. Run `alignchat VERB --help` for the options of one verb.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, (module, help_text) in VERBS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == verb:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(verb if verb in VERBS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "verb", None):
+        parser.print_help()
+        return 0
+    try:
+        rc = args._module.run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except UserError as e:
+        print(f"alignchat {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

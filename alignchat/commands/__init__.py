@@ -1,0 +1,1 @@
+"""Small CLI verbs of the core: generate, chat, import, export."""

@@ -1,0 +1,50 @@
+"""Options shared by verbs that load a model and sample from it."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..hub import DEFAULT_MODEL
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"registry name, checkpoint directory, .gguf file or Hugging Face directory (default: {DEFAULT_MODEL})")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--context", type=int, default=2048, help="context window the engine allocates (default 2048)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, default=max_tokens, help=f"maximum new tokens (default {max_tokens})")
+    g.add_argument("--temperature", "-t", type=float, default=0.7, help="0 = greedy (default 0.7)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help=">1 discourages repeats (default 1.0)")
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
+
+
+def sampling_from_args(args):
+    from ..engine import SamplingParams
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=list(args.stop),
+                          seed=args.seed)
+
+
+def pick_device(name: str | None) -> str:
+    if name:
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_engine(args, max_batch: int = 1):
+    from ..checkpoint import load_model
+    from ..engine import Engine
+    device = pick_device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    model, tok, meta = load_model(args.model, device=device, dtype=dtype)
+    return Engine(model, tok, max_batch=max_batch, max_seq_len=args.context), meta

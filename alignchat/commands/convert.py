@@ -1,0 +1,17 @@
+"""`alignchat import`: convert a GGUF file or a Hugging Face directory into an alignchat checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(p) -> None:
+    p.add_argument("source", help="registry name, .gguf file or Hugging Face model directory")
+    p.add_argument("--out", "-o", required=True, help="checkpoint directory to write")
+
+
+def run(args) -> int:
+    from ..checkpoint import load_model, save_checkpoint
+    model, tok, meta = load_model(args.source)
+    out = save_checkpoint(Path(args.out), model, tok, meta=meta)
+    print(f"wrote {out} ({model.num_params() / 1e6:.1f}M parameters)")
+    return 0

@@ -1,0 +1,186 @@
+"""Model configuration and named size presets, from a test-sized `tiny` to the GPT-3 175B shape.
+
+Notable choices:
+- One dataclass describes every model alignchat builds or imports (Llama-style blocks: RoPE, RMSNorm,
+  SwiGLU, grouped-query attention, optional QKV bias as in Qwen2, optional tied embeddings).
+- GPT-shaped presets keep the GPT layer/head/width table. Their SwiGLU inner width is 8/3 of the model width,
+  so the MLP has the same 8·d² weights as GPT's 4·d two-matrix MLP and parameter counts match the papers.
+- `param_count` is analytic, so the GPT-3 shape can be checked (≈175B) without allocating it.
+- Any field can be overridden from the command line (`key=value`) or a TOML/YAML file (`apply_overrides`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def _swiglu_hidden(dim: int, multiple_of: int = 256) -> int:
+    hidden = int(8 * dim / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 50304
+    dim: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    n_kv_heads: int | None = None  # None: same as n_heads (multi-head attention)
+    hidden_dim: int | None = None  # SwiGLU inner width; None: 8/3·dim rounded up to 256
+    head_dim: int | None = None  # None: dim // n_heads
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    # bookkeeping for import/export; not used by the math
+    family: str = "llama"  # "llama" | "qwen2" (the Hugging Face architecture we export as)
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.hidden_dim is None:
+            self.hidden_dim = _swiglu_hidden(self.dim)
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+            self.head_dim = self.dim // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def save(self, path: str | Path) -> None:
+        from .fetch import atomic_write_text
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def param_count(cfg: ModelConfig, include_embeddings: bool = True) -> int:
+    """Exact number of parameters of `alignchat.model.Transformer(cfg)`, computed without building it."""
+    d, hd = cfg.dim, cfg.head_dim
+    q = d * cfg.n_heads * hd
+    kv = 2 * d * cfg.n_kv_heads * hd
+    o = cfg.n_heads * hd * d
+    bias = (cfg.n_heads + 2 * cfg.n_kv_heads) * hd if cfg.qkv_bias else 0
+    mlp = 3 * d * cfg.hidden_dim
+    norms = 2 * d
+    per_layer = q + kv + o + bias + mlp + norms
+    total = cfg.n_layers * per_layer + d  # final norm
+    if include_embeddings:
+        total += cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+    return total
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Training FLOPs per token (forward + backward): 6·N plus the attention term, as in the PaLM appendix."""
+    n = param_count(cfg, include_embeddings=False)
+    t = seq_len or cfg.max_seq_len
+    return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * t
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # test-sized: builds in milliseconds on a CPU
+    "tiny": dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=256),
+    # a few minutes of CPU pretraining; a quick GPU sanity run
+    "small": dict(vocab_size=8192, dim=256, n_layers=6, n_heads=8, n_kv_heads=4, hidden_dim=768, max_seq_len=512),
+    # GPT-1 (Radford et al. 2018): 12 layers, 12 heads, width 768, 512 context
+    "gpt1": dict(vocab_size=40478, dim=768, n_layers=12, n_heads=12, max_seq_len=512, tie_embeddings=True),
+    # GPT-2 family (vocabulary 50257 padded to 50304 for fast matmuls), 1024 context
+    "gpt2-124m": dict(vocab_size=50304, dim=768, n_layers=12, n_heads=12, max_seq_len=1024, tie_embeddings=True),
+    "gpt2-350m": dict(vocab_size=50304, dim=1024, n_layers=24, n_heads=16, max_seq_len=1024, tie_embeddings=True),
+    "gpt2-774m": dict(vocab_size=50304, dim=1280, n_layers=36, n_heads=20, max_seq_len=1024, tie_embeddings=True),
+    "gpt2-1.5b": dict(vocab_size=50304, dim=1600, n_layers=48, n_heads=25, max_seq_len=1024, tie_embeddings=True),
+    # GPT-3 175B shape: 96 layers, 96 heads of 128, width 12288, 2048 context
+    "gpt3-175b": dict(vocab_size=50257, dim=12288, n_layers=96, n_heads=96, hidden_dim=32768, max_seq_len=2048),
+    # SmolLM2-135M (the default chat model's shape)
+    "smollm2-135m": dict(vocab_size=49152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3, hidden_dim=1536,
+                         max_seq_len=8192, rope_theta=100000.0, norm_eps=1e-5, tie_embeddings=True),
+}
+PRESETS["gpt2"] = PRESETS["gpt2-124m"]
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+def _coerce(value: str, like: Any) -> Any:
+    if isinstance(like, bool) or like is None and value.lower() in ("true", "false"):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    if value.lower() in ("none", "null"):
+        return None
+    if isinstance(like, int) and not isinstance(like, bool):
+        return int(value)
+    if isinstance(like, float):
+        return float(value)
+    if like is None:
+        for conv in (int, float):
+            try:
+                return conv(value)
+            except ValueError:
+                pass
+    return value
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read overrides from a .toml, .yaml/.yml or .json file."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+        return tomllib.loads(text)
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def apply_overrides(obj: Any, overrides: list[str] | dict[str, Any]) -> Any:
+    """Return a copy of dataclass `obj` with `key=value` strings (or a dict) applied, typed like the field.
+
+    Unknown keys are an error, so a typo never silently does nothing. Nested dataclasses take `a.b=value`.
+    """
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for s in overrides:
+            if "=" not in s:
+                raise ValueError(f"override {s!r} is not of the form key=value")
+            k, v = s.split("=", 1)
+            items.append((k.strip().replace("-", "_"), v))
+    changes: dict[str, Any] = {}
+    names = {f.name: f for f in fields(obj)}
+    nested: dict[str, dict[str, Any]] = {}
+    for k, v in items:
+        head, _, rest = k.partition(".")
+        if head not in names:
+            raise ValueError(f"unknown setting {head!r} for {type(obj).__name__}; known: {', '.join(names)}")
+        if rest:
+            nested.setdefault(head, {})[rest] = v
+            continue
+        current = getattr(obj, head)
+        changes[head] = _coerce(v, current) if isinstance(v, str) else v
+    for head, sub in nested.items():
+        changes[head] = apply_overrides(getattr(obj, head), sub)
+    return dataclasses.replace(obj, **changes)

@@ -1,0 +1,451 @@
+"""The generation engine: batched decoding on a static, slot-based KV cache.
+
+Chat, the HTTP API, evaluation and PPO rollouts all generate through this one engine, so making it faster
+speeds up all four. It knows nothing about HTTP.
+
+Notable choices:
+- A preallocated KV cache with one slot per sequence and an explicit position per token. Requests take a
+  free slot (`add_request`, which prefills the prompt), decode together one token per `step()`, and free
+  their slot when they finish or are aborted. This is continuous batching: new requests join between
+  steps, and a batch never waits for its longest member.
+- Each request carries its own sampling parameters and its own random generator, so a seeded request
+  gives the same text alone or batched, and greedy requests are unaffected by their neighbours.
+- Sampling: temperature (0 = greedy), top-k, top-p, repetition penalty (CTRL-style, over prompt and
+  output), OpenAI presence/frequency penalties, stop strings (held back until they can no longer match,
+  so they never leak into the stream) and stop token ids. Beam search is separate (`beam_search`).
+- Text is streamed through `StreamDecoder`, so deltas never split a UTF-8 character.
+- The step computes next-token logits at the end, so a freshly prefilled request samples its first
+  token without another forward pass.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ContextLengthError, UserError
+from .model import KVCache, Transformer
+from .tokenizer import StreamDecoder, Tokenizer
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0  # >1 discourages tokens already in prompt or output
+    presence_penalty: float = 0.0  # OpenAI semantics, over generated tokens
+    frequency_penalty: float = 0.0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    seed: int | None = None
+    logprobs: bool = False
+
+    def validate(self) -> "SamplingParams":
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        checks = [
+            (isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens must be an integer >= 1"),
+            (0.0 <= self.temperature <= 100.0, "temperature must be between 0 and 100"),
+            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an integer >= 0"),
+            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+            (0.0 < self.repetition_penalty <= 10.0, "repetition_penalty must be in (0, 10]"),
+            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be between -2 and 2"),
+            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be between -2 and 2"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
+            (len(self.stop) <= 16, "at most 16 stop strings"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(msg)
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" | "length" | "abort"
+    prompt_tokens: int
+    logprobs: list[float] | None = None
+
+
+@dataclass
+class StepOutput:
+    request: "Request"
+    token_id: int
+    text: str  # the text delta this step adds (may be empty while a character or stop string is pending)
+    finished: bool
+    finish_reason: str | None
+
+
+class Request:
+    _ids = itertools.count()
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, tokenizer: Tokenizer, slot: int,
+                 max_new: int, device):
+        self.id = next(self._ids)
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.slot = slot
+        self.max_new = max_new
+        self.pos = len(prompt_ids)  # position of the next token to be written into the cache
+        self.output_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.text = ""
+        self._held = ""  # text withheld because it may be the start of a stop string
+        self.decoder = StreamDecoder(tokenizer)
+        self.finished = False
+        self.finish_reason: str | None = None
+        self.next_logits: torch.Tensor | None = None
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        stops = set(tokenizer.stop_token_ids) if not params.ignore_eos else set()
+        self.stop_ids = stops | set(params.stop_token_ids)
+        self.counts: dict[int, int] = {}
+        self.seen = torch.zeros(0, dtype=torch.long, device=device)
+        if params.repetition_penalty != 1.0:
+            self.seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long, device=device)
+
+    def result(self) -> Generation:
+        return Generation(token_ids=list(self.output_ids), text=self.text, finish_reason=self.finish_reason or "abort",
+                          prompt_tokens=len(self.prompt_ids), logprobs=list(self.logprobs) if self.params.logprobs else None)
+
+
+def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token once the mass before it already reaches top_p (the first token always stays)
+        drop = (probs.cumsum(-1) - probs) >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    return logits
+
+
+def _apply_penalties(logits: torch.Tensor, req: Request) -> torch.Tensor:
+    p = req.params
+    if p.repetition_penalty != 1.0 and req.seen.numel():
+        vals = logits[req.seen]
+        logits = logits.clone()
+        logits[req.seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+    if (p.presence_penalty or p.frequency_penalty) and req.counts:
+        ids = torch.tensor(list(req.counts), device=logits.device)
+        cnt = torch.tensor(list(req.counts.values()), dtype=logits.dtype, device=logits.device)
+        logits = logits.clone()
+        logits[ids] -= p.presence_penalty + p.frequency_penalty * cnt
+    return logits
+
+
+class Engine:
+    """Batched generation with a slot-based KV cache. Not thread-safe: one thread drives it."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, max_batch: int = 8, max_seq_len: int | None = None,
+                 cache_dtype: torch.dtype | None = None):
+        self.model = model.eval()
+        self.tok = tokenizer
+        self.cfg = model.cfg
+        self.device = next(model.parameters()).device
+        self.max_batch = max_batch
+        self.max_seq_len = min(max_seq_len or min(self.cfg.max_seq_len, 4096), self.cfg.max_seq_len)
+        model.ensure_rope(self.max_seq_len)
+        self.cache_dtype = cache_dtype or next(model.parameters()).dtype
+        self._cache: KVCache | None = None
+        self.slots: list[Request | None] = [None] * max_batch
+
+    # --- slots --------------------------------------------------------------------------------
+    @property
+    def cache(self) -> KVCache:
+        if self._cache is None:
+            self._cache = KVCache(self.cfg, self.max_batch, self.max_seq_len, device=self.device, dtype=self.cache_dtype)
+        return self._cache
+
+    def has_free_slot(self) -> bool:
+        return any(s is None for s in self.slots)
+
+    def num_active(self) -> int:
+        return sum(s is not None for s in self.slots)
+
+    def check_prompt(self, prompt_ids: Sequence[int]) -> None:
+        n = len(prompt_ids)
+        if n == 0:
+            raise UserError("the prompt is empty")
+        if n >= self.max_seq_len:
+            raise ContextLengthError(
+                f"the prompt has {n} tokens, but this model's context is {self.max_seq_len} tokens "
+                f"(prompt plus at least one generated token); shorten the prompt or the conversation")
+        bad = [i for i in prompt_ids if not 0 <= int(i) < self.cfg.vocab_size]
+        if bad:
+            raise UserError(f"token id {bad[0]} is outside the vocabulary (size {self.cfg.vocab_size})")
+
+    @torch.inference_mode()
+    def add_request(self, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> Request:
+        """Take a free slot and prefill the prompt; the first token is sampled by the next `step()`."""
+        params = (params or SamplingParams()).validate()
+        self.check_prompt(prompt_ids)
+        try:
+            slot = self.slots.index(None)
+        except ValueError:
+            raise RuntimeError("no free slot: check has_free_slot() before add_request()") from None
+        max_new = min(params.max_tokens, self.max_seq_len - len(prompt_ids))
+        req = Request(prompt_ids, params, self.tok, slot, max_new, self.device)
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        pos = torch.arange(len(prompt_ids), device=self.device)[None]
+        logits = self.model(ids, positions=pos, kv_cache=self.cache, slots=torch.tensor([slot], device=self.device),
+                            kv_len=len(prompt_ids))
+        req.next_logits = logits[0, -1].float()
+        self.slots[slot] = req
+        return req
+
+    def abort(self, req: Request) -> None:
+        """Free a request's slot at once (e.g. its client disconnected)."""
+        if self.slots[req.slot] is req:
+            self.slots[req.slot] = None
+        if not req.finished:
+            req.finished, req.finish_reason = True, "abort"
+
+    # --- one decode step ------------------------------------------------------------------
+    def _sample(self, reqs: list[Request]) -> tuple[list[int], list[float]]:
+        logits = torch.stack([r.next_logits for r in reqs])
+        logprobs_all = None
+        if any(r.params.logprobs for r in reqs):
+            logprobs_all = torch.log_softmax(logits, dim=-1)
+        plain_greedy = all(r.params.greedy and r.params.repetition_penalty == 1.0 and not r.params.presence_penalty
+                           and not r.params.frequency_penalty for r in reqs)
+        if plain_greedy:
+            tokens = logits.argmax(-1).tolist()
+        else:
+            tokens = []
+            for i, r in enumerate(reqs):
+                row = _apply_penalties(logits[i], r)
+                p = r.params
+                if p.greedy:
+                    tokens.append(int(row.argmax()))
+                    continue
+                row = _filter_top_k_top_p(row / p.temperature, p.top_k, p.top_p)
+                probs = row.softmax(-1).cpu()
+                tokens.append(int(torch.multinomial(probs, 1, generator=r.generator)))
+        lps = [float(logprobs_all[i, t]) if logprobs_all is not None else 0.0 for i, t in enumerate(tokens)]
+        return tokens, lps
+
+    def _emit(self, req: Request, delta: str, final: bool) -> str:
+        """Apply stop strings to a text delta; returns what may be shown now."""
+        pending = req._held + delta
+        stops = req.params.stop
+        if not stops:
+            req._held = ""
+            return pending
+        window = req.text[-max(len(s) for s in stops):] + pending
+        base = len(window) - len(pending)
+        hit = min((window.find(s) for s in stops if window.find(s) != -1), default=-1)
+        if hit != -1:
+            req._held = ""
+            req.finished, req.finish_reason = True, "stop"
+            return pending[:max(hit - base, 0)]
+        if final:
+            req._held = ""
+            return pending
+        keep = 0
+        for s in stops:
+            for k in range(min(len(s) - 1, len(pending)), 0, -1):
+                if pending.endswith(s[:k]):
+                    keep = max(keep, k)
+                    break
+        req._held = pending[len(pending) - keep:] if keep else ""
+        return pending[:len(pending) - keep]
+
+    @torch.inference_mode()
+    def step(self) -> list[StepOutput]:
+        """Sample one token for every active request, then run one batched forward for those still going."""
+        reqs = [r for r in self.slots if r is not None]
+        if not reqs:
+            return []
+        tokens, lps = self._sample(reqs)
+        outs: list[StepOutput] = []
+        cont: list[Request] = []
+        for r, t, lp in zip(reqs, tokens, lps):
+            delta = ""
+            if t in r.stop_ids:
+                r.finished, r.finish_reason = True, "stop"
+                delta = self._emit(r, r.decoder.flush(), final=True)
+            else:
+                r.output_ids.append(t)
+                if r.params.logprobs:
+                    r.logprobs.append(lp)
+                r.counts[t] = r.counts.get(t, 0) + 1
+                if r.params.repetition_penalty != 1.0:
+                    r.seen = torch.cat([r.seen, torch.tensor([t], device=r.seen.device)]).unique()
+                raw = r.decoder.push(t)
+                at_limit = len(r.output_ids) >= r.max_new
+                if at_limit:
+                    raw += r.decoder.flush()
+                delta = self._emit(r, raw, final=at_limit)
+                if not r.finished and at_limit:
+                    r.finished, r.finish_reason = True, "length"
+            r.text += delta
+            if r.finished:
+                self.slots[r.slot] = None
+            else:
+                r.last_token = t
+                cont.append(r)
+            outs.append(StepOutput(r, t, delta, r.finished, r.finish_reason))
+        if cont:
+            ids = torch.tensor([[r.last_token] for r in cont], device=self.device)
+            pos = torch.tensor([[r.pos] for r in cont], device=self.device)
+            slots = torch.tensor([r.slot for r in cont], device=self.device)
+            kv_len = max(r.pos for r in cont) + 1
+            logits = self.model(ids, positions=pos, kv_cache=self.cache, slots=slots, kv_len=kv_len)[:, -1].float()
+            for i, r in enumerate(cont):
+                r.next_logits = logits[i]
+                r.pos += 1
+        return outs
+
+    # --- conveniences built on add_request/step ---------------------------------------------------
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 progress: bool = False) -> list[Generation]:
+        """Generate for many prompts, max_batch at a time, refilling slots as requests finish."""
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        for p in prompts:
+            self.check_prompt(p)
+        results: list[Generation | None] = [None] * len(prompts)
+        queue = list(range(len(prompts)))[::-1]
+        owner: dict[int, int] = {}
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(prompts), desc="generate", unit="seq")
+        while queue or owner:
+            while queue and self.has_free_slot():
+                i = queue.pop()
+                req = self.add_request(list(prompts[i]), params[i])
+                owner[req.id] = i
+            for out in self.step():
+                if out.finished:
+                    results[owner.pop(out.request.id)] = out.request.result()
+                    if bar:
+                        bar.update(1)
+        if bar:
+            bar.close()
+        return results  # type: ignore[return-value]
+
+    def stream(self, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield text deltas for one prompt. Closing the iterator early frees the slot."""
+        req = self.add_request(list(prompt_ids), params)
+        try:
+            while not req.finished:
+                for out in self.step():
+                    if out.request is req and out.text:
+                        yield out.text
+        finally:
+            self.abort(req)
+        self.last_result = req.result()
+
+    def chat(self, messages: Sequence[dict], params: SamplingParams | None = None) -> Generation:
+        ids = self.tok.render_chat(messages, add_generation_prompt=True).ids
+        return self.generate([ids], params)[0]
+
+    # --- beam search -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def beam_search(self, prompt_ids: Sequence[int], num_beams: int = 4, max_tokens: int = 64,
+                    length_penalty: float = 1.0) -> Generation:
+        """Keep the num_beams best partial sequences by total log-probability; score finished ones by
+        sum_logprob / length**length_penalty. Uses its own cache (num_beams slots), reordered each step."""
+        self.check_prompt(prompt_ids)
+        n = len(prompt_ids)
+        max_tokens = min(max_tokens, self.max_seq_len - n)
+        cache = KVCache(self.cfg, num_beams, n + max_tokens + 1, device=self.device, dtype=self.cache_dtype)
+        ids = torch.tensor([prompt_ids] * num_beams, device=self.device)
+        pos = torch.arange(n, device=self.device).expand(num_beams, n)
+        slots = torch.arange(num_beams, device=self.device)
+        logits = self.model(ids, positions=pos, kv_cache=cache, slots=slots, kv_len=n)[:, -1].float()
+        beam_scores = torch.full((num_beams,), float("-inf"), device=self.device)
+        beam_scores[0] = 0.0  # all beams start identical: expand only the first
+        beams: list[list[int]] = [[] for _ in range(num_beams)]
+        finished: list[tuple[float, list[int]]] = []
+        stop_ids = set(self.tok.stop_token_ids)
+        V = logits.shape[-1]
+        for t in range(max_tokens):
+            logp = torch.log_softmax(logits, -1) + beam_scores[:, None]
+            top = torch.topk(logp.view(-1), 2 * num_beams)
+            new_beams, new_scores, src = [], [], []
+            for score, flat in zip(top.values.tolist(), top.indices.tolist()):
+                b, tok = divmod(flat, V)
+                seq = beams[b] + [tok]
+                if tok in stop_ids:
+                    finished.append((score / max(len(seq), 1) ** length_penalty, beams[b]))
+                    continue
+                new_beams.append(seq)
+                new_scores.append(score)
+                src.append(b)
+                if len(new_beams) == num_beams:
+                    break
+            best_running = max(new_scores) / (len(new_beams[0]) ** length_penalty) if new_scores else float("-inf")
+            if len(finished) >= num_beams and max(f[0] for f in finished) >= best_running:
+                break
+            if not new_beams:
+                break
+            idx = torch.tensor(src, device=self.device)
+            for layer in range(self.cfg.n_layers):
+                cache.k[layer][: len(src)] = cache.k[layer][idx]
+                cache.v[layer][: len(src)] = cache.v[layer][idx]
+            beams, k = new_beams, len(new_beams)
+            beam_scores = torch.full((num_beams,), float("-inf"), device=self.device)
+            beam_scores[:k] = torch.tensor(new_scores, device=self.device)
+            last = torch.tensor([[s[-1]] for s in beams] + [[0]] * (num_beams - k), device=self.device)
+            p = torch.full((num_beams, 1), n + t, device=self.device)
+            logits = self.model(last, positions=p, kv_cache=cache, slots=slots, kv_len=n + t + 1)[:, -1].float()
+        reason = "stop"
+        if not finished:
+            finished = [(float(beam_scores[0]) / max(len(beams[0]), 1) ** length_penalty, beams[0])]
+            reason = "length"
+        score, best = max(finished, key=lambda f: f[0])
+        return Generation(token_ids=best, text=self.tok.decode(best), finish_reason=reason, prompt_tokens=n,
+                          logprobs=None)
+
+    # --- scoring -----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def loglikelihood(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 16
+                      ) -> list[tuple[float, bool]]:
+        """For each (context, continuation): (sum of log p(continuation | context), whether greedy decoding
+        would produce the continuation). Over-long inputs keep their rightmost tokens."""
+        out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            seqs, spans = [], []
+            for i in chunk:
+                ctx, cont = list(pairs[i][0]), list(pairs[i][1])
+                if not ctx:  # the first continuation token needs something to be predicted from
+                    ctx = [self.tok.bos_id if self.tok.bos_id is not None else self.tok.pad_id]
+                if not cont:
+                    raise UserError("loglikelihood needs a non-empty continuation")
+                full = (ctx + cont)[-(self.max_seq_len):]
+                seqs.append(full)
+                spans.append(len(cont))
+            T = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), T), self.tok.pad_id, dtype=torch.long, device=self.device)
+            for j, s in enumerate(seqs):
+                ids[j, :len(s)] = torch.tensor(s, device=self.device)  # right padding: causal attention ignores it
+            logp = torch.log_softmax(self.model(ids).float(), -1)
+            for j, (s, k) in enumerate(zip(seqs, spans)):
+                L = len(s)
+                pred = logp[j, L - k - 1:L - 1]
+                target = torch.tensor(s[L - k:], device=self.device)
+                total = float(pred.gather(-1, target[:, None]).sum())
+                greedy = bool((pred.argmax(-1) == target).all())
+                out[chunk[j]] = (total, greedy)
+        return out

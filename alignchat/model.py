@@ -1,0 +1,225 @@
+"""The Transformer: one Llama-style decoder-only `nn.Module` family for every stage.
+
+Notable choices:
+- Llama blocks: pre-norm RMSNorm, rotary position embeddings (the "rotate half" layout of Hugging Face,
+  so HF weights load unchanged and GGUF weights are un-permuted on import), SwiGLU MLP, grouped-query
+  attention through `scaled_dot_product_attention`, optional QKV bias (Qwen2) and tied embeddings.
+- Parameter names equal Hugging Face's `LlamaForCausalLM` names, so import/export is a rename-free copy.
+- Positions are explicit per token. That one choice serves training (packed documents restart at 0),
+  batched prompts of different lengths, and the slot-based KV cache.
+- The KV cache is static and preallocated: one slot per sequence, written in place at each token's
+  position. Decode steps never change a tensor's shape except the attended key length, which the engine
+  can fix to the full cache length for CUDA-graph capture.
+- Reward and value models are the same backbone with a `ScalarHead` (`return_hidden=True`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    t = torch.arange(max_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos/sin: (B, T, D) already gathered at each token's position."""
+    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+    return x * cos + _rotate_half(x) * sin
+
+
+class KVCache:
+    """Preallocated keys and values: per layer a (slots, kv_heads, max_len, head_dim) tensor."""
+
+    def __init__(self, cfg: ModelConfig, n_slots: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (n_slots, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.n_slots, self.max_len = n_slots, max_len
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.cfg, self.layer_idx = cfg, layer_idx
+        hd = cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin, attn_mask=None, cache: KVCache | None = None, slots=None, positions=None,
+                kv_len: int | None = None):
+        B, T, _ = x.shape
+        cfg = self.cfg
+        q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]
+            # advanced indices (slot, position) around a slice put (B, T) first: (B, T, H, D)
+            ck[slots[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)
+            cv[slots[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
+            L = kv_len or cache.max_len
+            k, v = ck[slots, :, :L].to(q.dtype), cv[slots, :, :L].to(q.dtype)
+            key_pos = torch.arange(L, device=x.device)
+            attn_mask = (key_pos[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # (B,1,T,L)
+        groups = cfg.n_heads // cfg.n_kv_heads
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        if attn_mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, cfg.n_heads * cfg.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, **attn_kwargs):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, **attn_kwargs)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+
+class ScalarHead(nn.Module):
+    """r(x, y) or V(s): a linear map from the final hidden state to one number."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, 1)
+        nn.init.normal_(self.proj.weight, std=1.0 / math.sqrt(dim + 1))
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.proj(hidden).squeeze(-1)
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM. `forward(ids)` -> logits (B, T, vocab); `return_hidden=True` -> (B, T, dim)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Backbone(cfg)
+        if cfg.tie_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    # --- construction helpers -------------------------------------------------
+    def init_weights(self, seed: int | None = None, std: float = 0.02) -> "Transformer":
+        """GPT-2 style init: N(0, 0.02), residual projections scaled by 1/sqrt(2·layers)."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        for name, p in self.named_parameters():
+            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
+            else:
+                s = std / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+                with torch.no_grad():
+                    p.copy_(torch.randn(p.shape, generator=gen) * s)
+        return self
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def ensure_rope(self, length: int) -> None:
+        if length > self.rope_cos.shape[0]:
+            cos, sin = rope_tables(self.cfg.head_dim, length, self.cfg.rope_theta, device=self.rope_cos.device)
+            self.rope_cos, self.rope_sin = cos, sin
+
+    # --- forward ----------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                slots: torch.Tensor | None = None, kv_len: int | None = None,
+                return_hidden: bool = False) -> torch.Tensor:
+        """
+        input_ids: (B, T). positions: (B, T) absolute positions (default 0..T-1).
+        attn_mask: bool (B, 1, T, T), True where a query may attend a key (packing, padding); default causal.
+        kv_cache/slots: with a cache, keys/values are written at (slot, position) and each query attends
+        its slot's keys at positions <= its own; kv_len bounds how many cache positions are read.
+        """
+        B, T = input_ids.shape
+        if positions is None:
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        x = self.model.embed_tokens(input_ids)
+        kw = dict(attn_mask=attn_mask)
+        if kv_cache is not None:
+            if slots is None:
+                slots = torch.arange(B, device=input_ids.device)
+            kw.update(cache=kv_cache, slots=slots, positions=positions, kv_len=kv_len)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, **kw)
+        x = self.model.norm(x)
+        if return_hidden:
+            return x
+        return F.linear(x, self.output_weight)
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.output_weight)
