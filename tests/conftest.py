@@ -66,7 +66,8 @@ def smollm2() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_loaded(smollm2):
     from alignchat.checkpoint import load_model
-    return load_model(smollm2)
+    from alignchat.hub import DEFAULT_MODEL
+    return load_model(DEFAULT_MODEL)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -125,3 +125,13 @@ def test_smollm2_matches_transformers_gguf_loader(smollm2, smollm2_loaded):
     with torch.no_grad():
         diff = (hf(x).logits - ours(x)).abs().max().item()
     assert diff < 1e-4
+
+
+def test_registry_checkpoint_is_an_exact_conversion_of_the_gguf(smollm2, smollm2_loaded):
+    from alignchat.gguf_import import load_gguf
+    direct, _, _ = load_gguf(smollm2)
+    converted, _, meta = smollm2_loaded
+    assert meta["source_sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    a, b = direct.state_dict(), converted.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,108 @@
+"""The FastAPI application: `create_app(...)` wires the store, accounts, model host, API, UI and static files.
+
+Notable choices:
+- One process serves the OpenAI-compatible API (/v1), the web UI's JSON/SSE routes (/api), the static UI
+  (/, /static) and /health. Every error body, on every route, has OpenAI's shape.
+- Who a request is: an API key (`Authorization: Bearer ...`) or the UI's session cookie; without either,
+  the local user when the server runs without login (loopback only), otherwise nobody (401).
+- The literature assistant's router (`alignchat.library.api.router`) is included when that module imports;
+  the UI's Library tab mounts `/static/library.js` when it defines `window.AlignchatLibrary.mount`.
+- The model loads in the background at start-up, so the UI and /health answer at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from .auth import SESSION_COOKIE, Accounts, CurrentUser
+from .errors import install_handlers
+from .runtime import ServeConfig, ServerContext
+from .store import Store
+
+log = logging.getLogger("alignchat.serve")
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def resolve_user(request: Request) -> CurrentUser | None:
+    """The user this request acts as, or None (then the route answers 401)."""
+    cached = getattr(request.state, "user", False)
+    if cached is not False:
+        return cached
+    ctx: ServerContext = request.app.state.ctx
+    user = None
+    auth = request.headers.get("authorization", "")
+    key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if key:
+        user = ctx.accounts.user_for_api_key(key)
+    if user is None and (token := request.cookies.get(SESSION_COOKIE)):
+        user = ctx.accounts.user_for_session(token)
+    if user is None and not ctx.require_login:
+        # Loopback without login: one local user. An unknown key is accepted here too (as vLLM does when no
+        # key is configured), because OpenAI clients insist on sending some key.
+        user = ctx.local_user
+    request.state.user = user
+    return user
+
+
+def create_app(model: str | None = None, db: str | None = None, host: str = "127.0.0.1",
+               config: ServeConfig | None = None, **overrides) -> FastAPI:
+    """Build the server. `config` (or keyword overrides of `ServeConfig` fields) selects model, DB, auth."""
+    import dataclasses
+    cfg = config or ServeConfig()
+    changes = {k: v for k, v in dict(model=model, db=db, host=host, **overrides).items() if v is not None}
+    cfg = dataclasses.replace(cfg, **changes)
+    store = Store(cfg.db)
+    accounts = Accounts(store)
+    ctx = ServerContext(cfg, store, accounts)
+    ctx.local_user = accounts.local_user() if not ctx.require_login else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if cfg.preload:
+            ctx.host.start_loading()
+        yield
+        ctx.host.shutdown()
+        store.dispose()
+
+    app = FastAPI(title="alignchat", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.ctx = ctx
+    install_handlers(app)
+
+    from . import openai_api, ui
+    app.include_router(openai_api.router)
+    app.include_router(ui.router)
+    try:
+        from ..library.api import router as library_router  # the literature assistant, when installed
+    except Exception as e:  # noqa: BLE001 - absent or broken: the chat server still runs
+        log.info("library API not available: %s", e)
+    else:
+        app.include_router(library_router)
+
+    @app.get("/health")
+    async def health():
+        sched = ctx.host.scheduler
+        return {"status": ctx.host.status(), "model": ctx.host.model_id,
+                "error": str(ctx.host.error) if ctx.host.error else None,
+                "require_login": ctx.require_login,
+                "scheduler": sched.stats() if sched is not None else None}
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response(status_code=204)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _version() -> str:
+    from .. import __version__
+    return __version__

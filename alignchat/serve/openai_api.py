@@ -1,0 +1,452 @@
+"""The OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models, /v1/embeddings.
+
+Notable choices:
+- Request bodies are strict pydantic models: a string where a number belongs, a negative max_tokens or an
+  unknown role is a 400 with OpenAI's error body naming the parameter, never a 500 or FastAPI's 422.
+- Unknown extra fields are ignored (clients send `user`, `store`, `metadata`, ...), but features we do not
+  implement (tools, logit_bias, top_logprobs, JSON mode, suffix, best_of) are refused with a 400 that says
+  so, rather than silently ignored.
+- Sampling maps onto the shared engine's `SamplingParams`: temperature (0 = greedy), top_p, top_k,
+  presence/frequency/repetition penalties, stop strings, seed (choice i of n uses seed + i, so n > 1 with a
+  seed gives n different but reproducible answers) and max_tokens (default: the rest of the context).
+- Streaming is Server-Sent Events ending in `data: [DONE]`; `stream_options.include_usage` adds the usage
+  chunk. An error after the stream began is sent as one `data: {"error": ...}` event.
+- Embeddings use the MiniLM encoder (`alignchat.embeddings`), imported on first use; both `float` and the
+  `base64` encoding (the official client's default) are supported.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from typing import Any, Literal, Union
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from .auth import CurrentUser
+from .errors import APIError, error_body
+from .runtime import EMBEDDING_MODEL_ID, ServerContext
+
+router = APIRouter()
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class ContentPart(_Strict):
+    model_config = ConfigDict(strict=True, extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[ContentPart], None] = None
+    name: str | None = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ResponseFormat(_Strict):
+    model_config = ConfigDict(strict=True, extra="allow")
+    type: str
+
+
+class _Sampling(_Strict):
+    model: str = Field(min_length=1)
+    n: int = Field(1, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)  # extension (vLLM, llama.cpp)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: Union[str, list[str], None] = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)  # extension
+    ignore_eos: bool = False  # extension (vLLM): generate max_tokens even past end-of-turn, for benchmarks
+    logit_bias: dict[str, float] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[dict] | None = None
+    tool_choice: Union[str, dict, None] = None
+    functions: list[dict] | None = None
+    function_call: Union[str, dict, None] = None
+    response_format: ResponseFormat | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=5)
+
+
+class EmbeddingRequest(_Strict):
+    model: str = Field(min_length=1)
+    input: Union[str, list[str], list[int], list[list[int]]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------
+
+def ctx_of(request: Request) -> ServerContext:
+    return request.app.state.ctx
+
+
+def api_user(request: Request) -> CurrentUser:
+    from .app import resolve_user
+    user = resolve_user(request)
+    if user is None:
+        raise APIError(401, "Missing or invalid API key. Send `Authorization: Bearer <key>`; create a key with "
+                            "`alignchat users key NAME`.", code="invalid_api_key")
+    return user
+
+
+def _unsupported(param: str, what: str) -> APIError:
+    return APIError(400, f"{param}: {what} is not supported by this server.", param=param, code="unsupported_parameter")
+
+
+def _stop_list(stop) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    if len(stops) > 4:
+        raise APIError(400, "stop: at most 4 stop sequences are allowed.", param="stop")
+    if any(s == "" for s in stops):
+        raise APIError(400, "stop: stop sequences must not be empty.", param="stop")
+    return stops
+
+
+def _check_common(req: _Sampling, ctx: ServerContext) -> None:
+    if req.n > ctx.cfg.max_n:
+        raise APIError(400, f"n: at most {ctx.cfg.max_n} choices per request.", param="n")
+    if req.logit_bias:
+        raise _unsupported("logit_bias", "logit_bias")
+
+
+def sampling_params(req: _Sampling, max_tokens: int, n: int, want_logprobs: bool = False) -> list:
+    from ..engine import SamplingParams
+    stops = _stop_list(req.stop)
+    out = []
+    for i in range(n):
+        out.append(SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=req.top_k or 0,
+            repetition_penalty=req.repetition_penalty or 1.0,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            stop=stops,
+            seed=None if req.seed is None else req.seed + i,
+            ignore_eos=req.ignore_eos,
+            logprobs=want_logprobs,
+        ))
+    return out
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _chat_messages(req: ChatCompletionRequest) -> list[dict]:
+    out = []
+    for i, m in enumerate(req.messages):
+        if isinstance(m.content, list):
+            parts = []
+            for j, p in enumerate(m.content):
+                if p.type != "text" or p.text is None:
+                    raise APIError(400, f"messages.{i}.content.{j}: only text content parts are supported "
+                                        f"(got type {p.type!r}).", param=f"messages.{i}.content")
+                parts.append(p.text)
+            content = "".join(parts)
+        elif m.content is None:
+            if m.role != "assistant":
+                raise APIError(400, f"messages.{i}.content: a {m.role} message needs content.",
+                               param=f"messages.{i}.content")
+            content = ""
+        else:
+            content = m.content
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+    return out
+
+
+# ---- routes -------------------------------------------------------------------------------------------------
+
+@router.get("/v1/models")
+async def list_models(request: Request, _user: CurrentUser = Depends(api_user)):
+    ctx = ctx_of(request)
+    created = int(ctx.host.loaded_at or ctx.started)
+    data = [{"id": ctx.host.model_id, "object": "model", "created": created, "owned_by": "alignchat",
+             "context_length": ctx.host.context_length if ctx.host.model is not None else None,
+             "status": ctx.host.status()}]
+    if ctx.cfg.enable_embeddings:
+        data.append({"id": EMBEDDING_MODEL_ID, "object": "model", "created": int(ctx.started),
+                     "owned_by": "alignchat"})
+    return {"object": "list", "data": data}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request, _user: CurrentUser = Depends(api_user)):
+    listing = await list_models(request, _user)
+    for m in listing["data"]:
+        if m["id"] == model_id:
+            return m
+    raise APIError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request, _user: CurrentUser = Depends(api_user)):
+    ctx = ctx_of(request)
+    ctx.check_model(body.model)
+    _check_common(body, ctx)
+    if body.tools or body.functions or (body.tool_choice not in (None, "none")) or body.function_call:
+        raise _unsupported("tools", "tool and function calling")
+    if body.top_logprobs:
+        raise _unsupported("top_logprobs", "top_logprobs")
+    if body.response_format is not None and body.response_format.type != "text":
+        raise _unsupported("response_format", f"response_format type {body.response_format.type!r}")
+    messages = _chat_messages(body)
+    await ctx.host.ready()
+    prompt_ids = ctx.host.tokenizer.render_chat(messages, add_generation_prompt=True).ids
+    max_tokens = ctx.fit_context(prompt_ids, body.max_completion_tokens or body.max_tokens)
+    params = sampling_params(body, max_tokens, body.n, want_logprobs=bool(body.logprobs))
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    base = {"id": cid, "created": created, "model": ctx.host.model_id, "system_fingerprint": None}
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        group = await ctx.generate(prompt_ids, params)
+        first = await group.next_event()  # errors before the first token are ordinary HTTP errors
+
+        async def stream():
+            completion_tokens = 0
+            ev = first
+            try:
+                for i in range(body.n):
+                    yield _sse({**base, "object": "chat.completion.chunk", "choices": [
+                        {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                         "finish_reason": None}]})
+                while ev is not None:
+                    if ev.kind == "delta":
+                        lp = ({"content": [{"token": ev.text, "logprob": ev.logprob,
+                                            "bytes": list(ev.text.encode("utf-8")), "top_logprobs": []}]}
+                              if body.logprobs else None)
+                        if ev.text or lp:
+                            yield _sse({**base, "object": "chat.completion.chunk", "choices": [
+                                {"index": ev.index, "delta": {"content": ev.text}, "logprobs": lp,
+                                 "finish_reason": None}]})
+                    elif ev.kind == "done":
+                        completion_tokens += ev.completion_tokens
+                        yield _sse({**base, "object": "chat.completion.chunk", "choices": [
+                            {"index": ev.index, "delta": {}, "logprobs": None,
+                             "finish_reason": _finish(ev.finish_reason)}]})
+                    ev = await group.next_event()
+                if include_usage:
+                    yield _sse({**base, "object": "chat.completion.chunk", "choices": [],
+                                "usage": _usage(len(prompt_ids), completion_tokens)})
+            except APIError as e:
+                yield _sse(error_body(e.status, e.message, e.param, e.code, e.type))
+            finally:
+                group.cancel()  # runs when the client disconnects, too: frees the slots at once
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    texts = [""] * body.n
+    finish = ["stop"] * body.n
+    lps: list[list] = [[] for _ in range(body.n)]
+    completion_tokens = 0
+    async for ev in await ctx.generate(prompt_ids, params, request=request):
+        if ev.kind == "delta":
+            texts[ev.index] += ev.text
+            if body.logprobs and ev.logprob is not None:
+                lps[ev.index].append({"token": ev.text, "logprob": ev.logprob,
+                                      "bytes": list(ev.text.encode("utf-8")), "top_logprobs": []})
+        elif ev.kind == "done":
+            finish[ev.index] = _finish(ev.finish_reason)
+            completion_tokens += ev.completion_tokens
+    return {**base, "object": "chat.completion",
+            "choices": [{"index": i, "message": {"role": "assistant", "content": texts[i]},
+                         "logprobs": {"content": lps[i]} if body.logprobs else None,
+                         "finish_reason": finish[i]} for i in range(body.n)],
+            "usage": _usage(len(prompt_ids), completion_tokens)}
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request, _user: CurrentUser = Depends(api_user)):
+    ctx = ctx_of(request)
+    ctx.check_model(body.model)
+    _check_common(body, ctx)
+    if body.suffix:
+        raise _unsupported("suffix", "suffix (fill-in-the-middle)")
+    if body.best_of is not None and body.best_of != body.n:
+        raise _unsupported("best_of", "best_of different from n")
+    if body.logprobs:
+        raise _unsupported("logprobs", "logprobs on /v1/completions")
+    await ctx.host.ready()
+    tok = ctx.host.tokenizer
+    p = body.prompt
+    if isinstance(p, str):
+        prompts = [tok.encode(p)]
+    elif p and all(isinstance(x, int) for x in p):
+        prompts = [list(p)]
+    elif p and all(isinstance(x, str) for x in p):
+        prompts = [tok.encode(x) for x in p]
+    elif p and all(isinstance(x, list) for x in p):
+        prompts = [list(x) for x in p]
+    else:
+        raise APIError(400, "prompt: must be a non-empty string, list of strings or list of token ids.",
+                       param="prompt")
+    vocab = tok.vocab_size
+    for ids in prompts:
+        if not ids:
+            raise APIError(400, "prompt: a prompt is empty.", param="prompt")
+        if any(t < 0 or t >= vocab for t in ids):
+            raise APIError(400, f"prompt: token ids must be in [0, {vocab}).", param="prompt")
+    if len(prompts) * body.n > ctx.cfg.max_n * 4:
+        raise APIError(400, f"prompt: at most {ctx.cfg.max_n * 4} prompts x choices per request.", param="prompt")
+    budgets = [ctx.fit_context(ids, body.max_tokens, param="prompt") for ids in prompts]
+    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    base = {"id": cid, "object": "text_completion", "created": created, "model": ctx.host.model_id,
+            "system_fingerprint": None}
+    prompt_tokens = sum(len(ids) for ids in prompts)
+
+    # one generate() per prompt, merged; choice index = prompt_index * n + j as in OpenAI's API
+    import asyncio
+
+    async def run_prompt(pi: int, ids: list[int], out_q: asyncio.Queue, req):
+        try:
+            async for ev in await ctx.generate(ids, sampling_params(body, budgets[pi], body.n), request=req):
+                ev.index = pi * body.n + ev.index
+                await out_q.put(ev)
+        except APIError as e:
+            await out_q.put(e)
+        finally:
+            await out_q.put(None)
+
+    async def merged(req):
+        q: asyncio.Queue = asyncio.Queue()
+        tasks = [asyncio.create_task(run_prompt(i, ids, q, req)) for i, ids in enumerate(prompts)]
+        left = len(tasks)
+        try:
+            while left:
+                item = await q.get()
+                if item is None:
+                    left -= 1
+                elif isinstance(item, APIError):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    total = len(prompts) * body.n
+    echo = [tok.decode(ids) if body.echo else "" for ids in prompts]
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        async def stream():
+            completion_tokens = 0
+            try:
+                if body.echo:
+                    for k in range(total):
+                        yield _sse({**base, "choices": [{"index": k, "text": echo[k // body.n], "logprobs": None,
+                                                         "finish_reason": None}]})
+                async for ev in merged(None):
+                    if ev.kind == "delta":
+                        if ev.text:
+                            yield _sse({**base, "choices": [{"index": ev.index, "text": ev.text, "logprobs": None,
+                                                             "finish_reason": None}]})
+                    elif ev.kind == "done":
+                        completion_tokens += ev.completion_tokens
+                        yield _sse({**base, "choices": [{"index": ev.index, "text": "", "logprobs": None,
+                                                         "finish_reason": _finish(ev.finish_reason)}]})
+                if include_usage:
+                    yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
+            except APIError as e:
+                yield _sse(error_body(e.status, e.message, e.param, e.code, e.type))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    texts = [echo[k // body.n] for k in range(total)]
+    finish = ["stop"] * total
+    completion_tokens = 0
+    async for ev in merged(request):
+        if ev.kind == "delta":
+            texts[ev.index] += ev.text
+        elif ev.kind == "done":
+            finish[ev.index] = _finish(ev.finish_reason)
+            completion_tokens += ev.completion_tokens
+    return {**base, "choices": [{"index": k, "text": texts[k], "logprobs": None, "finish_reason": finish[k]}
+                                for k in range(total)],
+            "usage": _usage(prompt_tokens, completion_tokens)}
+
+
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request, _user: CurrentUser = Depends(api_user)):
+    ctx = ctx_of(request)
+    if body.model != EMBEDDING_MODEL_ID or not ctx.cfg.enable_embeddings:
+        raise APIError(404, f"The embedding model '{body.model}' does not exist. This server embeds with "
+                            f"'{EMBEDDING_MODEL_ID}'.", param="model", code="model_not_found")
+    if body.dimensions is not None:
+        raise _unsupported("dimensions", "dimensions (MiniLM embeddings have 384)")
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise APIError(400, "input: must not be empty.", param="input")
+    if not all(isinstance(t, str) for t in texts):
+        raise _unsupported("input", "token-id input for embeddings (send strings)")
+    if len(texts) > 2048:
+        raise APIError(400, "input: at most 2048 strings per request.", param="input")
+    try:
+        from ..embeddings import get_embedder
+    except ImportError as e:
+        raise APIError(501, f"Embeddings are not available in this installation: {e}", code="not_implemented")
+    import asyncio
+
+    def work():
+        emb = get_embedder()
+        return emb.embed(list(texts)), emb.count_tokens(list(texts))
+
+    vectors, n_tokens = await asyncio.to_thread(work)
+    data = []
+    for i, v in enumerate(vectors):
+        if body.encoding_format == "base64":
+            import numpy as np
+            value: Any = base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")
+        else:
+            value = [float(x) for x in v]
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    return JSONResponse({"object": "list", "data": data, "model": EMBEDDING_MODEL_ID,
+                         "usage": {"prompt_tokens": int(n_tokens), "total_tokens": int(n_tokens)}})

@@ -1,0 +1,222 @@
+"""What one server process holds: its settings, the model (loaded on first use), the scheduler and the store.
+
+Notable choices:
+- `ServeConfig` is the single dataclass behind `alignchat serve`'s flags and `create_app`'s arguments.
+- The model is pulled and loaded in a background thread at start-up (`preload`), or on the first request;
+  the server answers /health and the UI at once and requests wait for the model rather than failing.
+- `ServerContext.generate` is the one path from a prompt to tokens for the API and the UI alike: it submits
+  one scheduler request per choice and yields their events merged; leaving the iterator (client gone, stop
+  pressed, exception) cancels whatever is still running, which frees the engine slots at once.
+- A prompt that does not fit the context is refused before it reaches the engine, with both numbers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ContextLengthError
+from .errors import APIError
+from .scheduler import Event, Scheduler, SchedulerBusy
+
+log = logging.getLogger("alignchat.serve")
+
+EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
+
+
+@dataclass
+class ServeConfig:
+    model: str = "smollm2-135m-instruct"  # registry name, checkpoint directory, .gguf file or HF directory
+    model_id: str | None = None  # the name clients use; default: the registry name or the path's stem
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db: str | None = None  # SQLAlchemy URL; default sqlite:///$ALIGNCHAT_HOME/serve/alignchat.db
+    max_batch: int = 16  # engine slots: requests decoded together in one step
+    context: int = 2048  # tokens per slot (prompt + answer), capped by the model's own context; sizes the KV cache
+    max_waiting: int = 256  # queued requests beyond the slots before answering 429
+    max_n: int = 9  # most choices per request (labelling mode samples up to K = 9)
+    require_login: bool | None = None  # None: only when bound beyond loopback
+    device: str = "cpu"
+    preload: bool = True
+    enable_embeddings: bool = True
+
+
+def default_model_id(spec: str) -> str:
+    p = Path(spec)
+    if p.exists() or "/" in spec or spec.endswith(".gguf"):
+        return p.stem if p.suffix == ".gguf" else p.name
+    return spec
+
+
+class ModelHost:
+    """Loads the chat model once (in a thread) and owns the engine and scheduler built on it."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.model_id = cfg.model_id or default_model_id(cfg.model)
+        self.model = self.tokenizer = self.engine = self.scheduler = None
+        self.error: BaseException | None = None
+        self.loaded_at: float | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._started = False
+
+    def start_loading(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._load, name="alignchat-model-loader", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            import torch
+            from ..checkpoint import load_model
+            from ..engine import Engine
+            t0 = time.monotonic()
+            model, tok, _meta = load_model(self.cfg.model, device=self.cfg.device)
+            model.eval()
+            torch.set_grad_enabled(False)
+            self.engine = Engine(model, tok, max_batch=self.cfg.max_batch, max_seq_len=self.cfg.context)
+            self.model, self.tokenizer = model, tok
+            self.scheduler = Scheduler(self.engine, max_waiting=self.cfg.max_waiting)
+            self.scheduler.start()
+            self.loaded_at = time.time()
+            log.info("model %s loaded in %.1fs", self.model_id, time.monotonic() - t0)
+        except BaseException as e:  # reported by /health and to every request
+            log.exception("could not load model %s", self.cfg.model)
+            self.error = e
+        finally:
+            self._ready.set()
+
+    async def ready(self) -> None:
+        """Wait until the model is loaded; raise a 503 API error if loading failed."""
+        self.start_loading()
+        if not self._ready.is_set():
+            await asyncio.to_thread(self._ready.wait)
+        if self.error is not None:
+            raise APIError(503, f"The model {self.cfg.model!r} could not be loaded: {self.error}",
+                           code="model_unavailable")
+
+    @property
+    def context_length(self) -> int:
+        return int(self.engine.max_seq_len)
+
+    def status(self) -> str:
+        if self.error is not None:
+            return "error"
+        if self._ready.is_set():
+            return "ok"
+        return "loading" if self._started else "idle"
+
+    def shutdown(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+
+
+class ServerContext:
+    def __init__(self, cfg: ServeConfig, store, accounts):
+        self.cfg = cfg
+        self.store = store
+        self.accounts = accounts
+        self.host = ModelHost(cfg)
+        self.require_login = cfg.require_login
+        if self.require_login is None:
+            from .auth import is_loopback
+            self.require_login = not is_loopback(cfg.host)
+        self.started = time.time()
+
+    def check_model(self, name: str | None) -> None:
+        if name is None:
+            return
+        if name not in (self.host.model_id, self.cfg.model):
+            raise APIError(404, f"The model '{name}' does not exist. This server serves '{self.host.model_id}'"
+                                f" (see GET /v1/models).", param="model", code="model_not_found")
+
+    def fit_context(self, prompt_ids: list[int], max_tokens: int | None, param: str = "messages") -> int:
+        """Return the completion budget; refuse (400) a prompt that does not fit the context."""
+        ctx = self.host.context_length
+        n = len(prompt_ids)
+        if n >= ctx:
+            raise APIError(400, f"This model's maximum context length is {ctx} tokens. However, your prompt "
+                                f"is {n} tokens long, which leaves no room for a completion. Please shorten it.",
+                           param=param, code="context_length_exceeded")
+        if max_tokens is None:
+            return ctx - n
+        if n + max_tokens > ctx:
+            raise APIError(400, f"This model's maximum context length is {ctx} tokens. However, you requested "
+                                f"{n + max_tokens} tokens ({n} in the prompt, {max_tokens} for the completion). "
+                                f"Please reduce the prompt or max_tokens.",
+                           param="max_tokens", code="context_length_exceeded")
+        return max_tokens
+
+    async def generate(self, prompt_ids: list[int], params_list: list, request=None) -> "GenerationGroup":
+        """Start len(params_list) choices of one prompt; iterate the returned group for their events."""
+        await self.host.ready()
+        return GenerationGroup(self.host.scheduler, prompt_ids, params_list, request)
+
+
+class GenerationGroup:
+    """The n choices of one request. Iterate it for their events (each choice ends with `done`);
+    `cancel()` (synchronous, idempotent) frees every slot still held — called on any exit from iteration.
+
+    `request`: poll it for a client disconnect (only for non-streamed responses; a streamed response is
+    cancelled by Starlette when its client goes away, which runs the streaming generator's `finally`).
+    """
+
+    def __init__(self, sched: Scheduler, prompt_ids: list[int], params_list: list, request=None):
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.request = request
+        self.handles = []
+        try:
+            for i, params in enumerate(params_list):
+                self.handles.append(sched.submit(prompt_ids, params, queue=self.queue, index=i))
+        except SchedulerBusy as e:
+            self.cancel()
+            raise APIError(429, f"The server is overloaded: {e}", code="server_busy") from e
+        self.remaining = len(self.handles)
+        self._last_check = time.monotonic()
+
+    def cancel(self) -> None:
+        for h in self.handles:
+            h.cancel()
+
+    async def next_event(self) -> Event | None:
+        """The next event, or None when every choice has finished (or the client went away)."""
+        while self.remaining:
+            if self.request is None:
+                ev = await self.queue.get()
+            else:
+                # Check for a disconnect every 0.25 s whether or not tokens are flowing.
+                now = time.monotonic()
+                if now - self._last_check >= 0.25:
+                    self._last_check = now
+                    if await self.request.is_disconnected():
+                        self.cancel()
+                        return None
+                try:
+                    ev = await asyncio.wait_for(self.queue.get(), timeout=0.25)
+                except asyncio.TimeoutError:
+                    continue
+            if ev.kind == "error":
+                self.cancel()
+                if isinstance(ev.error, ContextLengthError):
+                    raise APIError(400, str(ev.error), param="messages", code="context_length_exceeded")
+                raise APIError(500, f"generation failed: {ev.error}", type="server_error")
+            if ev.kind == "done":
+                self.remaining -= 1
+            return ev
+        return None
+
+    def __aiter__(self):
+        return self._iter()
+
+    async def _iter(self):
+        try:
+            while (ev := await self.next_event()) is not None:
+                yield ev
+        finally:
+            self.cancel()

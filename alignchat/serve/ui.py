@@ -1,0 +1,493 @@
+"""The web UI's routes (/api/...): login, conversations, streamed chat, feedback, compare and labelling.
+
+Notable choices:
+- Every conversation and message query is filtered by the requesting user's id; another user's ids answer
+  404 exactly like ids that do not exist, so a user cannot even learn that they exist.
+- Chat replies stream as Server-Sent Events over a POST (`event: user|delta|done|pair|error`). The user's
+  message is committed before its `user` event is sent: once the UI shows it as acknowledged, a killed
+  server cannot lose it. Each answer is committed before its `done` event.
+- Stop = the browser aborts the request: the server sees the disconnect, frees the engine slot and keeps
+  the partial answer (finish_reason "abort").
+- Regenerate and edit-and-resend hide the replaced messages rather than deleting them.
+- Feedback rows snapshot the prompt and responses (see store.py). Labelling mode (sample K answers,
+  demonstrations, K-way rankings) and the export download are for admins only.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+
+from .auth import SESSION_COOKIE, SESSION_DAYS, CurrentUser
+from .errors import APIError
+from .runtime import ServerContext
+from .store import Conversation, Demonstration, Feedback, Message, Ranking, iso, utcnow
+
+router = APIRouter(prefix="/api")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class LoginBody(_Body):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class Settings(_Body):
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+
+
+class ConversationBody(_Body):
+    title: str | None = Field(None, max_length=200)
+    system_prompt: str | None = Field(None, max_length=100_000)
+    settings: Settings | None = None
+
+
+class ChatBody(_Body):
+    content: str | None = Field(None, max_length=1_000_000)
+    edit_of: str | None = None  # id of a user message: hide it and what follows, send `content` instead
+    regenerate: bool = False  # hide the last answer and answer again
+    compare: bool = False  # two answers side by side; the user picks one
+    settings: Settings | None = None
+    system_prompt: str | None = Field(None, max_length=100_000)
+
+
+class ThumbBody(_Body):
+    rating: Literal[1, -1, 0]
+
+
+class EditBody(_Body):
+    content: str = Field(max_length=1_000_000)
+
+
+class ChooseBody(_Body):
+    chosen: Literal[0, 1]
+
+
+class ChatMsg(_Body):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class SampleBody(_Body):
+    prompt: list[ChatMsg] = Field(min_length=1)
+    k: int = Field(4, ge=2, le=9)
+    settings: Settings | None = None
+
+
+class DemonstrationBody(_Body):
+    prompt: list[ChatMsg] = Field(min_length=1)
+    response: str = Field(min_length=1, max_length=1_000_000)
+
+
+class RankingBody(_Body):
+    prompt: list[ChatMsg] = Field(min_length=1)
+    responses: list[str] = Field(min_length=2, max_length=9)
+    ranking: list[int] = Field(min_length=2, max_length=9)
+    criteria: list[str] = Field(default_factory=lambda: ["helpful", "honest", "harmless"], max_length=10)
+
+
+# ---- dependencies -------------------------------------------------------------------------------------------
+
+def ctx_of(request: Request) -> ServerContext:
+    return request.app.state.ctx
+
+
+def ui_user(request: Request) -> CurrentUser:
+    from .app import resolve_user
+    user = resolve_user(request)
+    if user is None:
+        raise APIError(401, "Please log in.", code="login_required")
+    return user
+
+
+def admin_user(user: CurrentUser = Depends(ui_user)) -> CurrentUser:
+    if not user.is_admin:
+        raise APIError(403, "Only an admin can do this (labelling and export).", code="admin_required")
+    return user
+
+
+def _own_conversation(s, user: CurrentUser, cid: str) -> Conversation:
+    conv = s.get(Conversation, cid)
+    if conv is None or conv.user_id != user.id:
+        raise APIError(404, f"No conversation {cid}.", code="not_found")
+    return conv
+
+
+def _own_message(s, user: CurrentUser, mid: str) -> tuple[Message, Conversation]:
+    msg = s.get(Message, mid)
+    conv = s.get(Conversation, msg.conversation_id) if msg is not None else None
+    if msg is None or conv is None or conv.user_id != user.id:
+        raise APIError(404, f"No message {mid}.", code="not_found")
+    return msg, conv
+
+
+def _msg_json(m: Message, thumbs: dict[str, int] | None = None) -> dict:
+    return {"id": m.id, "role": m.role, "content": m.content, "finish_reason": m.finish_reason,
+            "model": m.model, "created": iso(m.created), "rating": (thumbs or {}).get(m.id, 0),
+            "edited": bool((m.meta or {}).get("original") is not None)}
+
+
+def _conv_json(conv: Conversation, messages: bool = False, thumbs: dict[str, int] | None = None) -> dict:
+    out = {"id": conv.id, "title": conv.title, "system_prompt": conv.system_prompt, "settings": conv.settings or {},
+           "created": iso(conv.created), "updated": iso(conv.updated)}
+    if messages:
+        out["messages"] = [_msg_json(m, thumbs) for m in conv.messages if not m.hidden]
+    return out
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _settings_params(ctx: ServerContext, prompt_ids: list[int], st: Settings | None, n: int) -> list:
+    from ..engine import SamplingParams
+    st = st or Settings()
+    # the UI clamps the answer length to what is left of the context (an API client gets a 400 instead)
+    room = ctx.fit_context(prompt_ids, None)
+    budget = min(st.max_tokens, room) if st.max_tokens else room
+    return [SamplingParams(max_tokens=budget, temperature=0.7 if st.temperature is None else st.temperature,
+                           top_p=1.0 if st.top_p is None else st.top_p, top_k=st.top_k or 0,
+                           repetition_penalty=st.repetition_penalty or 1.0,
+                           seed=None if st.seed is None else st.seed + i) for i in range(n)]
+
+
+# ---- accounts -----------------------------------------------------------------------------------------------
+
+@router.get("/me")
+async def me(request: Request):
+    from .app import resolve_user
+    ctx = ctx_of(request)
+    user = resolve_user(request)
+    info = {"require_login": ctx.require_login, "model": ctx.host.model_id, "model_status": ctx.host.status(),
+            "context_length": ctx.host.context_length if ctx.host.model is not None else None}
+    if user is None:
+        raise APIError(401, "Please log in.", code="login_required")
+    return {"user": {"username": user.username, "is_admin": user.is_admin}, **info}
+
+
+@router.post("/login")
+async def login(body: LoginBody, request: Request, response: Response):
+    import asyncio
+    ctx = ctx_of(request)
+    token = await asyncio.to_thread(ctx.accounts.login, body.username, body.password)
+    if token is None:
+        raise APIError(401, "Wrong user name or password.", code="bad_credentials")
+    response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_DAYS * 86400, httponly=True, samesite="lax",
+                        secure=request.url.scheme == "https", path="/")
+    return {"ok": True}
+
+
+@router.post("/logout")
+async def logout(request: Request, response: Response):
+    if token := request.cookies.get(SESSION_COOKIE):
+        ctx_of(request).accounts.logout(token)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return {"ok": True}
+
+
+# ---- conversations ------------------------------------------------------------------------------------------
+
+@router.get("/conversations")
+def list_conversations(request: Request, user: CurrentUser = Depends(ui_user)):
+    ctx = ctx_of(request)
+    with ctx.store.session() as s:
+        convs = s.scalars(select(Conversation).where(Conversation.user_id == user.id)
+                          .order_by(Conversation.updated.desc()).limit(500))
+        return {"data": [_conv_json(c) for c in convs]}
+
+
+@router.post("/conversations")
+def create_conversation(body: ConversationBody, request: Request, user: CurrentUser = Depends(ui_user)):
+    ctx = ctx_of(request)
+    with ctx.store.session() as s, s.begin():
+        conv = Conversation(user_id=user.id, title=body.title or "", system_prompt=body.system_prompt or "",
+                            settings=body.settings.model_dump(exclude_none=True) if body.settings else {})
+        s.add(conv)
+        s.flush()
+        return _conv_json(conv, messages=True)
+
+
+def _thumbs(s, user: CurrentUser, conv: Conversation) -> dict[str, int]:
+    rows = s.execute(select(Feedback.message_id, Feedback.rating).where(
+        Feedback.user_id == user.id, Feedback.kind == "thumb", Feedback.conversation_id == conv.id))
+    return {mid: r for mid, r in rows}
+
+
+@router.get("/conversations/{cid}")
+def get_conversation(cid: str, request: Request, user: CurrentUser = Depends(ui_user)):
+    ctx = ctx_of(request)
+    with ctx.store.session() as s:
+        conv = _own_conversation(s, user, cid)
+        return _conv_json(conv, messages=True, thumbs=_thumbs(s, user, conv))
+
+
+@router.patch("/conversations/{cid}")
+def update_conversation(cid: str, body: ConversationBody, request: Request, user: CurrentUser = Depends(ui_user)):
+    ctx = ctx_of(request)
+    with ctx.store.session() as s, s.begin():
+        conv = _own_conversation(s, user, cid)
+        if body.title is not None:
+            conv.title = body.title
+        if body.system_prompt is not None:
+            conv.system_prompt = body.system_prompt
+        if body.settings is not None:
+            conv.settings = body.settings.model_dump(exclude_none=True)
+        conv.updated = utcnow()
+        return _conv_json(conv)
+
+
+@router.delete("/conversations/{cid}")
+def delete_conversation(cid: str, request: Request, user: CurrentUser = Depends(ui_user)):
+    ctx = ctx_of(request)
+    with ctx.store.session() as s, s.begin():
+        s.delete(_own_conversation(s, user, cid))
+    return {"ok": True}
+
+
+# ---- chat ---------------------------------------------------------------------------------------------------
+
+def _prepare_turn(ctx: ServerContext, user: CurrentUser, cid: str, body: ChatBody) -> tuple[list[dict], dict | None]:
+    """Apply the user's action to the stored conversation (committed); return the prompt and the new user message."""
+    with ctx.store.session() as s, s.begin():
+        conv = _own_conversation(s, user, cid)
+        if body.system_prompt is not None:
+            conv.system_prompt = body.system_prompt
+        if body.settings is not None:
+            conv.settings = body.settings.model_dump(exclude_none=True)
+        visible = [m for m in conv.messages if not m.hidden]
+        next_seq = max((m.seq for m in conv.messages), default=-1) + 1
+        user_msg = None
+        if body.regenerate:
+            if not visible:
+                raise APIError(400, "Nothing to regenerate: the conversation is empty.", param="regenerate")
+            if visible[-1].role == "assistant":
+                visible[-1].hidden = True
+                visible = visible[:-1]
+            if not visible or visible[-1].role != "user":
+                raise APIError(400, "Nothing to regenerate: the last message is not from the user.",
+                               param="regenerate")
+        else:
+            if body.content is None or not body.content.strip():
+                raise APIError(400, "content: write a message first.", param="content")
+            if body.edit_of is not None:
+                idx = next((i for i, m in enumerate(visible) if m.id == body.edit_of), None)
+                if idx is None or visible[idx].role != "user":
+                    raise APIError(404, f"No user message {body.edit_of} in this conversation.", param="edit_of")
+                for m in visible[idx:]:
+                    m.hidden = True
+                visible = visible[:idx]
+            m = Message(conversation_id=conv.id, seq=next_seq, role="user", content=body.content)
+            s.add(m)
+            s.flush()
+            visible.append(m)
+            user_msg = _msg_json(m)
+            if not conv.title:
+                conv.title = " ".join(body.content.split())[:60]
+        conv.updated = utcnow()
+        prompt = ([{"role": "system", "content": conv.system_prompt}] if conv.system_prompt else []) + \
+                 [{"role": m.role, "content": m.content} for m in visible]
+        return prompt, user_msg
+
+
+def _save_answer(ctx: ServerContext, cid: str, text: str, finish_reason: str, meta: dict | None = None) -> dict:
+    with ctx.store.session() as s, s.begin():
+        conv = s.get(Conversation, cid)
+        seq = (s.scalar(select(func.max(Message.seq)).where(Message.conversation_id == cid)) or 0) + 1
+        m = Message(conversation_id=cid, seq=seq, role="assistant", content=text, model=ctx.host.model_id,
+                    finish_reason=finish_reason, meta=meta or {})
+        s.add(m)
+        if conv is not None:
+            conv.updated = utcnow()
+        s.flush()
+        return _msg_json(m)
+
+
+@router.post("/conversations/{cid}/chat")
+async def chat(cid: str, body: ChatBody, request: Request, user: CurrentUser = Depends(ui_user)):
+    ctx = ctx_of(request)
+    await ctx.host.ready()
+    prompt, user_msg = _prepare_turn(ctx, user, cid, body)
+    prompt_ids = ctx.host.tokenizer.render_chat(prompt, add_generation_prompt=True).ids
+    n = 2 if body.compare else 1
+    params = _settings_params(ctx, prompt_ids, body.settings, n)
+    group = await ctx.generate(prompt_ids, params)
+
+    async def stream():
+        texts, finish = [""] * n, [None] * n
+        saved = False
+        try:
+            if user_msg is not None:
+                yield _sse("user", {"message": user_msg})  # committed above: acknowledged
+            async for ev in group:
+                if ev.kind == "delta":
+                    texts[ev.index] += ev.text
+                    if ev.text:
+                        yield _sse("delta", {"index": ev.index, "text": ev.text})
+                elif ev.kind == "done":
+                    finish[ev.index] = ev.finish_reason
+                    if n == 1:
+                        msg = _save_answer(ctx, cid, texts[0], ev.finish_reason or "stop")
+                        saved = True
+                        yield _sse("done", {"index": 0, "message": msg})
+            if n == 2:
+                with ctx.store.session() as s, s.begin():
+                    fb = Feedback(user_id=user.id, kind="pair", conversation_id=cid, prompt=prompt,
+                                  responses=texts, model=ctx.host.model_id)
+                    s.add(fb)
+                    s.flush()
+                    pair_id = fb.id
+                yield _sse("pair", {"pair_id": pair_id, "responses": texts})
+        except APIError as e:
+            yield _sse("error", {"error": {"message": e.message, "code": e.code}})
+        finally:
+            group.cancel()
+            if n == 1 and not saved and texts[0]:
+                _save_answer(ctx, cid, texts[0], "abort")  # stopped or disconnected: keep the partial answer
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/pairs/{pair_id}/choose")
+def choose(pair_id: int, body: ChooseBody, request: Request, user: CurrentUser = Depends(ui_user)):
+    ctx = ctx_of(request)
+    with ctx.store.session() as s, s.begin():
+        fb = s.get(Feedback, pair_id)
+        if fb is None or fb.user_id != user.id or fb.kind != "pair":
+            raise APIError(404, f"No comparison {pair_id}.", code="not_found")
+        if fb.chosen is not None:
+            raise APIError(409, "This comparison was already decided.", code="already_chosen")
+        fb.chosen = body.chosen
+        fb.updated = utcnow()
+        cid, text = fb.conversation_id, fb.responses[body.chosen]
+    msg = _save_answer(ctx, cid, text, "stop", meta={"pair_id": pair_id, "chosen": body.chosen}) if cid else None
+    return {"ok": True, "message": msg}
+
+
+@router.post("/messages/{mid}/feedback")
+def thumb(mid: str, body: ThumbBody, request: Request, user: CurrentUser = Depends(ui_user)):
+    ctx = ctx_of(request)
+    with ctx.store.session() as s, s.begin():
+        msg, conv = _own_message(s, user, mid)
+        if msg.role != "assistant":
+            raise APIError(400, "Only answers can get a thumb.", param="rating")
+        fb = s.scalar(select(Feedback).where(Feedback.user_id == user.id, Feedback.kind == "thumb",
+                                             Feedback.message_id == mid))
+        if body.rating == 0:
+            if fb is not None:
+                s.delete(fb)
+            return {"ok": True, "rating": 0}
+        prompt = _prompt_before(conv, msg)
+        if fb is None:
+            fb = Feedback(user_id=user.id, kind="thumb", message_id=mid, conversation_id=conv.id, prompt=prompt,
+                          responses=[msg.content], model=msg.model)
+            s.add(fb)
+        fb.rating, fb.responses, fb.updated = body.rating, [msg.content], utcnow()
+        return {"ok": True, "rating": body.rating}
+
+
+def _prompt_before(conv: Conversation, msg: Message) -> list[dict]:
+    out = [{"role": "system", "content": conv.system_prompt}] if conv.system_prompt else []
+    for m in conv.messages:
+        if m.id == msg.id:
+            break
+        if not m.hidden:
+            out.append({"role": m.role, "content": m.content})
+    return out
+
+
+@router.put("/messages/{mid}")
+def edit_answer(mid: str, body: EditBody, request: Request, user: CurrentUser = Depends(ui_user)):
+    """Correct an answer in place; the (original, edited) pair is kept as feedback."""
+    ctx = ctx_of(request)
+    with ctx.store.session() as s, s.begin():
+        msg, conv = _own_message(s, user, mid)
+        if msg.role != "assistant":
+            raise APIError(400, "Only answers are edited here; to change your message use edit-and-resend.")
+        original = (msg.meta or {}).get("original", msg.content)
+        fb = s.scalar(select(Feedback).where(Feedback.user_id == user.id, Feedback.kind == "edit",
+                                             Feedback.message_id == mid))
+        if fb is None:
+            fb = Feedback(user_id=user.id, kind="edit", message_id=mid, conversation_id=conv.id,
+                          prompt=_prompt_before(conv, msg), responses=[original, body.content], model=msg.model)
+            s.add(fb)
+        fb.responses, fb.updated = [original, body.content], utcnow()
+        msg.content = body.content
+        msg.meta = {**(msg.meta or {}), "original": original}
+        return _msg_json(msg)
+
+
+# ---- labelling (admin) --------------------------------------------------------------------------------------
+
+def _prompt_list(prompt: list[ChatMsg]) -> list[dict]:
+    msgs = [m.model_dump() for m in prompt]
+    if msgs[-1]["role"] != "user":
+        raise APIError(400, "prompt: the last message must be from the user.", param="prompt")
+    return msgs
+
+
+@router.post("/label/sample")
+async def label_sample(body: SampleBody, request: Request, _admin: CurrentUser = Depends(admin_user)):
+    ctx = ctx_of(request)
+    await ctx.host.ready()
+    prompt = _prompt_list(body.prompt)
+    ids = ctx.host.tokenizer.render_chat(prompt, add_generation_prompt=True).ids
+    st = body.settings or Settings(temperature=1.0)
+    texts = [""] * body.k
+    async for ev in await ctx.generate(ids, _settings_params(ctx, ids, st, body.k), request=request):
+        if ev.kind == "delta":
+            texts[ev.index] += ev.text
+    return {"responses": texts, "model": ctx.host.model_id}
+
+
+@router.post("/label/demonstrations")
+def label_demonstration(body: DemonstrationBody, request: Request, admin: CurrentUser = Depends(admin_user)):
+    ctx = ctx_of(request)
+    with ctx.store.session() as s, s.begin():
+        d = Demonstration(user_id=admin.id, prompt=_prompt_list(body.prompt), response=body.response)
+        s.add(d)
+        s.flush()
+        return {"ok": True, "id": d.id}
+
+
+@router.post("/label/rankings")
+def label_ranking(body: RankingBody, request: Request, admin: CurrentUser = Depends(admin_user)):
+    ctx = ctx_of(request)
+    k = len(body.responses)
+    if sorted(body.ranking) != list(range(k)):
+        raise APIError(400, f"ranking: must order all {k} responses, each index 0..{k - 1} exactly once.",
+                       param="ranking")
+    with ctx.store.session() as s, s.begin():
+        r = Ranking(user_id=admin.id, prompt=_prompt_list(body.prompt), responses=body.responses,
+                    ranking=body.ranking, criteria=body.criteria, model=ctx.host.model_id)
+        s.add(r)
+        s.flush()
+        return {"ok": True, "id": r.id}
+
+
+@router.get("/label/stats")
+def label_stats(request: Request, _admin: CurrentUser = Depends(admin_user)):
+    from .export import feedback_counts
+    return feedback_counts(ctx_of(request).store)
+
+
+@router.get("/admin/export/{kind}")
+def export_download(kind: Literal["sft", "comparisons"], request: Request, _admin: CurrentUser = Depends(admin_user)):
+    from .export import comparison_records, sft_records
+    store = ctx_of(request).store
+    records = sft_records(store) if kind == "sft" else comparison_records(store)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return PlainTextResponse(text, media_type="application/x-ndjson",
+                             headers={"Content-Disposition": f'attachment; filename="{kind}.jsonl"'})

@@ -1,0 +1,83 @@
+"""`alignchat users`: accounts and API keys for `alignchat serve`.
+
+Passwords are read from the terminal (or `--password-stdin`), never from the command line, so they stay out
+of shell history and process listings. An API key is printed once; only its hash is stored.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+
+from ..errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=None, help="database URL (default: the server's default SQLite file)")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = sub.add_parser("add", help="create a user")
+    a.add_argument("username")
+    a.add_argument("--admin", action="store_true", help="may use labelling mode and export")
+    a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p = sub.add_parser("passwd", help="set a user's password (ends their logins)")
+    p.add_argument("username")
+    p.add_argument("--password-stdin", action="store_true")
+    sub.add_parser("list", help="list users")
+    k = sub.add_parser("key", help="create an API key for a user and print it (once)")
+    k.add_argument("username")
+    k.add_argument("--name", default="", help="a label for the key")
+    sub.add_parser("keys", help="list API keys (prefixes only)")
+    r = sub.add_parser("revoke", help="revoke API keys by prefix (as shown by `keys`)")
+    r.add_argument("prefix")
+    g = sub.add_parser("admin", help="grant or remove the admin role")
+    g.add_argument("username")
+    g.add_argument("--remove", action="store_true")
+    dl = sub.add_parser("delete", help="delete a user and all their conversations and feedback")
+    dl.add_argument("username")
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        pw = sys.stdin.readline().rstrip("\n")
+    else:
+        pw = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != pw:
+            raise UserError("the passwords differ")
+    return pw
+
+
+def run(args: argparse.Namespace) -> int:
+    from .auth import Accounts
+    from .store import Store
+    store = Store(args.db)
+    acc = Accounts(store)
+    try:
+        if args.action == "add":
+            acc.create_user(args.username, _password(args.password_stdin), is_admin=args.admin)
+            print(f"created user {args.username}" + (" (admin)" if args.admin else ""))
+        elif args.action == "passwd":
+            acc.set_password(args.username, _password(args.password_stdin))
+            print(f"password of {args.username} changed")
+        elif args.action == "list":
+            for u in acc.list_users():
+                print(json.dumps(u))
+        elif args.action == "key":
+            print(acc.create_api_key(args.username, args.name))
+        elif args.action == "keys":
+            for k in acc.list_api_keys():
+                print(json.dumps(k))
+        elif args.action == "revoke":
+            n = acc.revoke_api_key(args.prefix)
+            if not n:
+                raise UserError(f"no active key starts with {args.prefix!r}")
+            print(f"revoked {n} key(s)")
+        elif args.action == "admin":
+            acc.set_admin(args.username, not args.remove)
+            print(f"{args.username} is {'no longer ' if args.remove else ''}an admin")
+        elif args.action == "delete":
+            acc.delete_user(args.username)
+            print(f"deleted user {args.username}")
+        return 0
+    finally:
+        store.dispose()

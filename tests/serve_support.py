@@ -1,0 +1,83 @@
+"""Helpers for the serving tests: run `alignchat serve` as a real subprocess on a free 127.0.0.1 port."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`alignchat serve` in a child process; `url` once /health says the model is loaded."""
+
+    def __init__(self, model: str | Path, db_path: Path, *extra: str, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db_url = f"sqlite:///{db_path}"
+        cmd = [sys.executable, "-m", "alignchat.cli", "serve", "--model", str(model), "--db", self.db_url,
+               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", *extra]
+        self.log_path = db_path.with_suffix(f".{self.port}.log")
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+    def wait_ready(self, timeout: float = 180) -> "ServerProcess":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                h = httpx.get(self.url + "/health", timeout=2).json()
+                if h["status"] == "ok":
+                    return self
+                if h["status"] == "error":
+                    raise RuntimeError(f"model failed to load: {h['error']}")
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def health(self) -> dict:
+        return httpx.get(self.url + "/health", timeout=10).json()
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handlers run, as when the machine or process dies."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def users_cli(db_url: str, *args: str, stdin: str | None = None) -> str:
+    out = subprocess.run([sys.executable, "-m", "alignchat.cli", "users", "--db", db_url, *args], cwd=ROOT,
+                         input=stdin, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return out.stdout

@@ -1,0 +1,160 @@
+"""The generation engine: batching, the KV cache, sampling controls, stop handling, beams and scoring."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignchat.checkpoint import load_model
+from alignchat.engine import Engine, SamplingParams
+from alignchat.errors import ContextLengthError, UserError
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_ckpt):
+    model, tok, _ = load_model(tiny_ckpt)
+    return Engine(model, tok, max_batch=4, max_seq_len=128)
+
+
+def _no_stop(engine):
+    # a random tiny model may emit its end token at any time; tests of lengths ignore it
+    return dict(ignore_eos=True)
+
+
+def greedy_reference(model, prompt, n):
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+def test_batched_prompts_of_different_lengths_equal_solo_greedy(engine):
+    prompts = [[3, 9, 27], [100, 4, 5, 6, 7, 8, 9, 10, 11], [42], [7, 7, 7, 7, 7], [250, 1, 2]]
+    p = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    batched = engine.generate(prompts, p)  # 5 prompts on 4 slots: one waits for a free slot
+    for prompt, out in zip(prompts, batched):
+        assert out.token_ids == greedy_reference(engine.model, prompt, 12)
+        assert out.finish_reason == "length"
+        assert out.prompt_tokens == len(prompt)
+
+
+def test_requests_joining_mid_flight_match_solo(engine):
+    p = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    a = engine.add_request([5, 6, 7], p)
+    for _ in range(4):
+        engine.step()
+    b = engine.add_request([11, 12, 13, 14], p)
+    while not (a.finished and b.finished):
+        engine.step()
+    assert a.output_ids == greedy_reference(engine.model, [5, 6, 7], 10)
+    assert b.output_ids == greedy_reference(engine.model, [11, 12, 13, 14], 10)
+    assert engine.num_active() == 0
+
+
+def test_seed_gives_same_text_alone_or_batched(engine):
+    p = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=1234, ignore_eos=True)
+    alone = engine.generate([[8, 9, 10]], p)[0].token_ids
+    again = engine.generate([[8, 9, 10]], p)[0].token_ids
+    batched = engine.generate([[1, 2], [8, 9, 10], [30, 31, 32, 33]],
+                              [SamplingParams(max_tokens=16, temperature=1.0, seed=5, ignore_eos=True), p,
+                               SamplingParams(max_tokens=16, temperature=0.8, seed=6, ignore_eos=True)])[1].token_ids
+    assert alone == again == batched
+    other = engine.generate([[8, 9, 10]], SamplingParams(max_tokens=16, temperature=1.0, seed=999, ignore_eos=True))
+    assert other[0].token_ids != alone
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(engine):
+    greedy = engine.generate([[4, 5]], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0].token_ids
+    k1 = engine.generate([[4, 5]], SamplingParams(max_tokens=8, temperature=1.5, top_k=1, seed=1, ignore_eos=True))
+    p0 = engine.generate([[4, 5]], SamplingParams(max_tokens=8, temperature=1.5, top_p=1e-6, seed=2, ignore_eos=True))
+    assert k1[0].token_ids == greedy == p0[0].token_ids
+
+
+def test_repetition_and_frequency_penalties_reduce_repeats(engine):
+    base = engine.generate([[9, 9, 9]], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))[0]
+    pen = engine.generate([[9, 9, 9]], SamplingParams(max_tokens=40, temperature=0, repetition_penalty=3.0,
+                                                      ignore_eos=True))[0]
+    freq = engine.generate([[9, 9, 9]], SamplingParams(max_tokens=40, temperature=0, frequency_penalty=2.0,
+                                                       ignore_eos=True))[0]
+    distinct = lambda ids: len(set(ids))  # noqa: E731
+    assert distinct(pen.token_ids) > distinct(base.token_ids)
+    assert distinct(freq.token_ids) > distinct(base.token_ids)
+
+
+def test_stop_strings_end_generation_and_never_leak(engine):
+    full = engine.generate([[20, 21]], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True))[0].text
+    assert len(full) > 6
+    stop = full[4:7]
+    out = engine.generate([[20, 21]], SamplingParams(max_tokens=30, temperature=0, stop=[stop], ignore_eos=True))[0]
+    assert out.finish_reason == "stop"
+    assert out.text == full[: full.find(stop)]
+    streamed = "".join(engine.stream([20, 21], SamplingParams(max_tokens=30, temperature=0, stop=[stop],
+                                                              ignore_eos=True)))
+    assert streamed == out.text
+
+
+def test_stop_token_ids_end_generation(engine):
+    greedy = engine.generate([[20, 21]], SamplingParams(max_tokens=10, temperature=0, ignore_eos=True))[0].token_ids
+    out = engine.generate([[20, 21]], SamplingParams(max_tokens=10, temperature=0, ignore_eos=True,
+                                                      stop_token_ids=[greedy[3]]))[0]
+    assert out.finish_reason == "stop"
+    assert out.token_ids == greedy[:greedy.index(greedy[3])]
+
+
+def test_streaming_deltas_concatenate_to_the_whole_text(engine):
+    p = SamplingParams(max_tokens=25, temperature=0.9, seed=3, ignore_eos=True)
+    whole = engine.generate([[60, 61, 62]], p)[0].text
+    assert "".join(engine.stream([60, 61, 62], p)) == whole
+    assert engine.num_active() == 0
+
+
+def test_closing_a_stream_early_frees_its_slot(engine):
+    it = engine.stream([1, 2, 3], SamplingParams(max_tokens=100, temperature=0, ignore_eos=True))
+    for i, _ in enumerate(it):
+        if i == 2:
+            break
+    it.close()
+    assert engine.num_active() == 0
+
+
+def test_beam_search(engine):
+    prompt = [33, 34, 35]
+    one = engine.beam_search(prompt, num_beams=1, max_tokens=8, length_penalty=0.0)
+    greedy = engine.generate([prompt], SamplingParams(max_tokens=8, temperature=0))[0]
+    assert one.token_ids == greedy.token_ids
+    four = engine.beam_search(prompt, num_beams=4, max_tokens=8, length_penalty=0.0)
+    if len(four.token_ids) == len(greedy.token_ids) == 8:
+        (lp4, _), (lpg, _) = engine.loglikelihood([(prompt, four.token_ids), (prompt, greedy.token_ids)])
+        assert lp4 >= lpg - 1e-4
+
+
+def test_loglikelihood_matches_a_manual_forward(engine):
+    ctx, cont = [5, 6, 7, 8], [9, 10, 11]
+    (lp, is_greedy), (lp2, _) = engine.loglikelihood([(ctx, cont), ([1, 2], [3])])
+    with torch.no_grad():
+        logp = torch.log_softmax(engine.model(torch.tensor([ctx + cont])), -1)[0]
+    manual = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+    assert abs(lp - manual) < 1e-4
+    g = greedy_reference(engine.model, ctx, 3)
+    assert engine.loglikelihood([(ctx, g)])[0][1] is True
+
+
+def test_bad_input_gets_clear_errors(engine):
+    with pytest.raises(ContextLengthError, match="context"):
+        engine.add_request(list(range(1, 200)), SamplingParams(max_tokens=5))
+    with pytest.raises(UserError, match="empty"):
+        engine.add_request([], SamplingParams())
+    with pytest.raises(UserError, match="temperature"):
+        SamplingParams(temperature=-1).validate()
+    with pytest.raises(UserError, match="top_p"):
+        SamplingParams(top_p=0).validate()
+    assert engine.num_active() == 0
+
+
+def test_smollm2_answers_paris(smollm2_loaded):
+    model, tok, _ = smollm2_loaded
+    eng = Engine(model, tok, max_batch=2, max_seq_len=512)
+    out = eng.chat([{"role": "user", "content": "What is the capital of France?"}],
+                   SamplingParams(max_tokens=20, temperature=0))
+    assert "Paris" in out.text
+    assert out.finish_reason == "stop"  # ended its turn with <|im_end|>
