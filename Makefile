@@ -1,6 +1,6 @@
 # alignchat: the two set-up commands of the README, plus a few conveniences.
 #   make run   create the venv, install, fetch the default model (SHA-256 checked), start the chat server + web UI
-#   make test  create the venv, install with test extras, run the test suite (slow tests excluded)
+#   make test  create the venv, install with test extras (and Chromium for browser tests), run the suite (slow tests excluded)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,7 +9,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run chat test test-all install install-test bench clean
+.PHONY: run chat test test-all install install-test browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +34,20 @@ chat: install
 	$(BIN)/alignchat models pull $(MODEL)
 	$(BIN)/alignchat chat --model $(MODEL)
 
-test: install-test
+# Debian's Chromium + ChromeDriver drive the browser tests; installed when missing and apt is usable
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "could not install chromium; browser tests will be skipped"; \
+	    else echo "chromium not found (install chromium and chromium-driver); browser tests will be skipped"; fi; }
+
+test: install-test browser
 	$(BIN)/alignchat models pull $(MODEL)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-all: install-test
+test-all: install-test browser
+	$(BIN)/alignchat models pull $(MODEL)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install-test

@@ -433,19 +433,22 @@ class Engine:
                     ctx = [self.tok.bos_id if self.tok.bos_id is not None else self.tok.pad_id]
                 if not cont:
                     raise UserError("loglikelihood needs a non-empty continuation")
-                full = (ctx + cont)[-(self.max_seq_len):]
+                cont = cont[-(self.max_seq_len - 1):]  # keep at least one context token
+                full = (ctx + cont)[-self.max_seq_len:]
                 seqs.append(full)
                 spans.append(len(cont))
             T = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), T), self.tok.pad_id, dtype=torch.long, device=self.device)
             for j, s in enumerate(seqs):
                 ids[j, :len(s)] = torch.tensor(s, device=self.device)  # right padding: causal attention ignores it
-            logp = torch.log_softmax(self.model(ids).float(), -1)
+            hidden = self.model(ids, return_hidden=True)
             for j, (s, k) in enumerate(zip(seqs, spans)):
                 L = len(s)
-                pred = logp[j, L - k - 1:L - 1]
+                # project only the positions that predict the continuation: the full (T, vocab) logits of a
+                # batch would be most of the memory and time
+                logp = torch.log_softmax(self.model.logits_from_hidden(hidden[j, L - k - 1:L - 1]).float(), -1)
                 target = torch.tensor(s[L - k:], device=self.device)
-                total = float(pred.gather(-1, target[:, None]).sum())
-                greedy = bool((pred.argmax(-1) == target).all())
+                total = float(logp.gather(-1, target[:, None]).sum())
+                greedy = bool((logp.argmax(-1) == target).all())
                 out[chunk[j]] = (total, greedy)
         return out

@@ -158,3 +158,10 @@ def test_smollm2_answers_paris(smollm2_loaded):
                    SamplingParams(max_tokens=20, temperature=0))
     assert "Paris" in out.text
     assert out.finish_reason == "stop"  # ended its turn with <|im_end|>
+
+
+def test_loglikelihood_of_overlong_continuation_keeps_its_end(engine):
+    cont = [(i % 250) + 1 for i in range(200)]  # longer than the engine's 128-token context
+    (lp, _), = engine.loglikelihood([([5, 6], cont)])
+    (lp_tail, _), = engine.loglikelihood([([6], cont[-127:])])  # what fits: one context token + the tail
+    assert abs(lp - lp_tail) < 1e-3

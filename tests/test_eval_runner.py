@@ -1,0 +1,138 @@
+"""End to end: suites on the tiny checkpoint through the shared engine, resume, the report card, the
+`alignchat eval` CLI, pairwise comparison, and a real OpenAI-compatible HTTP endpoint (`alignchat serve`)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alignchat.errors import UserError
+from alignchat.eval import runner as R
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_ckpt):
+    return R.make_backend(str(tiny_ckpt))
+
+
+def test_tiny_suite_end_to_end_resume_and_report(backend, tmp_path):
+    cfg = R.EvalConfig(suite="tiny", limit=3, perturbations=["identity", "typo"], robustness_tasks=["piqa"],
+                       fairness_tasks=["bbq"])
+    out = tmp_path / "run"
+    s = R.run_suite(backend, cfg, out, progress=False)
+    t = s["tasks"]
+    for name in ("mmlu", "boolq", "bbq", "crows_pairs", "stereoset", "truthfulqa", "zh_homonym", "heldout_text",
+                 "@robustness", "@fairness", "@efficiency"):
+        assert name in t, name
+    mm = t["mmlu"]["summary"]
+    assert mm["n"] == 3 and 0 <= mm["accuracy"] <= 1 and 0 <= mm["ece"] <= 1
+    assert t["@robustness"]["summary"]["piqa/identity"]["invariance"] == 1.0  # identity changes nothing
+    assert 0 <= t["@robustness"]["summary"]["piqa/typo"]["invariance"] <= 1
+    assert t["heldout_text"]["summary"]["bits_per_byte_en"] > 0
+    assert t["@efficiency"]["summary"]["decode_tokens_per_second"] > 0
+    assert s["energy"]["kwh"] > 0 and s["energy"]["assumptions"]["pue"] == 1.58
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == len(t)
+    # per-item records are kept, so a run can be audited and judged pairwise later
+    rec = json.loads((out / "tasks" / "truthfulqa.json").read_text())
+    assert len(rec["records"]) == 3 and "output" in rec["records"][0]
+
+    # resume: a second run with the same settings recomputes only the efficiency probe
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
+    R.run_suite(backend, cfg, out, progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
+    changed = {n for n in before if before[n] != after[n]}
+    assert changed == {"efficiency.json"}
+
+    from alignchat.eval.report import write_report
+    md = write_report([out, out], tmp_path / "report")
+    text = md.read_text()
+    for section in ("Accuracy", "Calibration", "Robustness", "Fairness", "Bias", "Toxicity", "Efficiency"):
+        assert section in text
+    for png in ("accuracy.png", "calibration_0.png", "robustness.png", "bias.png", "efficiency.png"):
+        assert (tmp_path / "report" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_modes_kshot_cot_code_toxicity_detect(backend):
+    from alignchat.eval.tasks import load_task
+    exs = load_task("openbookqa", 2)
+    pool = load_task("openbookqa", 10, seed=9)
+    recs = R.score_mc(backend, exs, k_shot=2, pool=pool)
+    assert all(len(r["logprobs"]) == len(e.choices) for r, e in zip(recs, exs))
+    assert R.mc_context(exs[0], pool[:2]).count("Question:") == 3
+    cot = R.score_cot(backend, exs, max_tokens=8)
+    assert all(0 <= r["pred"] < len(e.choices) for r, e in zip(cot, exs))
+    code = R.score_code(backend, load_task("humaneval", 1), max_tokens=16)
+    assert code[0]["status"] in ("failed", "timeout", "passed")
+    tox = R.score_toxicity(backend, load_task("toxicity", 2), k=2, max_tokens=6)
+    assert all(len(r["toxicity"]) == 2 and all(0 <= x <= 1 for x in r["toxicity"]) for r in tox)
+    texts = [e.prompt for e in load_task("heldout_text") if e.meta["language"] == "en"][:6]
+    det = R.detectgpt(backend, texts, n_perturb=2, words=30)
+    assert 0 <= det["auroc"] <= 1 and det["n_human"] == 3
+
+
+def test_perturbations_and_counterfactuals():
+    s = "The man said he would help his daughter."
+    assert R.perturb(s, "identity") == s
+    assert R.perturb(s, "case") == s.lower()
+    assert R.perturb(s, "whitespace").split() == s.split()
+    assert "assist" in R.perturb(s, "synonym")
+    assert R.counterfactual(s) == "The woman said she would help her son."
+    assert R.counterfactual("他是我的父亲") == "她是我的母亲"
+    assert R.has_demographic_terms(s) and not R.has_demographic_terms("The sky is blue.")
+    with pytest.raises(UserError):
+        R.perturb(s, "nonsense")
+
+
+def test_pairwise_win_rate_both_orders_and_elo(backend, tmp_path):
+    cfg = R.EvalConfig(tasks=["zh_homonym"], limit=2)
+    R.run_suite(backend, cfg, tmp_path / "a", progress=False)
+    R.run_suite(backend, cfg, tmp_path / "b", progress=False)
+    res = R.pairwise_win_rate(tmp_path / "a", tmp_path / "b", R.AIJudge(backend))
+    # identical runs: whatever the judge's position bias, judging both orders gives exactly 0.5
+    assert res["n"] == 2 and res["win_rate_a"] == 0.5
+    comp = tmp_path / "compare.jsonl"
+    rows = [{"id": str(i), "prompt": [{"role": "user", "content": "hi"}], "responses": ["x", "y"], "ranking": [0, 1],
+             "criteria": ["helpful"], "labeller": "human:t", "source": "ui", "created": "2025-01-01T00:00:00",
+             "meta": {"models": ["sft", "base"] if i % 4 else ["base", "sft"]}} for i in range(8)]
+    comp.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    elo = R.elo_from_comparisons(comp)
+    assert elo["ratings"]["sft"] > elo["ratings"]["base"] and elo["n_pairs"] == 8
+
+
+def test_cli_run_report_and_bad_input(tiny_ckpt, tmp_path):
+    out = tmp_path / "cli_run"
+    cmd = [sys.executable, "-m", "alignchat.cli", "eval", "run", "--model", str(tiny_ckpt), "--tasks",
+           "boolq,crows_pairs,@efficiency", "--limit", "2", "--out", str(out)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["tasks"]) == {"boolq", "crows_pairs", "@efficiency"}
+    assert (out / "report.md").exists()
+    p = subprocess.run([sys.executable, "-m", "alignchat.cli", "eval", "report", str(tmp_path / "missing")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "results.json" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "alignchat.cli", "eval", "run", "--model", str(tiny_ckpt), "--tasks",
+                        "nope", "--out", str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "unknown task" in p.stderr
+
+
+def test_openai_compatible_endpoint_backend(tiny_ckpt, tmp_path):
+    from serve_support import ServerProcess
+    srv = ServerProcess(tiny_ckpt, tmp_path / "eval.db", "--max-batch", "2").wait_ready()
+    try:
+        b = R.OpenAIBackend(srv.url, "tiny")
+        gen = b.generate([[{"role": "user", "content": "你好"}], "The capital of France is"], max_tokens=5)
+        assert len(gen) == 2 and all(isinstance(g.text, str) for g in gen) and gen[0].completion_tokens >= 1
+        cfg = R.EvalConfig(tasks=["zh_homonym", "boolq"], limit=2)
+        s = R.run_suite(b, cfg, tmp_path / "http_run", progress=False)
+        assert s["tasks"]["zh_homonym"]["summary"]["n"] == 2
+        if not b.supports_loglikelihood:  # the endpoint gives no prompt logprobs: the task says so
+            assert "log-likelihood" in s["tasks"]["boolq"]["skipped"]
+        else:
+            assert s["tasks"]["boolq"]["summary"]["n"] == 2
+    finally:
+        srv.stop()
