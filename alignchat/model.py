@@ -95,14 +95,12 @@ class Attention(nn.Module):
             k, v = ck[slots, :, :L].to(q.dtype), cv[slots, :, :L].to(q.dtype)
             key_pos = torch.arange(L, device=x.device)
             attn_mask = (key_pos[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # (B,1,T,L)
-        groups = cfg.n_heads // cfg.n_kv_heads
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
+        # grouped-query attention: SDPA broadcasts each KV head over its group without copying K and V
+        gqa = cfg.n_heads != cfg.n_kv_heads
         if attn_mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, cfg.n_heads * cfg.head_dim))
 
 
