@@ -1,0 +1,740 @@
+"""The one training loop every stage shares: pretraining, SFT, reward model, DPO (and PPO's pieces).
+
+Notable choices:
+- A stage supplies a model, a data source and a `loss_fn(model, batch) -> LossOutput`. The loss is a
+  *sum* over `weight` units (target tokens, comparison pairs, ...). Gradients of all micro-batches on all
+  ranks are summed and divided once by the global weight, so gradient accumulation and any number of
+  processes give exactly the mean over the global batch, even when ranks hold different token counts.
+- AdamW (no decay on norms and biases), linear warmup then cosine decay to `min_lr_ratio`·lr, global-norm
+  clipping, bf16 autocast on CUDA, optional `torch.compile` (in place, so parameter names don't change).
+- Distributed: under `torchrun` the same command runs DDP (NCCL on GPUs, gloo on CPUs); `fsdp=true`
+  shards every block with FSDP2 (`torch.distributed.fsdp.fully_shard`) instead. PyTorch's engine, not ours.
+- Checkpoints: `out_dir/step-NNNNNN/` is a normal checkpoint directory (written atomically by
+  `alignchat.checkpoint.save_checkpoint`) plus `train_state.pt` (optimizer, step, data position, RNG states
+  incl. CUDA). `out_dir/latest.json` is replaced atomically only after both are on disk, so a run killed
+  at any instant resumes from the last complete checkpoint and repeats exactly the same steps.
+- Metrics go to `out_dir/metrics.jsonl` (one JSON object per line; on resume, lines past the checkpoint
+  are dropped so the log reads as one uninterrupted run) and to a tqdm progress line: loss, validation
+  loss, bits per byte, tokens/s and MFU (from `alignchat.config.flops_per_token`; on CPUs the peak is a
+  measured fp32 GEMM rate, so CPU MFU is relative to what this machine's matmul can do).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import flops_per_token
+from ..errors import UserError
+from ..fetch import atomic_write_text
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, logging and checkpoint settings shared by every stage."""
+
+    out_dir: str = "runs/train"
+    max_steps: int = 1000
+    batch_size: int = 8  # sequences per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    seq_len: int = 256
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr·min_lr_ratio at max_steps
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False
+    fsdp: bool = False  # shard with FSDP2 instead of DDP (under torchrun)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 1337
+    log_every: int = 1
+    eval_every: int = 100  # 0: only at the end
+    eval_batches: int = 20
+    save_every: int = 200  # 0: only at the end
+    keep_checkpoints: int = 2
+    sample_every: int = 0  # 0: no samples during training (one at the end if the stage has prompts)
+    sample_tokens: int = 48
+    peak_tflops: float = 0.0  # per-device peak for MFU; 0 = look up the GPU, or measure on CPU
+    progress: bool = True
+
+
+@dataclass
+class LossOutput:
+    """What a stage's loss function returns for one micro-batch.
+
+    loss_sum: a scalar tensor, the loss summed over `weight` units. weight: how many units (e.g. target
+    tokens). tokens: tokens the model processed (for throughput; defaults to the input size).
+    metrics: extra per-batch numbers to average (by weight) into the step's log line.
+    """
+
+    loss_sum: torch.Tensor
+    weight: float
+    tokens: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class DataSource(Protocol):
+    def next_batch(self) -> Any: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------------
+# distributed setup
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise a single process."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(device=resolve_device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+def all_reduce_sum(values: list[float], dist_info: DistInfo) -> list[float]:
+    if not dist_info.enabled:
+        return values
+    import torch.distributed as dist
+    t = torch.tensor(values, dtype=torch.float64, device=dist_info.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# --------------------------------------------------------------------------------------------------------
+# optimisation pieces (also usable on their own, e.g. by PPO)
+# --------------------------------------------------------------------------------------------------------
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup over `warmup_steps`, then cosine from lr to lr·min_lr_ratio at `max_steps`."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (norm gains and biases are not decayed)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **extra)
+
+
+def autocast_context(cfg: TrainConfig, device: torch.device):
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise UserError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    return contextlib.nullcontext()
+
+
+_GPU_PEAK_BF16 = {  # dense bf16 tensor-core TFLOP/s per device
+    "H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "A800": 312.0, "H800": 989.0,
+    "L40S": 362.0, "L40": 181.0, "L4": 121.0, "A10": 125.0, "A6000": 155.0, "4090": 165.0, "3090": 71.0,
+    "V100": 125.0, "T4": 65.0,
+}
+_cpu_peak_cache: dict[int, float] = {}
+
+
+def measured_cpu_peak_flops(n: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a large fp32 matmul on this CPU with the current thread count: our CPU 'peak'."""
+    threads = torch.get_num_threads()
+    if threads not in _cpu_peak_cache:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+        _cpu_peak_cache[threads] = 2 * n**3 / best
+    return _cpu_peak_cache[threads]
+
+
+def peak_flops(device: torch.device, override_tflops: float = 0.0) -> float | None:
+    if override_tflops > 0:
+        return override_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in _GPU_PEAK_BF16.items():
+            if key in name:
+                return tflops * 1e12
+        return None
+    if device.type == "cpu":
+        return measured_cpu_peak_flops()
+    return None
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def lm_loss(model: nn.Module, batch: Any) -> LossOutput:
+    """Next-token cross-entropy, summed over targets that are not IGNORE_INDEX.
+
+    `batch` is `(inputs, targets)` or a dict with `input_ids`, `targets` and optionally `positions` and
+    `attn_mask` (packed or padded SFT rows). When some targets are ignored (SFT: only assistant tokens
+    count), logits are computed only where there is a target: the vocabulary projection is a large part
+    of a small model's cost, and of its memory."""
+    if isinstance(batch, dict):
+        inputs, targets = batch["input_ids"], batch["targets"]
+        kwargs = {k: batch[k] for k in ("positions", "attn_mask") if batch.get(k) is not None}
+    else:
+        inputs, targets = batch
+        kwargs = {}
+    keep = targets != IGNORE_INDEX
+    inner = getattr(model, "module", model)  # DDP wraps; FSDP2 modules are themselves sharded
+    sharded = any(type(c).__name__.startswith("FSDP") for c in (model, inner))
+    if hasattr(inner, "logits_from_hidden") and not sharded and not bool(keep.all()):
+        hidden = model(inputs, return_hidden=True, **kwargs)
+        logits = inner.logits_from_hidden(hidden[keep])
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    else:
+        logits = model(inputs, **kwargs)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+    return LossOutput(loss, int(keep.sum()), tokens=inputs.numel())
+
+
+# --------------------------------------------------------------------------------------------------------
+# RNG state (exact resume)
+# --------------------------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------------------
+# checkpoint bookkeeping
+# --------------------------------------------------------------------------------------------------------
+LATEST = "latest.json"
+TRAIN_STATE = "train_state.pt"
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The last complete step checkpoint of a run directory, or None."""
+    path = Path(out_dir) / LATEST
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: corrupt ({e.msg})") from e
+    ckpt = Path(out_dir) / info["dir"]
+    if not (ckpt / TRAIN_STATE).exists():
+        raise UserError(f"{path} points at {ckpt}, which has no {TRAIN_STATE}")
+    return ckpt
+
+
+def load_train_state(ckpt_dir: str | Path) -> dict:
+    return torch.load(Path(ckpt_dir) / TRAIN_STATE, map_location="cpu", weights_only=False)
+
+
+def load_weights_into(model: nn.Module, ckpt_dir: str | Path) -> None:
+    """Copy a checkpoint's model.safetensors into `model` (names are the model's own)."""
+    from safetensors.torch import load_file
+    state = load_file(str(Path(ckpt_dir) / "model.safetensors"))
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise UserError(f"{ckpt_dir}/model.safetensors lacks {missing[:3]}")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+# --------------------------------------------------------------------------------------------------------
+# the trainer
+# --------------------------------------------------------------------------------------------------------
+class Trainer:
+    """Runs `cfg.max_steps` optimizer steps of `loss_fn` over `train_data`, with eval, samples, checkpoints.
+
+    model: an unwrapped `nn.Module` (the trainer moves it, wraps it for DDP/FSDP and compiles it).
+    train_data: a `DataSource` yielding micro-batches for *this* rank (see `alignchat.data.shards`).
+    val_batches: a callable returning a fresh finite iterable of validation micro-batches for this rank.
+    tokenizer / meta / stage: written into every checkpoint so it loads in `alignchat chat`.
+    bytes_per_token: validation bytes per token, to report bits per byte.
+    sample_fn(model, step) -> list[str]: text samples printed and logged every `sample_every` steps.
+    callbacks: `fn(trainer, step, record)` after each logged step (e.g. tests, early stopping).
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, train_data: DataSource, *,
+                 loss_fn: Callable[[nn.Module, Any], LossOutput] = lm_loss,
+                 val_batches: Callable[[], Iterable[Any]] | None = None,
+                 tokenizer=None, stage: str = "train", meta: dict | None = None,
+                 bytes_per_token: float | None = None,
+                 sample_fn: Callable[[nn.Module, int], list[str]] | None = None,
+                 callbacks: Iterable[Callable] = (), dist_info: DistInfo | None = None,
+                 run_info: dict | None = None):
+        self.cfg = cfg
+        self.dist = dist_info or init_distributed(cfg.device)
+        self.device = self.dist.device
+        self.out_dir = Path(cfg.out_dir)
+        self.raw_model = model.to(self.device)
+        self.train_data, self.val_batches, self.loss_fn = train_data, val_batches, loss_fn
+        self.tokenizer, self.stage, self.meta = tokenizer, stage, dict(meta or {})
+        self.bytes_per_token, self.sample_fn = bytes_per_token, sample_fn
+        self.callbacks = list(callbacks)
+        self.run_info = run_info or {}
+        self.step = 0
+        self.tokens_seen = 0
+        self.last_val: dict[str, float] = {}
+        self.model = self._wrap(self.raw_model)
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.model_cfg = getattr(self.raw_model, "cfg", None)
+        self.flops_per_token = None
+        if self.model_cfg is not None:
+            # 6·N assumes every weight is trained; frozen weights skip their weight gradient (2·N of the 6·N)
+            # and frozen blocks below the first trainable one skip the backward pass (approximated as such)
+            emb = {id(p) for n, p in self.raw_model.named_parameters() if "embed_tokens" in n or "lm_head" in n}
+            body = [p for p in self.raw_model.parameters() if id(p) not in emb]
+            n_all = sum(p.numel() for p in body) or 1
+            n_train = sum(p.numel() for p in body if p.requires_grad)
+            self.flops_per_token = flops_per_token(self.model_cfg, cfg.seq_len) * (2 * n_all + 4 * n_train) / (6 * n_all)
+        self.peak = peak_flops(self.device, cfg.peak_tflops)
+
+    # --- setup --------------------------------------------------------------------------------------
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        cfg = self.cfg
+        if cfg.fsdp:
+            if not self.dist.enabled:
+                raise UserError("fsdp=true needs several processes: launch with torchrun --nproc_per_node=N")
+            from torch.distributed.fsdp import fully_shard
+            for block in getattr(getattr(model, "model", model), "layers", []):
+                fully_shard(block)
+            fully_shard(model)
+            if cfg.compile:
+                model.compile()
+            return model
+        if cfg.compile:
+            model.compile()  # in place: state_dict names stay unprefixed
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return DDP(model, device_ids=ids)
+        return model
+
+    def _no_sync(self, last_micro: bool):
+        """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+        if not self.dist.enabled:
+            return contextlib.nullcontext()
+        if self.cfg.fsdp:
+            self.model.set_requires_gradient_sync(last_micro)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if last_micro else self.model.no_sync()
+
+    # --- state --------------------------------------------------------------------------------------
+    def _full_state(self) -> tuple[dict, dict]:
+        """(model state, optimizer state) as full unsharded CPU tensors, on every rank."""
+        if self.cfg.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_state_dict(self.model, self.optimizer, options=opts)
+        model_state = {k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()}
+        return model_state, self.optimizer.state_dict()
+
+    def save(self) -> Path | None:
+        """Write `step-NNNNNN/` (checkpoint + train_state.pt), then point latest.json at it."""
+        from ..checkpoint import save_checkpoint
+
+        model_state, optim_state = self._full_state()
+        if not self.dist.is_main:
+            self._barrier()
+            return None
+        name = f"step-{self.step:06d}"
+        target = self.out_dir / name
+        model_for_save = self._cpu_model_from_state(model_state)
+        meta = self._meta()
+        save_checkpoint(target, model_for_save, self.tokenizer, meta=meta)
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "optimizer": optim_state,
+                 "data": self.train_data.state_dict(), "rng": rng_state(), "train_config": dataclasses.asdict(self.cfg),
+                 "last_val": self.last_val, "world_size": self.dist.world_size}
+        tmp = target / f".{TRAIN_STATE}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, target / TRAIN_STATE)
+        atomic_write_text(self.out_dir / LATEST, json.dumps({"step": self.step, "dir": name}) + "\n")
+        self._prune_checkpoints(keep=name)
+        self._barrier()
+        return target
+
+    def _cpu_model_from_state(self, model_state: dict) -> nn.Module:
+        if not self.cfg.fsdp:
+            return self.raw_model  # save_checkpoint copies its state to the CPU itself
+        # FSDP: a plain CPU copy that the gathered full state is loaded into
+        clone = type(self.raw_model)(self.model_cfg)
+        clone.load_state_dict(model_state, strict=False)
+        return clone
+
+    def _meta(self) -> dict:
+        meta = {**self.meta, "stage": self.stage, "step": self.step, "tokens_seen": self.tokens_seen}
+        if self.last_val:
+            meta["metrics"] = dict(self.last_val)
+        return meta
+
+    def _prune_checkpoints(self, keep: str) -> None:
+        steps = sorted(p for p in self.out_dir.glob("step-*") if p.is_dir() and p.name != keep)
+        excess = len(steps) + 1 - max(1, self.cfg.keep_checkpoints)
+        for old in steps[:max(0, excess)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _barrier(self) -> None:
+        if self.dist.enabled:
+            import torch.distributed as dist
+            dist.barrier()
+
+    def resume(self, ckpt_dir: str | Path) -> None:
+        """Restore weights, optimizer, data position, step and RNG from a step checkpoint."""
+        state = load_train_state(ckpt_dir)
+        if self.cfg.fsdp:
+            from safetensors.torch import load_file
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+            weights = load_file(str(Path(ckpt_dir) / "model.safetensors"))
+            own = {k for k in self.raw_model.state_dict()}
+            set_state_dict(self.model, self.optimizer,
+                           model_state_dict={k: v for k, v in weights.items() if k in own},
+                           optim_state_dict=state["optimizer"],
+                           options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            load_weights_into(self.raw_model, ckpt_dir)
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.train_data.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        self.step, self.tokens_seen = int(state["step"]), int(state.get("tokens_seen", 0))
+        self.last_val = state.get("last_val", {})
+        if self.dist.is_main:
+            self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.out_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill
+        atomic_write_text(path, "".join(k + "\n" for k in kept))
+
+    # --- logging ------------------------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    # --- evaluation ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if self.val_batches is None:
+            return {}
+        self.model.eval()
+        total, weight = 0.0, 0.0
+        for batch in self.val_batches():
+            batch = to_device(batch, self.device)
+            with autocast_context(self.cfg, self.device):
+                out = self.loss_fn(self.model, batch)
+            total += float(out.loss_sum)
+            weight += float(out.weight)
+        total, weight = all_reduce_sum([total, weight], self.dist)
+        self.model.train()
+        if weight == 0:
+            return {}
+        result = {"val_loss": total / weight}
+        if self.bytes_per_token:
+            result["val_bpb"] = result["val_loss"] / math.log(2) / self.bytes_per_token
+        self.last_val = result
+        return result
+
+    def samples(self) -> list[str]:
+        if self.sample_fn is None or self.cfg.fsdp or not self.dist.is_main:
+            return []
+        self.raw_model.eval()
+        try:
+            return self.sample_fn(self.raw_model, self.step)
+        finally:
+            self.raw_model.train()
+
+    # --- the loop -----------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over `grad_accum` micro-batches; returns the step's metrics."""
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_total, weight_total, tokens, extra = 0.0, 0.0, 0, {}
+        for micro in range(cfg.grad_accum):
+            batch = to_device(self.train_data.next_batch(), self.device)
+            last = micro == cfg.grad_accum - 1
+            with self._no_sync(last):
+                with autocast_context(cfg, self.device):
+                    out = self.loss_fn(self.model, batch)
+                out.loss_sum.backward()
+            loss_total += float(out.loss_sum.detach())
+            weight_total += float(out.weight)
+            tokens += out.tokens or _numel_inputs(batch)
+            for k, v in out.metrics.items():
+                extra[k] = extra.get(k, 0.0) + float(v) * float(out.weight)
+        keys = sorted(extra)
+        reduced = all_reduce_sum([loss_total, weight_total, float(tokens)] + [extra[k] for k in keys], self.dist)
+        loss_total, weight_total, tokens = reduced[0], reduced[1], int(reduced[2])
+        if weight_total <= 0:
+            raise UserError("a training step had no target tokens (is every assistant turn truncated away?)")
+        # DDP/FSDP average gradients over ranks; turn that into the sum over the global batch / global weight
+        scale = self.dist.world_size / weight_total
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.fsdp:
+            for g in grads:
+                g.mul_(scale)
+        elif grads:
+            torch._foreach_mul_(grads, scale)
+        grad_norm = float("nan")
+        if cfg.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += tokens
+        metrics = {"loss": loss_total / weight_total, "lr": lr, "grad_norm": grad_norm, "tokens": tokens}
+        for k, v in zip(keys, reduced[3:]):
+            metrics[k] = v / weight_total
+        return metrics
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train to `max_steps`; with `resume`, continue from `out_dir`'s latest checkpoint if there is one."""
+        cfg = self.cfg
+        if resume:
+            ckpt = latest_checkpoint(self.out_dir)
+            if ckpt is not None:
+                self.resume(ckpt)
+                if self.dist.is_main:
+                    print(f"resumed from {ckpt} at step {self.step}")
+            elif self.dist.is_main:
+                print(f"no checkpoint in {self.out_dir}; starting from scratch")
+        if self.step == 0:
+            seed_everything(cfg.seed + self.dist.rank)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out_dir / "run.json",
+                              json.dumps({**self.run_info, "stage": self.stage,
+                                          "train": dataclasses.asdict(cfg)}, indent=2, default=str) + "\n")
+        self.model.train()
+        bar = None
+        if self.dist.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc=self.stage, dynamic_ncols=True)
+        record: dict = {}
+        try:
+            while self.step < cfg.max_steps:
+                t0 = time.perf_counter()
+                metrics = self.train_step()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                dt = time.perf_counter() - t0
+                tok_s = metrics["tokens"] / dt
+                record = {"step": self.step, **metrics, "tokens_seen": self.tokens_seen,
+                          "tokens_per_s": tok_s, "step_time_s": dt}
+                if self.flops_per_token and self.peak:
+                    record["mfu"] = self.flops_per_token * tok_s / (self.peak * self.dist.world_size)
+                at_end = self.step >= cfg.max_steps
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or at_end:
+                    record.update(self.evaluate())
+                if (cfg.sample_every and self.step % cfg.sample_every == 0) or (at_end and self.sample_fn):
+                    texts = self.samples()
+                    if texts:
+                        record["samples"] = texts
+                        if bar is not None:
+                            bar.write(f"--- samples at step {self.step} ---")
+                            for t in texts:
+                                bar.write(repr(t))
+                if self.step % cfg.log_every == 0 or at_end or "val_loss" in record:
+                    self.log(record)
+                for cb in self.callbacks:
+                    cb(self, self.step, record)
+                if bar is not None:
+                    bar.update(1)
+                    post = {"loss": f"{metrics['loss']:.4f}", "tok/s": f"{tok_s:,.0f}"}
+                    if self.last_val:
+                        post["val"] = f"{self.last_val['val_loss']:.4f}"
+                        if "val_bpb" in self.last_val:
+                            post["bpb"] = f"{self.last_val['val_bpb']:.3f}"
+                    if "mfu" in record:
+                        post["mfu"] = f"{100 * record['mfu']:.1f}%"
+                    bar.set_postfix(post, refresh=False)
+                if cfg.save_every and self.step % cfg.save_every == 0 and not at_end:
+                    self.save()
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.write(f"interrupted at step {self.step}; saving a checkpoint to resume from")
+            if self.step > 0:
+                self.save()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        if latest_checkpoint(self.out_dir) is None or json.loads(
+                (self.out_dir / LATEST).read_text())["step"] != self.step:
+            self.save()
+        return {**record, **self.last_val}
+
+    def save_final(self, name: str = "final") -> Path | None:
+        """Write the finished model as `out_dir/name`: a plain checkpoint directory for chat/generate/eval."""
+        from ..checkpoint import save_checkpoint
+        model_state, _ = self._full_state() if self.cfg.fsdp else (None, None)
+        if not self.dist.is_main:
+            return None
+        model = self._cpu_model_from_state(model_state) if self.cfg.fsdp else self.raw_model
+        target = self.out_dir / name
+        if target.exists():
+            shutil.rmtree(target)
+        save_checkpoint(target, model, self.tokenizer, meta=self._meta())
+        return target
+
+
+def _numel_inputs(batch: Any) -> int:
+    if isinstance(batch, dict):
+        return int(batch["input_ids"].numel())
+    if isinstance(batch, (list, tuple)):
+        return int(batch[0].numel())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# configuration from the command line (shared by the stage verbs)
+# --------------------------------------------------------------------------------------------------------
+def gather_overrides(pairs: list[str], config_file: str | None) -> dict[str, Any]:
+    """`key=value` strings and an optional TOML/YAML/JSON file → one flat {dotted.key: value} dict.
+
+    A file may be flat or have sections (`[train]`, `[model]`); command-line pairs win over the file."""
+    from ..config import load_config_file
+
+    flat: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.exists():
+            raise UserError(f"{path}: no such config file")
+        try:
+            data = load_config_file(path)
+        except Exception as e:  # tomllib/yaml/json all raise their own types
+            raise UserError(f"{path}: cannot parse ({e})") from e
+
+        def walk(prefix: str, node: dict) -> None:
+            for k, v in node.items():
+                if isinstance(v, dict):
+                    walk(f"{prefix}{k}.", v)
+                else:
+                    flat[f"{prefix}{k}"] = v
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a table of settings at the top level")
+        walk("", data)
+    for s in pairs:
+        if "=" not in s:
+            raise UserError(f"setting {s!r} is not of the form key=value")
+        k, v = s.split("=", 1)
+        flat[k.strip().replace("-", "_")] = v
+    return flat
+
+
+def route_overrides(flat: dict[str, Any], targets: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Send each key to the dataclass it names: `train.lr`, `model.dim`, or a bare field name when
+    exactly one target has it. Unknown keys are an error that lists the known ones."""
+    routed: dict[str, dict[str, Any]] = {name: {} for name in targets}
+    for key, value in flat.items():
+        head, _, rest = key.partition(".")
+        if head in targets and rest:
+            routed[head][rest] = value
+            continue
+        owners = [name for name, obj in targets.items() if key in {f.name for f in dataclasses.fields(obj)}]
+        if not owners:
+            known = sorted({f"{n}.{f.name}" for n, o in targets.items() for f in dataclasses.fields(o)})
+            raise UserError(f"unknown setting {key!r}; known settings: {', '.join(known)}")
+        routed[owners[0]][key] = value
+    return routed
+
+
+def apply_routed(obj: Any, overrides: dict[str, Any]) -> Any:
+    from ..config import apply_overrides
+    if not overrides:
+        return obj
+    try:
+        return apply_overrides(obj, dict(overrides))
+    except ValueError as e:
+        raise UserError(str(e)) from e

@@ -1,0 +1,276 @@
+"""`alignchat sft`: supervised fine-tuning on conversations — the second stage of the InstructGPT recipe.
+
+Notable choices:
+- Starts from anything `load_model` takes: our pretrained checkpoint (`runs/pretrain/final`), a registry
+  model (`smollm2-135m-instruct`), a GGUF file or a Hugging Face directory. The result is a normal
+  checkpoint directory, `OUT/final/`, that `alignchat chat` and `alignchat generate` load.
+- Conversations are rendered by the model's own chat template (`Tokenizer.render_chat`), the same one
+  serving uses; the loss is on assistant tokens only (every assistant turn of a multi-turn dialogue).
+- Packing (default) fills rows with several conversations behind a block-diagonal attention mask and
+  per-conversation positions, so nothing attends across examples; `packing=false` pads instead.
+- Held-out loss on a validation split (a separate file, or a hash-chosen share of the training file), and
+  exact match on held-out tasks: for each record of `eval_data`, the model answers the conversation up to
+  its last assistant turn through the serving engine (greedy), and the answer is compared with the gold
+  answer (the builder's `meta.answer`/`meta.aliases`, else that last turn). It is measured before
+  training (the baseline) and after, so the gain is in the same log.
+- `trainable=last:N` trains only the last N blocks (and the final norm): much cheaper on a CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import unicodedata
+from pathlib import Path
+
+from ..errors import UserError
+from .loop import TrainConfig, Trainer, apply_routed, gather_overrides, init_distributed, route_overrides
+
+SAMPLE_CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "用一句话介绍你自己。"}],
+]
+
+
+@dataclasses.dataclass
+class SFTConfig:
+    model: str = "smollm2-135m-instruct"  # checkpoint dir, registry name, .gguf or HF dir
+    data: str = ""  # SFT JSONL; several files separated by commas
+    val_data: str = ""  # held-out conversations for the validation loss; default: val_fraction of data
+    val_fraction: float = 0.05
+    eval_data: str = ""  # held-out task items (SFT JSONL) for exact match
+    eval_limit: int = 100  # at most this many exact-match items
+    eval_max_tokens: int = 48
+    baseline_eval: bool = True  # measure exact match before training too
+    packing: bool = True
+    epochs: float = 0.0  # > 0 sets max_steps from the data size
+    trainable: str = "all"  # "all" | "last:N" (last N blocks + final norm)
+
+
+SFT_TRAIN_DEFAULTS = dict(max_steps=200, batch_size=8, seq_len=512, lr=5e-5, min_lr_ratio=0.1, warmup_steps=10,
+                          weight_decay=0.0, eval_every=50, eval_batches=20, save_every=100, sample_every=0,
+                          log_every=5)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="override any setting: lr=2e-5, epochs=2, packing=false, trainable=last:4, "
+                             "batch_size=4, seq_len=1024, fsdp=true (see docs/training.md)")
+    parser.add_argument("--model", help="model to fine-tune: checkpoint dir, registry name (default "
+                                        "smollm2-135m-instruct), .gguf or Hugging Face dir")
+    parser.add_argument("--data", help="SFT JSONL file(s), comma-separated (required unless --resume)")
+    parser.add_argument("--val-data", help="held-out conversations for the validation loss")
+    parser.add_argument("--eval-data", help="held-out task items for exact match (last assistant turn = reference)")
+    parser.add_argument("--out", default="runs/sft", help="run directory (default: runs/sft)")
+    parser.add_argument("--config", help="TOML/YAML/JSON file of settings ([sft] and [train] sections or flat)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def build_run(args) -> tuple[SFTConfig, TrainConfig]:
+    out = Path(args.out)
+    flat = gather_overrides(list(args.overrides or []), args.config)
+    if args.resume and (out / "run.json").exists():
+        saved = json.loads((out / "run.json").read_text())
+        job, train_cfg = SFTConfig(**saved["job"]), TrainConfig(**saved["train"])
+    else:
+        job, train_cfg = SFTConfig(), TrainConfig(out_dir=str(out), **SFT_TRAIN_DEFAULTS)
+    for arg, name in (("model", "model"), ("data", "data"), ("val_data", "val_data"), ("eval_data", "eval_data")):
+        if getattr(args, arg, None):
+            setattr(job, name, getattr(args, arg))
+    routed = route_overrides(flat, {"train": train_cfg, "sft": job})
+    train_cfg = dataclasses.replace(apply_routed(train_cfg, routed["train"]), out_dir=str(out))
+    job = apply_routed(job, routed["sft"])
+    if not job.data:
+        raise UserError("--data FILE.jsonl is required (SFT conversations; see docs/training.md for the schema)")
+    return job, train_cfg
+
+
+def _held_out(rec: dict, fraction: float) -> bool:
+    key = str(rec.get("id") or json.dumps(rec["messages"], ensure_ascii=False))
+    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") / 2**64
+    return h < fraction
+
+
+def normalize_answer(text: str) -> str:
+    """Case-, width- and whitespace-insensitive form; trailing punctuation dropped (EN and ZH)."""
+    text = unicodedata.normalize("NFKC", text).strip().lower()
+    text = re.sub(r"\s+", " ", text)
+    return text.rstrip(" .。!！?？;；,，")
+
+
+def split_for_eval(messages: list[dict]) -> tuple[list[dict], str]:
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last], messages[last]["content"]
+
+
+def gold_answers(rec: dict) -> list[str]:
+    """Accepted answers: the builder's short `meta.answer` + `meta.aliases`, else the last assistant turn."""
+    meta = rec.get("meta") or {}
+    if isinstance(meta.get("answer"), str) and meta["answer"].strip():
+        return [meta["answer"]] + [a for a in meta.get("aliases") or [] if isinstance(a, str)]
+    return [split_for_eval(rec["messages"])[1]]
+
+
+_ANSWER_MARKERS = re.compile(r"(?:the answer is|answer:|答案是|答案：)\s*(.+)", re.IGNORECASE)
+
+
+def answer_candidates(text: str) -> list[str]:
+    """Readings of a response to compare with the gold answer: all of it, its first line, what follows
+    the last "the answer is"/"答案是", and a leading option letter ("B. Paris" → "B")."""
+    text = text.strip()
+    cands = [text, text.split("\n", 1)[0]]
+    found = _ANSWER_MARKERS.findall(text)
+    if found:
+        cands.append(re.split(r"[。.\n]", found[-1].strip(), maxsplit=1)[0])
+    m = re.match(r"^\(?([A-Ea-e])[).:\s]", text + " ")
+    if m:
+        cands.append(m.group(1))
+    return cands
+
+
+def is_correct(response: str, golds: list[str]) -> bool:
+    wanted = {normalize_answer(g) for g in golds}
+    return any(normalize_answer(c) in wanted for c in answer_candidates(response))
+
+
+def exact_match(model, tok, records: list[dict], max_tokens: int = 48, batch: int = 8,
+                show: int = 3) -> dict:
+    """Greedy answers through the serving engine, scored against each record's gold answer(s)."""
+    from ..engine import Engine, SamplingParams
+
+    prompts, golds, too_long = [], [], 0
+    for rec in records:
+        ctx, _ = split_for_eval(rec["messages"])
+        if not ctx:
+            continue
+        ids = tok.render_chat(ctx, add_generation_prompt=True).ids
+        if len(ids) + max_tokens > model.cfg.max_seq_len:
+            too_long += 1  # does not fit the model's context with room for the answer
+            continue
+        prompts.append(ids)
+        golds.append(gold_answers(rec))
+    if not prompts:
+        return {"exact_match": float("nan"), "n": 0, "ended_turn": float("nan"), "examples": [],
+                "skipped_too_long": too_long}
+    was_training = model.training
+    longest = max(map(len, prompts))
+    eng = Engine(model, tok, max_batch=min(batch, len(prompts)),
+                 max_seq_len=min(model.cfg.max_seq_len, longest + max_tokens + 1))
+    outs = eng.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0), progress=False)
+    model.train(was_training)
+    hits = [is_correct(o.text, g) for o, g in zip(outs, golds)]
+    ended = [o.finish_reason == "stop" for o in outs]
+    return {"exact_match": sum(hits) / len(hits), "n": len(hits), "ended_turn": sum(ended) / len(ended),
+            "skipped_too_long": too_long,
+            "examples": [{"gold": g[0], "answer": o.text, "correct": h}
+                         for o, g, h in list(zip(outs, golds, hits))[:show]]}
+
+
+def apply_trainable(model, spec: str) -> None:
+    if spec == "all":
+        return
+    m = re.fullmatch(r"last:(\d+)", spec)
+    if not m:
+        raise UserError(f"trainable must be 'all' or 'last:N', not {spec!r}")
+    n = int(m.group(1))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in list(model.model.layers)[-n:] if n else []:
+        for p in block.parameters():
+            p.requires_grad_(True)
+    for p in model.model.norm.parameters():
+        p.requires_grad_(True)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..checkpoint import load_model
+    from ..data.sft_data import SFTBatcher, encode_records, eval_batches, one_per_row, pack, read_sft_jsonl
+
+    job, train_cfg = build_run(args)
+    dist_info = init_distributed(train_cfg.device)
+    torch.manual_seed(train_cfg.seed)
+    out = Path(train_cfg.out_dir)
+    resuming = args.resume and (out / "latest.json").exists()
+    model, tok, parent_meta = load_model(job.model)
+    apply_trainable(model, job.trainable)
+    if train_cfg.seq_len > model.cfg.max_seq_len:
+        raise UserError(f"seq_len {train_cfg.seq_len} exceeds the model's context {model.cfg.max_seq_len}")
+
+    records: list[dict] = []
+    for path in [p for p in job.data.split(",") if p.strip()]:
+        records += read_sft_jsonl(path.strip())
+    if job.val_data:
+        train_recs, val_recs = records, read_sft_jsonl(job.val_data)
+    else:
+        train_recs = [r for r in records if not _held_out(r, job.val_fraction)]
+        val_recs = [r for r in records if _held_out(r, job.val_fraction)]
+    eval_recs = read_sft_jsonl(job.eval_data)[: job.eval_limit] if job.eval_data else []
+
+    train_convs = encode_records(train_recs, tok, train_cfg.seq_len)
+    val_convs = encode_records(val_recs, tok, train_cfg.seq_len)
+    if not train_convs:
+        raise UserError(f"{job.data}: no usable training conversations")
+    rows = pack(train_convs, train_cfg.seq_len) if job.packing else one_per_row(train_convs)
+    val_rows = pack(val_convs, train_cfg.seq_len) if job.packing else one_per_row(val_convs)
+    data = SFTBatcher(rows, train_cfg.batch_size, tok.pad_id, rank=dist_info.rank, world_size=dist_info.world_size,
+                      seed=train_cfg.seed, where=job.data)
+    if job.epochs > 0:
+        train_cfg = dataclasses.replace(
+            train_cfg, max_steps=max(1, math.ceil(job.epochs * data.batches_per_epoch / train_cfg.grad_accum)))
+    val_fn = None
+    if val_rows:
+        def val_fn():
+            return eval_batches(val_rows, train_cfg.batch_size, tok.pad_id, dist_info.rank, dist_info.world_size,
+                                limit=train_cfg.eval_batches)
+
+    def sample_fn(m, step):
+        from ..engine import Engine, SamplingParams
+        eng = Engine(m, tok, max_batch=len(SAMPLE_CHATS), max_seq_len=min(m.cfg.max_seq_len, 256))
+        return [eng.chat(c, SamplingParams(max_tokens=train_cfg.sample_tokens, temperature=0.0)).text
+                for c in SAMPLE_CHATS]
+
+    n_targets = sum(c.num_targets for c in train_convs)
+    if dist_info.is_main:
+        print(f"sft: {job.model} → {out}; {len(train_convs)} train / {len(val_convs)} held-out conversations, "
+              f"{len(eval_recs)} exact-match items; {len(rows)} {'packed' if job.packing else 'padded'} rows, "
+              f"{n_targets:,} assistant target tokens; {train_cfg.max_steps} steps on "
+              f"{dist_info.world_size} process(es) ({dist_info.device})")
+    metrics: dict = {}
+    if eval_recs and job.baseline_eval and not resuming and dist_info.is_main and not train_cfg.fsdp:
+        base = exact_match(model, tok, eval_recs, job.eval_max_tokens)
+        metrics["exact_match_before"] = base["exact_match"]
+        metrics["ended_turn_before"] = base["ended_turn"]
+        print(f"exact match before SFT: {base['exact_match']:.3f} on {base['n']} held-out items"
+              + (f" ({base['skipped_too_long']} longer than the context skipped)" if base["skipped_too_long"] else ""))
+
+    run_info = {"job": dataclasses.asdict(job), "parent": parent_meta.get("source", job.model),
+                "split": {"train": len(train_convs), "val": len(val_convs), "eval": len(eval_recs)}}
+    trainer = Trainer(model, train_cfg, data, val_batches=val_fn, tokenizer=tok, stage="sft",
+                      meta={"parent": str(job.model), "data": job.data},
+                      sample_fn=sample_fn if dist_info.world_size == 1 else None, dist_info=dist_info,
+                      run_info=run_info, callbacks=getattr(args, "callbacks", ()))
+    if "exact_match_before" in metrics:
+        trainer.log({"step": trainer.step, "exact_match": metrics["exact_match_before"],
+                     "ended_turn": metrics["ended_turn_before"], "phase": "before"})
+    result = trainer.fit(resume=args.resume)
+    if eval_recs and dist_info.is_main and not train_cfg.fsdp:  # a sharded model can't generate on one rank
+        after = exact_match(trainer.raw_model, tok, eval_recs, job.eval_max_tokens)
+        metrics.update(exact_match=after["exact_match"], ended_turn=after["ended_turn"], eval_items=after["n"],
+                       eval_skipped_too_long=after["skipped_too_long"])
+        trainer.log({"step": trainer.step, "exact_match": after["exact_match"], "ended_turn": after["ended_turn"],
+                     "phase": "after", "examples": after["examples"]})
+        print(f"exact match after SFT: {after['exact_match']:.3f} on {after['n']} held-out items "
+              f"(ended turn: {after['ended_turn']:.2f})")
+    trainer.last_val = {**trainer.last_val, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    final = trainer.save_final()
+    if dist_info.is_main:
+        summary = {k: round(v, 4) for k, v in {**result, **metrics}.items() if isinstance(v, float)}
+        print(f"done: {final}  {json.dumps(summary)}")
+    if dist_info.enabled:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return 0
