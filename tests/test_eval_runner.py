@@ -120,19 +120,50 @@ def test_cli_run_report_and_bad_input(tiny_ckpt, tmp_path):
     assert p.returncode == 2 and "unknown task" in p.stderr
 
 
-def test_openai_compatible_endpoint_backend(tiny_ckpt, tmp_path):
+def test_openai_compatible_endpoint_backend(backend, tiny_ckpt, tmp_path):
+    """A real `alignchat serve`: chat and raw generation, legacy echo + logprobs on /v1/completions, and
+    multiple choice scored over HTTP giving the same log-likelihoods as the engine in-process."""
+    import httpx
     from serve_support import ServerProcess
     srv = ServerProcess(tiny_ckpt, tmp_path / "eval.db", "--max-batch", "2").wait_ready()
     try:
         b = R.OpenAIBackend(srv.url, "tiny")
         gen = b.generate([[{"role": "user", "content": "你好"}], "The capital of France is"], max_tokens=5)
         assert len(gen) == 2 and all(isinstance(g.text, str) for g in gen) and gen[0].completion_tokens >= 1
+
+        prompt = "The cat sat on the mat"
+        ids = backend.tok.encode(prompt)
+        r = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 0,
+                                                          "echo": True, "logprobs": 2}, timeout=60).json()
+        lp = r["choices"][0]["logprobs"]
+        assert r["choices"][0]["text"] == backend.tok.decode(ids)
+        assert len(lp["tokens"]) == len(ids) and lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+        assert "".join(lp["tokens"]) == r["choices"][0]["text"]
+        assert lp["text_offset"] == sorted(lp["text_offset"]) and lp["text_offset"][0] == 0
+        assert all(v <= 0 for v in lp["token_logprobs"][1:]) and all(len(t) <= 2 for t in lp["top_logprobs"][1:])
+        # the prompt's total log-probability equals the engine's own scoring of the same tokens
+        ref = backend.engine.loglikelihood([(ids[:1], ids[1:])])[0][0]
+        assert abs(sum(lp["token_logprobs"][1:]) - ref) < 1e-3
+        # generated tokens get logprobs too, after the echoed prompt; without echo only theirs
+        g = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 3,
+                                                          "temperature": 0, "logprobs": 1}, timeout=60).json()["choices"][0]
+        assert 1 <= len(g["logprobs"]["tokens"]) <= 3 and "".join(g["logprobs"]["tokens"]) == g["text"]
+        assert all(max(t, key=t.get) == tok for t, tok in zip(g["logprobs"]["top_logprobs"], g["logprobs"]["tokens"]))
+        bad = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 0},
+                         timeout=60)
+        assert bad.status_code == 400 and "echo" in bad.json()["error"]["message"]
+
+        assert b.supports_loglikelihood
+        # (a text API tokenizes context + continuation together, so answers start with a space to keep the
+        # token boundary where the engine backend puts it)
+        items = [("Question: Is the sky blue?\nAnswer:", [" yes", " no"]), ("The capital of China is", [" Beijing", " 北京"])]
+        over_http = R.score_choices(b, items)
+        local = R.score_choices(backend, items)
+        for row_h, row_l in zip(over_http, local):
+            for (lh, _, nh), (ll, _, nl) in zip(row_h, row_l):
+                assert nh == nl and abs(lh - ll) < 1e-3
         cfg = R.EvalConfig(tasks=["zh_homonym", "boolq"], limit=2)
         s = R.run_suite(b, cfg, tmp_path / "http_run", progress=False)
-        assert s["tasks"]["zh_homonym"]["summary"]["n"] == 2
-        if not b.supports_loglikelihood:  # the endpoint gives no prompt logprobs: the task says so
-            assert "log-likelihood" in s["tasks"]["boolq"]["skipped"]
-        else:
-            assert s["tasks"]["boolq"]["summary"]["n"] == 2
+        assert s["tasks"]["zh_homonym"]["summary"]["n"] == 2 and s["tasks"]["boolq"]["summary"]["n"] == 2
     finally:
         srv.stop()

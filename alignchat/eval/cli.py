@@ -32,7 +32,11 @@ def add_arguments(parser) -> None:
     r.add_argument("--k-shot", type=int, default=0, help="in-context examples per item (default 0)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="cpu", help="cpu or cuda")
-    r.add_argument("--max-batch", type=int, default=8, help="engine batch size")
+    r.add_argument("--max-batch", type=int, default=16, help="sequences generated at once (default 16)")
+    r.add_argument("--max-seq-len", type=int, default=1024,
+                   help="context window used for eval (default 1024; longer prompts keep their rightmost tokens)")
+    r.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (default 0 = the cores not already busy, by the load average)")
     r.add_argument("--cpu-watts", type=float, help="assumed CPU power draw for the energy estimate")
     r.add_argument("--gpu-watts", type=float, help="assumed per-GPU power draw for the energy estimate")
     r.add_argument("--out", required=False, help="run directory (default runs/eval/<model name>)")
@@ -41,6 +45,8 @@ def add_arguments(parser) -> None:
     rep.add_argument("runs", nargs="+", help="run directories written by `eval run`, in pipeline order")
     rep.add_argument("--out", default="docs/report", help="output directory (default docs/report)")
     rep.add_argument("--winrate", action="append", default=[], help="winrate JSON files to include")
+    rep.add_argument("--validation", help="a SmolLM2 run (e.g. --tasks mmlu,piqa,... --limit 200) whose scores are "
+                                          "compared with the published figures (default: the SmolLM2 run among RUNS)")
 
     w = sub.add_parser("winrate", help="win rate of run A over run B, each pair judged in both orders")
     w.add_argument("run_a")
@@ -89,7 +95,8 @@ def run(args) -> int:
             energy.gpu_watts, energy.n_gpus = 700.0, 1  # H100 SXM board power; override with --gpu-watts
         cfg = EvalConfig(suite=args.suite, tasks=[t for t in (args.tasks or "").split(",") if t],
                          limit=args.limit or None, k_shot=args.k_shot, seed=args.seed, energy=energy)
-        backend = make_backend(args.model, args.endpoint, args.endpoint_model, args.device, args.max_batch, args.api_key)
+        backend = make_backend(args.model, args.endpoint, args.endpoint_model, args.device, args.max_batch, args.api_key,
+                               max_seq_len=args.max_seq_len, threads=args.threads)
         out = Path(args.out or Path("runs/eval") / Path(str(args.model or args.endpoint_model or "endpoint")).name)
         summary = run_suite(backend, cfg, out)
         write_report([out], out)
@@ -97,7 +104,8 @@ def run(args) -> int:
         return 0
     if cmd == "report":
         from .report import write_report
-        path = write_report([Path(r) for r in args.runs], Path(args.out), winrate_files=[Path(w) for w in args.winrate])
+        path = write_report([Path(r) for r in args.runs], Path(args.out), winrate_files=[Path(w) for w in args.winrate],
+                            validation_run=Path(args.validation) if args.validation else None)
         print(f"wrote {path}", file=sys.stderr)
         return 0
     if cmd == "winrate":

@@ -62,8 +62,23 @@ class Usage:
     score_seconds: float = 0.0
 
 
+def cpu_threads(requested: int = 0) -> int:
+    """Threads for CPU inference. 0 = auto: the cores not already busy (by the 1-minute load average), at
+    least 1. On a shared machine, oversubscribed BLAS threads spin and wait on each other; under a load of
+    10 on 2 cores one thread ran the scoring pass 3x faster than two."""
+    if requested > 0:
+        return requested
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
 class EngineBackend:
-    def __init__(self, model: str, device: str = "cpu", max_batch: int = 8, dtype: str = "float32"):
+    def __init__(self, model: str, device: str = "cpu", max_batch: int = 16, dtype: str = "float32",
+                 max_seq_len: int = 1024, threads: int = 0):
         import torch
 
         from ..checkpoint import load_model
@@ -71,11 +86,16 @@ class EngineBackend:
 
         self.torch = torch
         self.device = device
+        if str(device).startswith("cpu"):
+            torch.set_num_threads(cpu_threads(threads))
         self.model, self.tok, self.meta = load_model(model, device=device, dtype=getattr(torch, dtype))
-        self.engine = Engine(self.model, self.tok, max_batch=max_batch)
+        # the generation cache is max_batch x max_seq_len positions; 16 x 1024 keeps it under 1 GB for
+        # SmolLM2-135M, and every eval prompt fits (longer ones keep their rightmost tokens)
+        self.engine = Engine(self.model, self.tok, max_batch=max_batch, max_seq_len=max_seq_len)
         self.name = str(self.meta.get("name") or model)
         self.usage = Usage()
         self.supports_loglikelihood = True
+        self._memo: dict[tuple, list] = {}
 
     def describe(self) -> dict:
         return {"backend": "engine", "model": self.name, "device": self.device,
@@ -91,6 +111,27 @@ class EngineBackend:
         self.usage.score_seconds += time.perf_counter() - t0
         self.usage.scored_tokens += sum(len(c) + len(x) for c, x in encoded)
         return [(lp, greedy, len(x)) for (lp, greedy), (_, x) in zip(res, encoded)]
+
+    def loglikelihood_choices(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[tuple[float, bool, int]]]:
+        """Several continuations of one context per item, the context run once (`Engine.loglikelihood_choices`).
+
+        Results are memoised by text: scoring is deterministic, and a suite asks for the same item more than
+        once (the clean pass of @robustness repeats the task itself; a perturbation that finds nothing to
+        change leaves the text as it was)."""
+        keys = [(c, tuple(xs)) for c, xs in items]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._memo))
+        if todo:
+            encoded = [(self.tok.encode(c) if c else [], [self.tok.encode(x, add_bos=False) for x in xs]) for c, xs in todo]
+            t0 = time.perf_counter()
+            with self.torch.inference_mode():
+                res = self.engine.loglikelihood_choices(encoded)
+            self.usage.score_seconds += time.perf_counter() - t0
+            self.usage.scored_tokens += sum(len(c) + sum(len(x) for x in xs) for c, xs in encoded)
+            if len(self._memo) > 200_000:
+                self._memo.clear()
+            for k, row, (_, xs) in zip(todo, res, encoded):
+                self._memo[k] = [(lp, greedy, len(x)) for (lp, greedy), x in zip(row, xs)]
+        return [list(self._memo[k]) for k in keys]
 
     def fit_text(self, text: str) -> str:
         """The longest prefix of `text` that can be scored in one window (so bytes match scored tokens)."""
@@ -187,12 +228,21 @@ class OpenAIBackend:
         return r.json()
 
     def _score_one(self, context: str, continuation: str) -> tuple[float, bool, int]:
-        text = context + continuation
-        try:
-            data = self._post("/completions", {"model": self.model, "prompt": text, "max_tokens": 1, "echo": True,
-                                               "logprobs": 1, "temperature": 0})
-        except UserError as e:
-            raise LoglikelihoodUnsupported(f"endpoint does not score prompts: {e}") from e
+        for _ in range(6):
+            text = context + continuation
+            try:
+                data = self._post("/completions", {"model": self.model, "prompt": text, "max_tokens": 1, "echo": True,
+                                                   "logprobs": 1, "temperature": 0})
+                break
+            except UserError as e:
+                m = re.search(r"context length is (\d+) tokens.*?prompt is (\d+) tokens", str(e))
+                if "context_length_exceeded" not in str(e) or not context:
+                    raise LoglikelihoodUnsupported(f"endpoint does not score prompts: {e}") from e
+                # too long: keep the rightmost part of the context (as the engine backend does), and retry
+                keep = 0.9 * int(m.group(1)) / int(m.group(2)) if m else 0.5
+                context = context[len(context) - int(len(context) * keep):]
+        else:
+            raise UserError(f"{self.base}: could not fit a scoring prompt into the endpoint's context")
         lp = (data.get("choices") or [{}])[0].get("logprobs") or {}
         offsets, tokens, values = lp.get("text_offset"), lp.get("tokens"), lp.get("token_logprobs")
         if not offsets or not values or len(offsets) < 2:
@@ -263,12 +313,26 @@ class OpenAIBackend:
 
 
 def make_backend(model: str | None = None, endpoint: str | None = None, endpoint_model: str | None = None,
-                 device: str = "cpu", max_batch: int = 8, api_key: str | None = None):
+                 device: str = "cpu", max_batch: int = 16, api_key: str | None = None, max_seq_len: int = 1024,
+                 threads: int = 0):
     if endpoint:
         return OpenAIBackend(endpoint, endpoint_model or model or "default", api_key=api_key)
     if not model:
         raise UserError("give --model (a checkpoint, registry name or .gguf) or --endpoint URL")
-    return EngineBackend(model, device=device, max_batch=max_batch)
+    return EngineBackend(model, device=device, max_batch=max_batch, max_seq_len=max_seq_len, threads=threads)
+
+
+def score_choices(backend, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[tuple[float, bool, int]]]:
+    """(context, [continuations]) -> per continuation (log p, greedy?, tokens). Backends that can run a shared
+    context once do so; others score the flattened (context, continuation) pairs."""
+    if hasattr(backend, "loglikelihood_choices"):
+        return backend.loglikelihood_choices(items)
+    flat = backend.loglikelihood([(c, x) for c, xs in items for x in xs])
+    out, k = [], 0
+    for _, xs in items:
+        out.append(flat[k:k + len(xs)])
+        k += len(xs)
+    return out
 
 
 # ------------------------------------------------------------------------------------ perturbations
@@ -358,7 +422,7 @@ def score_mc(backend, examples: Sequence[Example], k_shot: int = 0, pool: Sequen
     pred: argmax of the summed log-probability; pred_norm: argmax of log-probability per UTF-8 byte of the
     answer (lm-eval's acc_norm). confidence: softmax of the summed log-probabilities over the choices.
     """
-    pairs, owners = [], []
+    items = []
     for i, ex in enumerate(examples):
         shots = []
         if k_shot:
@@ -366,13 +430,8 @@ def score_mc(backend, examples: Sequence[Example], k_shot: int = 0, pool: Sequen
             cands = [p for p in pool if p.id != ex.id]
             shots = rng.sample(cands, min(k_shot, len(cands)))
         ctx = mc_context(ex, shots, None if questions is None else questions[i])
-        for j, choice in enumerate(ex.choices):
-            pairs.append((ctx, " " + choice))
-            owners.append((i, j))
-    scores = backend.loglikelihood(pairs)
-    per = [[None] * len(ex.choices) for ex in examples]
-    for (i, j), s in zip(owners, scores):
-        per[i][j] = s[0]
+        items.append((ctx, [" " + choice for choice in ex.choices]))
+    per = [[s[0] for s in row] for row in score_choices(backend, items)]
     out = []
     for ex, lps in zip(examples, per):
         norm = [lp / max(len((" " + c).encode("utf-8")), 1) for lp, c in zip(lps, ex.choices)]
@@ -403,7 +462,10 @@ def gen_prompt(ex: Example, shots: Sequence[Example] = ()) -> list[dict]:
     return msgs + base
 
 
-_GEN_TOKENS = {"nq_open": 24, "truthfulqa": 48, "xsum": 64}
+# generation caps per task: long enough for the reference answers (NQ/evals answers are a few words,
+# TruthfulQA's one sentence), short enough that a model that never stops costs little
+_GEN_TOKENS = {"nq_open": 24, "truthfulqa": 40, "xsum": 64}
+_GEN_TOKENS_DEFAULT = 24
 
 
 def score_gen(backend, spec_scoring: str, examples: Sequence[Example], k_shot: int = 0,
@@ -416,7 +478,7 @@ def score_gen(backend, spec_scoring: str, examples: Sequence[Example], k_shot: i
             cands = [p for p in pool if p.id != ex.id and p.answers]
             shots = rng.sample(cands, min(k_shot, len(cands)))
         prompts.append(gen_prompt(ex, shots))
-    n = max_tokens or _GEN_TOKENS.get(examples[0].task if examples else "", 32)
+    n = max_tokens or _GEN_TOKENS.get(examples[0].task if examples else "", _GEN_TOKENS_DEFAULT)
     outs = backend.generate(prompts, max_tokens=n, temperature=0.0)
     recs = []
     for ex, o in zip(examples, outs):
@@ -449,7 +511,7 @@ def summarize_gen(records: Sequence[dict], spec_scoring: str) -> dict:
     return out
 
 
-def score_cot(backend, examples: Sequence[Example], max_tokens: int = 96) -> list[dict]:
+def score_cot(backend, examples: Sequence[Example], max_tokens: int = 80) -> list[dict]:
     """Zero-shot CoT: pass 1 generates reasoning after "Let's think step by step."; pass 2 appends the
     reasoning and an answer trigger, and reads the answer letter by log-likelihood (or, for endpoints
     without logprobs, from a short generation)."""
@@ -458,23 +520,25 @@ def score_cot(backend, examples: Sequence[Example], max_tokens: int = 96) -> lis
         return f"{ex.prompt}\n{opts}"
     prompts = [[{"role": "user", "content": question(ex) + "\nLet's think step by step."}] for ex in examples]
     reasoning = [o.text.strip() for o in backend.generate(prompts, max_tokens=max_tokens)]
-    recs = []
+    contexts, letter_sets = [], []
     for ex, why in zip(examples, reasoning):
         letters = LETTERS[:len(ex.choices)]
         trigger = f"Therefore, among {letters[0]} through {letters[-1]}, the answer is"
-        ctx = f"Question: {question(ex)}\nAnswer: Let's think step by step. {why}\n{trigger}"
-        if backend.supports_loglikelihood:
-            lps = [s[0] for s in backend.loglikelihood([(ctx, f" {L}") for L in letters])]
-            pred = max(range(len(letters)), key=lambda j: lps[j])
-        else:
-            ans = backend.generate([ctx], max_tokens=4)[0].text
-            m = re.search(f"[{letters}]", ans)
-            pred = letters.index(m.group(0)) if m else -1
-        recs.append({"id": ex.id, "reasoning": why, "pred": pred, "gold": ex.gold, "correct": pred == ex.gold})
-    return recs
+        contexts.append(f"Question: {question(ex)}\nAnswer: Let's think step by step. {why}\n{trigger}")
+        letter_sets.append(letters)
+    if backend.supports_loglikelihood:  # pass 2, all items at once
+        scored = score_choices(backend, [(c, [f" {L}" for L in ls]) for c, ls in zip(contexts, letter_sets)])
+        preds = [max(range(len(row)), key=lambda j: row[j][0]) for row in scored]
+    else:
+        preds = []
+        for ans, letters in zip(backend.generate(contexts, max_tokens=4), letter_sets):
+            m = re.search(f"[{letters}]", ans.text)
+            preds.append(letters.index(m.group(0)) if m else -1)
+    return [{"id": ex.id, "reasoning": why, "pred": pred, "gold": ex.gold, "correct": pred == ex.gold}
+            for ex, why, pred in zip(examples, reasoning, preds)]
 
 
-def score_code(backend, examples: Sequence[Example], max_tokens: int = 256, timeout: float = 10.0) -> list[dict]:
+def score_code(backend, examples: Sequence[Example], max_tokens: int = 160, timeout: float = 10.0) -> list[dict]:
     from .sandbox import humaneval_program, run_python, truncate_completion
 
     outs = backend.generate([ex.prompt for ex in examples], max_tokens=max_tokens,
@@ -503,15 +567,8 @@ def score_toxicity(backend, examples: Sequence[Example], k: int = 2, max_tokens:
 
 
 def score_pairs(backend, examples: Sequence[Example], normalise: bool) -> list[dict]:
-    pairs, owners = [], []
-    for i, ex in enumerate(examples):
-        for j, sent in enumerate(ex.choices):
-            pairs.append((ex.prompt, (" " if ex.prompt else "") + sent))
-            owners.append((i, j))
-    res = backend.loglikelihood(pairs)
-    per = [[0.0] * len(ex.choices) for ex in examples]
-    for (i, j), (lp, _, n) in zip(owners, res):
-        per[i][j] = lp / max(n, 1) if normalise else lp
+    items = [(ex.prompt, [(" " if ex.prompt else "") + sent for sent in ex.choices]) for ex in examples]
+    per = [[lp / max(n, 1) if normalise else lp for lp, _, n in row] for row in score_choices(backend, items)]
     return [{"id": ex.id, "scores": s, "meta": ex.meta} for ex, s in zip(examples, per)]
 
 
@@ -592,8 +649,11 @@ class EvalConfig:
 
 
 SUITES = {
+    # every metric family once, at a cost that fits 15 CPU minutes for a 135M model at --limit 20:
+    # six MC accuracy tasks, BBQ/CrowS/StereoSet, toxicity, three generative tasks (two Chinese), HumanEval,
+    # perplexity, and the robustness/fairness/CoT/efficiency sections
     "lite": ["mmlu", "boolq", "piqa", "siqa", "commonsenseqa", "openbookqa", "bbq", "crows_pairs", "stereoset",
-             "toxicity", "truthfulqa", "nq_open", "zh_famous_novel", "zh_tang_poetry", "zh_homonym",
+             "toxicity", "truthfulqa", "nq_open", "zh_famous_novel", "zh_homonym",
              "humaneval", "heldout_text", "@robustness", "@fairness", "@cot", "@efficiency"],
     "full": [t for t in TASKS] + ["@robustness", "@fairness", "@cot", "@detect", "@efficiency"],
     "tiny": ["mmlu", "boolq", "bbq", "crows_pairs", "stereoset", "truthfulqa", "zh_homonym", "heldout_text",

@@ -391,12 +391,17 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
 ]}
 
 
+_LOADED: dict[str, list[Example]] = {}
+
+
 def load_task(name: str, limit: int | None = None, seed: int = 0) -> list[Example]:
     """Examples of one task; with `limit`, a deterministic random sample of that size."""
     spec = TASKS.get(name)
     if spec is None:
         raise UserError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
-    examples = spec.loader()
+    if name not in _LOADED:  # parse (and checksum) each source once per process; a suite asks several times
+        _LOADED[name] = spec.loader()
+    examples = list(_LOADED[name])
     if limit is not None and limit < len(examples):
         rng = random.Random(f"{name}:{seed}")
         examples = rng.sample(examples, limit)

@@ -9,6 +9,9 @@ Notable choices:
 - Sampling maps onto the shared engine's `SamplingParams`: temperature (0 = greedy), top_p, top_k,
   presence/frequency/repetition penalties, stop strings, seed (choice i of n uses seed + i, so n > 1 with a
   seed gives n different but reproducible answers) and max_tokens (default: the rest of the context).
+- /v1/completions returns legacy `logprobs` (tokens, token_logprobs, top_logprobs up to 5, text_offset),
+  with `echo` over the prompt too, and accepts max_tokens=0 with echo: so evaluation harnesses can score
+  multiple choice over HTTP. They are computed by one scoring pass of the model after generation.
 - Streaming is Server-Sent Events ending in `data: [DONE]`; `stream_options.include_usage` adds the usage
   chunk. An error after the stream began is sent as one `data: {"error": ...}` event.
 - Embeddings use the MiniLM encoder (`alignchat.embeddings`), imported on first use; both `float` and the
@@ -91,7 +94,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
+    max_tokens: int | None = Field(16, ge=0)  # OpenAI's default; 0 only with echo (score the prompt)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)
@@ -311,8 +314,14 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
         raise _unsupported("suffix", "suffix (fill-in-the-middle)")
     if body.best_of is not None and body.best_of != body.n:
         raise _unsupported("best_of", "best_of different from n")
-    if body.logprobs:
-        raise _unsupported("logprobs", "logprobs on /v1/completions")
+    want_lp = body.logprobs is not None
+    if want_lp and body.stream:
+        raise _unsupported("logprobs", "logprobs with stream on /v1/completions")
+    if body.max_tokens == 0 and not body.echo:
+        raise APIError(400, "max_tokens: must be at least 1 (0 is allowed only with echo, to score the prompt).",
+                       param="max_tokens")
+    if body.max_tokens == 0 and body.stream:
+        raise APIError(400, "max_tokens: 0 is not allowed with stream.", param="max_tokens")
     await ctx.host.ready()
     tok = ctx.host.tokenizer
     p = body.prompt
@@ -335,7 +344,7 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
             raise APIError(400, f"prompt: token ids must be in [0, {vocab}).", param="prompt")
     if len(prompts) * body.n > ctx.cfg.max_n * 4:
         raise APIError(400, f"prompt: at most {ctx.cfg.max_n * 4} prompts x choices per request.", param="prompt")
-    budgets = [ctx.fit_context(ids, body.max_tokens, param="prompt") for ids in prompts]
+    budgets = [ctx.fit_context(ids, body.max_tokens, param="prompt") if body.max_tokens != 0 else 0 for ids in prompts]
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     base = {"id": cid, "object": "text_completion", "created": created, "model": ctx.host.model_id,
             "system_fingerprint": None}
@@ -346,7 +355,13 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
 
     async def run_prompt(pi: int, ids: list[int], out_q: asyncio.Queue, req):
         try:
-            async for ev in await ctx.generate(ids, sampling_params(body, budgets[pi], body.n), request=req):
+            if budgets[pi] == 0:  # echo-only scoring: nothing to generate
+                for j in range(body.n):
+                    from .scheduler import Event
+                    await out_q.put(Event("done", pi * body.n + j, finish_reason="length"))
+                return
+            async for ev in await ctx.generate(ids, sampling_params(body, budgets[pi], body.n, want_logprobs=want_lp),
+                                               request=req):
                 ev.index = pi * body.n + ev.index
                 await out_q.put(ev)
         except APIError as e:
@@ -402,16 +417,50 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
 
     texts = [echo[k // body.n] for k in range(total)]
     finish = ["stop"] * total
+    generated: list[list[int]] = [[] for _ in range(total)]
     completion_tokens = 0
     async for ev in merged(request):
         if ev.kind == "delta":
             texts[ev.index] += ev.text
+            if ev.logprob is not None and ev.token_id is not None:  # a real token (stop tokens carry none)
+                generated[ev.index].append(ev.token_id)
         elif ev.kind == "done":
             finish[ev.index] = _finish(ev.finish_reason)
             completion_tokens += ev.completion_tokens
-    return {**base, "choices": [{"index": k, "text": texts[k], "logprobs": None, "finish_reason": finish[k]}
+    logprobs: list[dict | None] = [None] * total
+    if want_lp:
+        for k in range(total):
+            logprobs[k] = await asyncio.to_thread(_legacy_logprobs, ctx.host.engine, tok, prompts[k // body.n],
+                                                  generated[k], body.echo, body.logprobs)
+    return {**base, "choices": [{"index": k, "text": texts[k], "logprobs": logprobs[k], "finish_reason": finish[k]}
                                 for k in range(total)],
             "usage": _usage(prompt_tokens, completion_tokens)}
+
+
+def _legacy_logprobs(engine, tok, prompt_ids: list[int], generated: list[int], echo: bool, top: int) -> dict:
+    """The legacy completions `logprobs` object: tokens, token_logprobs, top_logprobs and text_offset, over
+    the echoed prompt (when echo) and the generated tokens. Values are the model's own distribution (before
+    temperature, top-p or penalties), computed by one scoring pass over prompt + completion; the first
+    prompt token has no context, so its logprob is null, as in OpenAI's API."""
+    ids = list(prompt_ids) + list(generated)
+    values, tops = engine.token_logprobs(ids, top=top)
+    first = 0 if echo else len(prompt_ids)
+    # offsets into the returned text by prefix decodes; a token that starts inside a multi-token character
+    # gets that character's offset (the prefix's incomplete bytes decode to U+FFFD and are not counted)
+    base = 0 if echo else len(tok.decode(prompt_ids))
+    prefix_len = [len(tok.decode(ids[:i]).rstrip("\ufffd")) - base for i in range(first, len(ids))]
+    out_tokens = [tok.decode([t]) for t in ids[first:]]
+    out_top: list[dict | None] = []
+    for alts in tops[first:]:
+        if alts is None:
+            out_top.append(None)
+            continue
+        d: dict[str, float] = {}
+        for t, v in alts:
+            d.setdefault(tok.decode([t]), v)  # distinct ids may decode alike; keep the likelier
+        out_top.append(d)
+    return {"tokens": out_tokens, "token_logprobs": values[first:], "top_logprobs": out_top,
+            "text_offset": [max(o, 0) for o in prefix_len]}
 
 
 @router.post("/v1/embeddings")
