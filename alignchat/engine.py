@@ -191,24 +191,47 @@ class Engine:
         if bad:
             raise UserError(f"token id {bad[0]} is outside the vocabulary (size {self.cfg.vocab_size})")
 
-    @torch.inference_mode()
     def add_request(self, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> Request:
         """Take a free slot and prefill the prompt; the first token is sampled by the next `step()`."""
-        params = (params or SamplingParams()).validate()
-        self.check_prompt(prompt_ids)
-        try:
-            slot = self.slots.index(None)
-        except ValueError:
-            raise RuntimeError("no free slot: check has_free_slot() before add_request()") from None
-        max_new = min(params.max_tokens, self.max_seq_len - len(prompt_ids))
-        req = Request(prompt_ids, params, self.tok, slot, max_new, self.device)
-        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        pos = torch.arange(len(prompt_ids), device=self.device)[None]
-        logits = self.model(ids, positions=pos, kv_cache=self.cache, slots=torch.tensor([slot], device=self.device),
-                            kv_len=len(prompt_ids))
-        req.next_logits = logits[0, -1].float()
-        self.slots[slot] = req
-        return req
+        return self.add_requests([(prompt_ids, params)])[0]
+
+    @torch.inference_mode()
+    def add_requests(self, items: Sequence[tuple[Sequence[int], SamplingParams | None]]) -> list[Request]:
+        """Admit several requests with one batched prefill (right-padded to the longest prompt).
+
+        Padding tokens write keys at positions past their row's prompt; those cache entries are overwritten
+        by the row's own decode steps before any query can attend to them, so they never matter.
+        Every item is validated before any slot is taken: one bad prompt admits none.
+        """
+        checked = []
+        for prompt_ids, params in items:
+            params = (params or SamplingParams()).validate()
+            self.check_prompt(prompt_ids)
+            checked.append((list(prompt_ids), params))
+        free = [i for i, r in enumerate(self.slots) if r is None]
+        if len(checked) > len(free):
+            raise RuntimeError(f"{len(checked)} requests but {len(free)} free slots: check has_free_slot()")
+        reqs = []
+        for (prompt_ids, params), slot in zip(checked, free):
+            max_new = min(params.max_tokens, self.max_seq_len - len(prompt_ids))
+            reqs.append(Request(prompt_ids, params, self.tok, slot, max_new, self.device))
+        if not reqs:
+            return []
+        T = max(len(r.prompt_ids) for r in reqs)
+        ids = torch.full((len(reqs), T), self.tok.pad_id, dtype=torch.long, device=self.device)
+        for j, r in enumerate(reqs):
+            ids[j, :len(r.prompt_ids)] = torch.tensor(r.prompt_ids, device=self.device)
+        pos = torch.arange(T, device=self.device).expand(len(reqs), T)
+        slots = torch.tensor([r.slot for r in reqs], device=self.device)
+        hidden = self.model(ids, positions=pos, kv_cache=self.cache, slots=slots, kv_len=T, return_hidden=True)
+        # project only each prompt's last position: the full (T, vocab) logits of a long prompt cost more
+        # than the rest of the prefill on a CPU
+        last = torch.tensor([len(r.prompt_ids) - 1 for r in reqs], device=self.device)
+        logits = self.model.logits_from_hidden(hidden[torch.arange(len(reqs), device=self.device), last]).float()
+        for j, r in enumerate(reqs):
+            r.next_logits = logits[j]
+            self.slots[r.slot] = r
+        return reqs
 
     def abort(self, req: Request) -> None:
         """Free a request's slot at once (e.g. its client disconnected)."""
@@ -329,9 +352,10 @@ class Engine:
             from tqdm import tqdm
             bar = tqdm(total=len(prompts), desc="generate", unit="seq")
         while queue or owner:
-            while queue and self.has_free_slot():
-                i = queue.pop()
-                req = self.add_request(list(prompts[i]), params[i])
+            admit = []
+            while queue and len(admit) < self.max_batch - self.num_active():
+                admit.append(queue.pop())
+            for i, req in zip(admit, self.add_requests([(prompts[i], params[i]) for i in admit])):
                 owner[req.id] = i
             for out in self.step():
                 if out.finished:

@@ -165,3 +165,16 @@ def test_loglikelihood_of_overlong_continuation_keeps_its_end(engine):
     (lp, _), = engine.loglikelihood([([5, 6], cont)])
     (lp_tail, _), = engine.loglikelihood([([6], cont[-127:])])  # what fits: one context token + the tail
     assert abs(lp - lp_tail) < 1e-3
+
+
+def test_batched_prefill_admits_many_and_rejects_all_on_one_bad_prompt(engine):
+    p = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [40, 41, 42]]
+    reqs = engine.add_requests([(x, p) for x in prompts])
+    while not all(r.finished for r in reqs):
+        engine.step()
+    for x, r in zip(prompts, reqs):
+        assert r.output_ids == greedy_reference(engine.model, x, 6)
+    with pytest.raises(ContextLengthError):
+        engine.add_requests([([1, 2], p), (list(range(1, 300)), p)])
+    assert engine.num_active() == 0

@@ -174,28 +174,40 @@ class Scheduler:
             self._finish(h, Event("error", h.index, error=RuntimeError("the server is shutting down")))
 
     def _admit(self) -> None:
+        """Move waiting requests into free slots, prefilling all newcomers of this step in one batch."""
         from ..errors import UserError
         eng = self.engine
-        while True:
-            with self._cond:
-                if not self._waiting or not eng.has_free_slot():
-                    return
-                h = self._waiting.popleft()
+        batch: list[RequestHandle] = []
+        with self._cond:
+            free = eng.max_batch - eng.num_active()
+            while self._waiting and len(batch) < free:
+                batch.append(self._waiting.popleft())
+        ready = []
+        for h in batch:
             if h.cancelled:
                 with self._cond:
                     self.counters["aborted"] += 1
                 self._finish(h, Event("done", h.index, finish_reason="abort"))
                 continue
-            try:
-                h.engine_request = eng.add_request(h.prompt_ids, h.params)
+            try:  # validate alone, so one bad request fails only itself
+                h.params.validate()
+                eng.check_prompt(h.prompt_ids)
             except UserError as e:  # ContextLengthError and friends: the client's fault
                 self._finish(h, Event("error", h.index, error=e))
                 continue
-            except Exception as e:
-                log.exception("engine could not take a request")
+            ready.append(h)
+        if not ready:
+            return
+        try:
+            reqs = eng.add_requests([(h.prompt_ids, h.params) for h in ready])
+        except Exception as e:
+            log.exception("engine could not take requests")
+            for h in ready:
                 self._finish(h, Event("error", h.index, error=e))
-                continue
-            self._active[id(h.engine_request)] = h
+            return
+        for h, req in zip(ready, reqs):
+            h.engine_request = req
+            self._active[id(req)] = h
 
     def _abort(self, h: RequestHandle) -> None:
         if h.finished:
