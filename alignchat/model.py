@@ -217,7 +217,7 @@ class Transformer(nn.Module):
         x = self.model.norm(x)
         if return_hidden:
             return x
-        return F.linear(x, self.output_weight)
+        return self.logits_from_hidden(x)
 
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.output_weight)
