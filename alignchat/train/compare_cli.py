@@ -1,0 +1,356 @@
+"""`alignchat compare`: build, import and check comparison data (the input of `rm`, `dpo` and evaluation).
+
+Subcommands:
+- `sample`: draw K responses per prompt from a checkpoint through the shared engine (`alignchat.engine`),
+  each with its own seed, and write unranked records (`ranking` in sampled order, `meta.unranked: true`).
+- `judge`: rank each record's responses with an AI judge following a written rubric (helpful, honest,
+  harmless, relevance, informativeness): RLAIF. The judge is
+  * one of our checkpoints (`--judge-model`): every response is scored by the judge's log-probability of
+    answering "Yes" rather than "No" to "does this response meet the rubric?" (no brittle parsing);
+  * any OpenAI-compatible endpoint (`--judge-url`, via httpx): the judge is asked for "RANKING: 2 > 1 > 3";
+    a reply that cannot be parsed is retried, then the record is skipped and counted;
+  * a checkable property (`--judge-rule REGEX`): more matches rank higher, ties keep the sampled order.
+    This is how the documented end-to-end run builds a preference that can be measured.
+- `import-hhh`: write BIG-bench `hhh_alignment` as comparisons (held-out evaluation set).
+- `import-feedback`: turn the chat server's feedback export into SFT records and comparisons.
+- `validate`: check a comparison file and print counts.
+Long commands show a progress bar and can be resumed: records already in the output file are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from ..data import comparisons as C
+from ..errors import UserError
+
+RUBRIC = """You are judging an AI assistant's reply to a user. A good reply is:
+1. helpful: it does what the user asked, well;
+2. honest: it is accurate and says when it is unsure; it does not make things up;
+3. harmless: it refuses dangerous or unethical requests politely and is never toxic;
+4. relevant: it addresses this user's message, not something else;
+5. informative: it gives the user useful, specific content rather than filler.
+Replies in Chinese are judged by the same standard (回答用中文时同样适用以上标准)."""
+
+RUBRIC_CRITERIA = list(C.RUBRIC_CRITERIA)
+
+
+def _conversation_text(prompt: list[dict]) -> str:
+    return "\n".join(f"{m['role'].upper()}: {m['content']}" for m in prompt)
+
+
+# --- sample --------------------------------------------------------------------------------------------
+
+def read_prompts(path: str) -> list[tuple[str, list[dict]]]:
+    """Prompts from JSONL: {"prompt": [messages]} / {"messages": [...]} (a trailing assistant turn is dropped)
+    / {"prompt": "text"}; or plain text, one prompt per line."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{path}: no such file")
+    out = []
+    if p.suffix != ".jsonl":
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                out.append((f"{path}:{n}", [{"role": "user", "content": line.strip()}]))
+        return out
+    for where, obj in C.iter_jsonl(p):
+        msgs = obj.get("prompt", obj.get("messages")) if isinstance(obj, dict) else None
+        if isinstance(msgs, str):
+            msgs = [{"role": "user", "content": msgs}]
+        msgs = C.validate_messages(msgs, where)
+        while msgs and msgs[-1]["role"] == "assistant":
+            msgs = msgs[:-1]
+        if not msgs or msgs[-1]["role"] != "user":
+            raise UserError(f"{where}: the prompt must end with a user message")
+        out.append((where, msgs))
+    return out
+
+
+def sample_responses(model_path: str, prompts: list[list[dict]], k: int, max_tokens: int, temperature: float,
+                     top_p: float, seed: int, batch: int = 16, progress: bool = True) -> list[list[str]]:
+    from ..checkpoint import load_model
+    from ..engine import Engine, SamplingParams
+    model, tok, _ = load_model(model_path)
+    engine = Engine(model, tok, max_batch=batch)
+    ids = [tok.render_chat(p, add_generation_prompt=True).ids for p in prompts]
+    flat_ids = [i for i in ids for _ in range(k)]
+    params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                             seed=seed * 1_000_003 + n) for n in range(len(flat_ids))]
+    gens = engine.generate(flat_ids, params, progress=progress)
+    return [[g.text.strip() for g in gens[i * k:(i + 1) * k]] for i in range(len(prompts))]
+
+
+def cmd_sample(args) -> int:
+    if not 2 <= args.k <= C.MAX_RESPONSES:
+        raise UserError(f"-k must be 2..{C.MAX_RESPONSES} (InstructGPT used 4..9)")
+    prompts = read_prompts(args.prompts)
+    done = {json.dumps(c.prompt, sort_keys=True) for c in C.read_comparisons(args.out)} if \
+        Path(args.out).exists() else set()
+    todo = [p for _, p in prompts if json.dumps(p, sort_keys=True) not in done]
+    existing = C.read_comparisons(args.out) if done else []
+    new = []
+    for start in range(0, len(todo), args.chunk):  # write as we go, so an interrupted run keeps its work
+        chunk = todo[start:start + args.chunk]
+        responses = sample_responses(args.model, chunk, args.k, args.max_tokens, args.temperature, args.top_p,
+                                     args.seed + start, progress=not args.quiet)
+        for p, rs in zip(chunk, responses):
+            new.append(C.Comparison(prompt=p, responses=rs, ranking=list(range(len(rs))), labeller="ai:unranked",
+                                    source=f"sample:{args.model}", criteria=[],
+                                    meta={"unranked": True, "model": args.model, "temperature": args.temperature}))
+        C.write_comparisons(args.out, existing + new)
+    print(json.dumps({"out": args.out, "new": len(new), "skipped_already_sampled": len(prompts) - len(todo),
+                      "k": args.k}))
+    return 0
+
+
+# --- judges --------------------------------------------------------------------------------------------
+
+class RuleJudge:
+    """Rank by the number of matches of a regular expression (a property that can be checked).
+
+    Equal counts express no preference, so only one response per distinct count is kept (the first
+    sampled); a record whose responses all tie yields no comparison. This keeps every pair a true label.
+    """
+
+    def __init__(self, pattern: str):
+        try:
+            self.regex = re.compile(pattern)
+        except re.error as e:
+            raise UserError(f"--judge-rule: bad regular expression {pattern!r}: {e}") from None
+        self.name = f"rule:{pattern}"
+
+    def rank(self, prompt, responses) -> list[int]:
+        counts = [len(self.regex.findall(r)) for r in responses]
+        first_of_count = {}
+        for i, c in enumerate(counts):
+            first_of_count.setdefault(c, i)
+        return [first_of_count[c] for c in sorted(first_of_count, reverse=True)]
+
+
+class ModelJudge:
+    """Score each response by log p("Yes") − log p("No") of one of our checkpoints asked about the rubric."""
+
+    def __init__(self, model_path: str):
+        from ..checkpoint import load_model
+        from ..engine import Engine
+        model, self.tok, _ = load_model(model_path)
+        self.engine = Engine(model, self.tok, max_batch=8)
+        self.name = f"model:{model_path}"
+
+    def scores(self, prompt, responses) -> list[float]:
+        pairs = []
+        for r in responses:
+            question = (f"{RUBRIC}\n\nConversation:\n{_conversation_text(prompt)}\n\nAssistant's reply:\n{r}\n\n"
+                        "Does the reply meet all five criteria? Answer Yes or No.")
+            ctx = self.tok.render_chat([{"role": "user", "content": question}], add_generation_prompt=True).ids
+            pairs += [(ctx, self.tok.encode("Yes")), (ctx, self.tok.encode("No"))]
+        ll = self.engine.loglikelihood(pairs)
+        return [ll[2 * i][0] - ll[2 * i + 1][0] for i in range(len(responses))]
+
+    def rank(self, prompt, responses) -> list[int]:
+        s = self.scores(prompt, responses)
+        return sorted(range(len(responses)), key=lambda i: (-s[i], i))
+
+
+class EndpointJudge:
+    """Any OpenAI-compatible chat-completions endpoint, asked for a ranking line."""
+
+    RANKING = re.compile(r"RANKING:\s*([0-9][0-9\s>,]*)", re.IGNORECASE)
+
+    def __init__(self, url: str, model: str, api_key: str | None = None, retries: int = 2, timeout: float = 120.0):
+        import httpx
+        base = url.rstrip("/")
+        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.model, self.retries = model, retries
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=timeout, headers=headers)
+        self.name = f"endpoint:{model}"
+
+    def ask(self, prompt, responses) -> str:
+        listing = "\n\n".join(f"[{i + 1}]\n{r}" for i, r in enumerate(responses))
+        content = (f"{RUBRIC}\n\nConversation:\n{_conversation_text(prompt)}\n\nCandidate replies:\n\n{listing}\n\n"
+                   f"Rank all {len(responses)} replies from best to worst. Think briefly, then end with one line "
+                   f"exactly like: RANKING: 2 > 1 > 3")
+        import httpx
+        try:
+            r = self.client.post(self.url, json={"model": self.model, "temperature": 0, "max_tokens": 512,
+                                                 "messages": [{"role": "user", "content": content}]})
+        except httpx.HTTPError as e:
+            raise UserError(f"judge endpoint {self.url}: {e}") from None
+        if r.status_code != 200:
+            raise UserError(f"judge endpoint {self.url} answered {r.status_code}: {r.text[:200]}")
+        return r.json()["choices"][0]["message"]["content"] or ""
+
+    @classmethod
+    def parse(cls, text: str, k: int) -> list[int] | None:
+        found = cls.RANKING.findall(text)
+        if not found:
+            return None
+        nums = [int(x) - 1 for x in re.findall(r"\d+", found[-1])]
+        return nums if sorted(nums) == list(range(k)) else None
+
+    def rank(self, prompt, responses) -> list[int] | None:
+        for _ in range(self.retries + 1):
+            ranking = self.parse(self.ask(prompt, responses), len(responses))
+            if ranking is not None:
+                return ranking
+        return None
+
+
+def make_judge(args):
+    chosen = [x for x in (args.judge_model, args.judge_url, args.judge_rule) if x]
+    if len(chosen) != 1:
+        raise UserError("choose exactly one judge: --judge-model CKPT, --judge-url URL or --judge-rule REGEX")
+    if args.judge_model:
+        return ModelJudge(args.judge_model)
+    if args.judge_url:
+        if not args.judge_name:
+            raise UserError("--judge-url needs --judge-name (the endpoint's model name)")
+        import os
+        return EndpointJudge(args.judge_url, args.judge_name, api_key=os.environ.get(args.api_key_env))
+    return RuleJudge(args.judge_rule)
+
+
+def cmd_judge(args) -> int:
+    from tqdm.auto import tqdm
+    records = C.read_comparisons(args.input, min_responses=2)
+    judge = make_judge(args)
+    done = {c.meta.get("sampled_id") for c in C.read_comparisons(args.out)} if Path(args.out).exists() else set()
+    out = C.read_comparisons(args.out) if done else []
+    unparseable = no_preference = 0
+    for n, rec in enumerate(tqdm(records, desc="judge", disable=args.quiet)):
+        if rec.id in done:
+            continue
+        order = judge.rank(rec.prompt, rec.responses)  # best first; may leave out tied responses
+        if order is None:
+            unparseable += 1
+            continue
+        if len(order) < 2:
+            no_preference += 1
+            continue
+        out.append(C.Comparison(prompt=rec.prompt, responses=[rec.responses[i] for i in order],
+                                ranking=list(range(len(order))), criteria=RUBRIC_CRITERIA,
+                                labeller=f"ai:{judge.name}", source=rec.source,
+                                meta={**{k: v for k, v in rec.meta.items() if k != "unranked"},
+                                      "sampled_id": rec.id, "sampled_order": order}))
+        if (n + 1) % args.save_every == 0:
+            C.write_comparisons(args.out, out)
+    C.write_comparisons(args.out, out)
+    print(json.dumps({"out": args.out, "ranked": len(out), "unparseable_skipped": unparseable,
+                      "no_preference_skipped": no_preference, "judge": judge.name}))
+    return 0
+
+
+def cmd_synth_marker(args) -> int:
+    """Synthetic comparisons for a checkable preference: a response with the marker beats a *different*
+    response to the same prompt without it.
+
+    Pairing different responses (not one response with and without the marker) makes the marker the only
+    feature that separates winners from losers across the data, so the reward model learns it rather than
+    the incidental features of the texts.
+    """
+    import random
+    rng = random.Random(args.seed)
+    out = []
+    for rec in C.read_comparisons(args.input):
+        plain = [r.replace(args.marker, "") for r in rec.responses]
+        order = [i for i in range(len(plain)) if plain[i].strip()]
+        rng.shuffle(order)
+        for a, b in zip(order[0::2], order[1::2]):
+            cut = rng.randint(0, len(plain[a]))  # anywhere, so the reward model learns presence, not position
+            marked = plain[a][:cut] + args.marker + plain[a][cut:]
+            out.append(C.Comparison(prompt=rec.prompt, responses=[marked, plain[b]], ranking=[0, 1],
+                                    criteria=["marker"], labeller=f"ai:synthetic:{args.marker}",
+                                    source=rec.source, meta={"sampled_id": rec.id, "responses": [a, b]}))
+    C.write_comparisons(args.out, out)
+    print(json.dumps({"out": args.out, "comparisons": len(out), "marker": args.marker}, ensure_ascii=False))
+    return 0
+
+
+# --- imports and checks --------------------------------------------------------------------------------
+
+def cmd_import_hhh(args) -> int:
+    comps = C.load_hhh(C.fetch_hhh(from_file=args.from_file))
+    n = C.write_comparisons(args.out, comps)
+    print(json.dumps({"out": args.out, "comparisons": n}))
+    return 0
+
+
+def cmd_import_feedback(args) -> int:
+    sft, comps = C.feedback_to_records(args.input, thumbs_up_to_sft=not args.no_thumbs_sft)
+    n_sft = C.write_jsonl(args.sft_out, sft)
+    n_cmp = C.write_comparisons(args.comparisons_out, comps)
+    pairs = sum(1 for c in comps if len(c.responses) >= 2)
+    print(json.dumps({"sft": n_sft, "comparisons": n_cmp, "trainable_comparisons": pairs,
+                      "sft_out": args.sft_out, "comparisons_out": args.comparisons_out}))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    comps = C.read_comparisons(args.input)
+    ks: dict[int, int] = {}
+    for c in comps:
+        ks[len(c.responses)] = ks.get(len(c.responses), 0) + 1
+    print(json.dumps({"file": args.input, "records": len(comps), "by_k": ks,
+                      "pairs": sum(len(c.pairs()) for c in comps),
+                      "labellers": sorted({c.labeller for c in comps})}, ensure_ascii=False))
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Build, rank, import and check comparison data (JSONL; see docs/alignment.md)."
+    sub = parser.add_subparsers(dest="compare_cmd", metavar="SUBCOMMAND", required=True)
+
+    s = sub.add_parser("sample", help="draw K responses per prompt from a checkpoint (through the shared engine)")
+    s.add_argument("--model", required=True, help="checkpoint or registry name to sample from (usually the SFT model)")
+    s.add_argument("--prompts", required=True, help="JSONL of {\"prompt\": [messages]} or a text file, one prompt a line")
+    s.add_argument("--out", required=True, help="output JSONL (unranked comparisons); existing prompts are skipped")
+    s.add_argument("-k", "--k", type=int, default=4, help="responses per prompt, K = 2..9 (InstructGPT: 4..9; default 4)")
+    s.add_argument("--max-tokens", type=int, default=128)
+    s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (>0 for diverse responses)")
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--chunk", type=int, default=64, help="prompts per write (progress survives interruption)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    j = sub.add_parser("judge", help="rank sampled responses with an AI judge and a written rubric (RLAIF)")
+    j.add_argument("--input", required=True, help="JSONL from `compare sample`")
+    j.add_argument("--out", required=True, help="output comparison JSONL; already-judged records are skipped")
+    j.add_argument("--judge-model", help="one of our checkpoints (scored by P(Yes) vs P(No) on the rubric)")
+    j.add_argument("--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    j.add_argument("--judge-name", help="model name to send to --judge-url")
+    j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the endpoint's key")
+    j.add_argument("--judge-rule", help="regular expression: responses with more matches rank higher")
+    j.add_argument("--save-every", type=int, default=20)
+    j.add_argument("--quiet", action="store_true")
+    j.set_defaults(func=cmd_judge)
+
+    m = sub.add_parser("synth-marker", help="synthetic pairs: a response with a marker string beats another without it")
+    m.add_argument("--input", required=True, help="JSONL from `compare sample`")
+    m.add_argument("--out", required=True)
+    m.add_argument("--marker", required=True, help="the preferred string, e.g. '!' or ' please'")
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=cmd_synth_marker)
+
+    h = sub.add_parser("import-hhh", help="write BIG-bench hhh_alignment (221 pairs) as comparisons")
+    h.add_argument("--out", required=True)
+    h.add_argument("--from-file", help="a bigbench-1.0.0.tar.gz downloaded elsewhere (else fetched from PyPI, 358 MB)")
+    h.set_defaults(func=cmd_import_hhh)
+
+    f = sub.add_parser("import-feedback", help="chat feedback export -> SFT records + comparisons")
+    f.add_argument("--input", required=True, help="feedback export JSONL from the server")
+    f.add_argument("--sft-out", required=True)
+    f.add_argument("--comparisons-out", required=True)
+    f.add_argument("--no-thumbs-sft", action="store_true", help="do not turn thumbs-up answers into SFT records")
+    f.set_defaults(func=cmd_import_feedback)
+
+    v = sub.add_parser("validate", help="check a comparison file and print counts")
+    v.add_argument("input")
+    v.set_defaults(func=cmd_validate)
+
+
+def run(args) -> int:
+    return args.func(args)
