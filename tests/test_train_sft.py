@@ -157,6 +157,12 @@ def test_tiny_sft_end_to_end_learns_to_answer_and_end_its_turn(tmp_path, tiny_ck
     em = {r["phase"]: r for r in records if "phase" in r}
     assert em["before"]["exact_match"] == 0.0 and em["after"]["exact_match"] == 1.0
     assert em["after"]["ended_turn"] == 1.0
+    # per-item results of the same held-out items, before and after, for paired comparisons
+    items = {phase: [json.loads(line) for line in (tmp_path / "run" / f"exact_match_{phase}.jsonl").open()]
+             for phase in ("before", "after")}
+    assert [it["id"] for it in items["before"]] == [it["id"] for it in items["after"]]
+    assert len(items["after"]) == 12 and all(it["correct"] and it["answer"] == "OK" for it in items["after"])
+    assert not any(it["correct"] for it in items["before"])
 
     model, tok, meta = load_model(tmp_path / "run" / "final")  # what `alignchat chat` loads
     assert meta["stage"] == "sft" and meta["metrics"]["exact_match"] == 1.0

@@ -43,6 +43,7 @@ class SFTConfig:
     eval_data: str = ""  # held-out task items (SFT JSONL) for exact match
     eval_limit: int = 100  # at most this many exact-match items
     eval_max_tokens: int = 48
+    eval_batch: int = 8  # exact-match prompts decoded together (larger = faster on a CPU, more memory)
     baseline_eval: bool = True  # measure exact match before training too
     packing: bool = True
     epochs: float = 0.0  # > 0 sets max_steps from the data size
@@ -137,10 +138,13 @@ def is_correct(response: str, golds: list[str]) -> bool:
 
 def exact_match(model, tok, records: list[dict], max_tokens: int = 48, batch: int = 8,
                 show: int = 3) -> dict:
-    """Greedy answers through the serving engine, scored against each record's gold answer(s)."""
+    """Greedy answers through the serving engine, scored against each record's gold answer(s).
+
+    `items` in the result has one entry per scored record (id, task, format, gold, answer, correct,
+    ended_turn), so two runs on the same records can be compared item by item."""
     from ..engine import Engine, SamplingParams
 
-    prompts, golds, too_long = [], [], 0
+    prompts, golds, scored, too_long = [], [], [], 0
     for rec in records:
         ctx, _ = split_for_eval(rec["messages"])
         if not ctx:
@@ -151,8 +155,9 @@ def exact_match(model, tok, records: list[dict], max_tokens: int = 48, batch: in
             continue
         prompts.append(ids)
         golds.append(gold_answers(rec))
+        scored.append(rec)
     if not prompts:
-        return {"exact_match": float("nan"), "n": 0, "ended_turn": float("nan"), "examples": [],
+        return {"exact_match": float("nan"), "n": 0, "ended_turn": float("nan"), "examples": [], "items": [],
                 "skipped_too_long": too_long}
     was_training = model.training
     longest = max(map(len, prompts))
@@ -165,7 +170,17 @@ def exact_match(model, tok, records: list[dict], max_tokens: int = 48, batch: in
     return {"exact_match": sum(hits) / len(hits), "n": len(hits), "ended_turn": sum(ended) / len(ended),
             "skipped_too_long": too_long,
             "examples": [{"gold": g[0], "answer": o.text, "correct": h}
-                         for o, g, h in list(zip(outs, golds, hits))[:show]]}
+                         for o, g, h in list(zip(outs, golds, hits))[:show]],
+            "items": [{"id": r.get("id"), "task": r.get("task"), "format": r.get("format"), "gold": g[0],
+                       "answer": o.text, "correct": h, "ended_turn": e}
+                      for r, o, g, h, e in zip(scored, outs, golds, hits, ended)]}
+
+
+def write_eval_items(path: Path, result: dict) -> None:
+    """Per-item exact-match results as JSONL (written atomically), for paired before/after comparisons."""
+    from ..fetch import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in result["items"]))
 
 
 def apply_trainable(model, spec: str) -> None:
@@ -241,7 +256,9 @@ def run(args) -> int:
               f"{dist_info.world_size} process(es) ({dist_info.device})")
     metrics: dict = {}
     if eval_recs and job.baseline_eval and not resuming and dist_info.is_main and not train_cfg.fsdp:
-        base = exact_match(model, tok, eval_recs, job.eval_max_tokens)
+        base = exact_match(model, tok, eval_recs, job.eval_max_tokens, batch=job.eval_batch)
+        out.mkdir(parents=True, exist_ok=True)
+        write_eval_items(out / "exact_match_before.jsonl", base)
         metrics["exact_match_before"] = base["exact_match"]
         metrics["ended_turn_before"] = base["ended_turn"]
         print(f"exact match before SFT: {base['exact_match']:.3f} on {base['n']} held-out items"
@@ -258,7 +275,8 @@ def run(args) -> int:
                      "ended_turn": metrics["ended_turn_before"], "phase": "before"})
     result = trainer.fit(resume=args.resume)
     if eval_recs and dist_info.is_main and not train_cfg.fsdp:  # a sharded model can't generate on one rank
-        after = exact_match(trainer.raw_model, tok, eval_recs, job.eval_max_tokens)
+        after = exact_match(trainer.raw_model, tok, eval_recs, job.eval_max_tokens, batch=job.eval_batch)
+        write_eval_items(out / "exact_match_after.jsonl", after)
         metrics.update(exact_match=after["exact_match"], ended_turn=after["ended_turn"], eval_items=after["n"],
                        eval_skipped_too_long=after["skipped_too_long"])
         trainer.log({"step": trainer.step, "exact_match": after["exact_match"], "ended_turn": after["ended_turn"],
