@@ -74,6 +74,36 @@ def test_modes_kshot_cot_code_toxicity_detect(backend):
     assert 0 <= det["auroc"] <= 1 and det["n_human"] == 3
 
 
+def test_shared_context_scoring_equals_full_sequence_scoring(backend):
+    """Engine.loglikelihood_choices (context run once, continuations batched on its KV cache) gives the same
+    log-probabilities and greedy flags as scoring every (context, continuation) pair from scratch, for
+    ragged contexts and answers, a one-token context and a context that must be cut to fit."""
+    eng, tok = backend.engine, backend.tok
+    long_ctx = tok.encode("word " * (eng.max_seq_len + 20))
+    items = [(tok.encode("Question: Where is Paris?\nAnswer:"), [tok.encode(" France", add_bos=False),
+                                                               tok.encode(" in the south of Spain", add_bos=False)]),
+             (tok.encode("北京是"), [tok.encode("中国的首都", add_bos=False), tok.encode("a", add_bos=False),
+                                    tok.encode("一种水果", add_bos=False)]),
+             (tok.encode("A")[:1], [tok.encode(" b c d", add_bos=False)]),
+             (long_ctx, [tok.encode(" end", add_bos=False), tok.encode(" stop here", add_bos=False)])]
+    shared = eng.loglikelihood_choices(items, token_budget=64)  # a small budget forces several groups
+    for (ctx, conts), row in zip(items, shared):
+        # an over-long context keeps its rightmost tokens so that the longest continuation fits
+        ctx = ctx[-(eng.max_seq_len - max(len(c) for c in conts)):]
+        ref = eng.loglikelihood([(ctx, c) for c in conts])
+        assert len(row) == len(conts)
+        for (lp, greedy), (lp_ref, greedy_ref) in zip(row, ref):
+            assert abs(lp - lp_ref) < 1e-3 and greedy == greedy_ref and lp < 0
+    # the backend memoises by text, so a repeated item costs nothing and returns the same numbers
+    before = backend.usage.scored_tokens
+    a = R.score_choices(backend, [("Is it?", [" yes", " no"])])
+    b = R.score_choices(backend, [("Is it?", [" yes", " no"])])
+    assert a == b and backend.usage.scored_tokens > before
+    after_first = backend.usage.scored_tokens
+    R.score_choices(backend, [("Is it?", [" yes", " no"])])
+    assert backend.usage.scored_tokens == after_first
+
+
 def test_perturbations_and_counterfactuals():
     s = "The man said he would help his daughter."
     assert R.perturb(s, "identity") == s

@@ -84,7 +84,7 @@ def run(args) -> int:
     if cmd == "run":
         from . import metrics as M
         from .report import write_report
-        from .runner import EvalConfig, make_backend, run_suite
+        from .runner import EvalConfig, make_backend, run_suite, suite_tasks
 
         energy = M.EnergyAssumptions()
         if args.cpu_watts is not None:
@@ -95,6 +95,11 @@ def run(args) -> int:
             energy.gpu_watts, energy.n_gpus = 700.0, 1  # H100 SXM board power; override with --gpu-watts
         cfg = EvalConfig(suite=args.suite, tasks=[t for t in (args.tasks or "").split(",") if t],
                          limit=args.limit or None, k_shot=args.k_shot, seed=args.seed, energy=energy)
+        from .tasks import TASKS
+        sections = {"@robustness", "@fairness", "@cot", "@detect", "@efficiency"}
+        unknown = [t for t in suite_tasks(cfg) if t not in TASKS and t not in sections]
+        if unknown:  # before loading a model: a typo should fail in a second, not after the load
+            raise UserError(f"unknown task {unknown[0]!r}; see `alignchat eval tasks`")
         backend = make_backend(args.model, args.endpoint, args.endpoint_model, args.device, args.max_batch, args.api_key,
                                max_seq_len=args.max_seq_len, threads=args.threads)
         out = Path(args.out or Path("runs/eval") / Path(str(args.model or args.endpoint_model or "endpoint")).name)

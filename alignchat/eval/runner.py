@@ -638,8 +638,10 @@ class EvalConfig:
     k_shot: int = 0
     seed: int = 0
     perturbations: list[str] = field(default_factory=lambda: ["typo", "case", "whitespace", "synonym"])
-    robustness_tasks: list[str] = field(default_factory=lambda: ["piqa", "openbookqa"])  # short contexts: cheap
-    fairness_tasks: list[str] = field(default_factory=lambda: ["bbq", "boolq"])
+    # each perturbation or swap is a full extra scoring pass, so the defaults (lite) use one task each;
+    # the full suite adds PIQA and BoolQ (see FULL_SECTION_TASKS)
+    robustness_tasks: list[str] = field(default_factory=lambda: ["openbookqa"])  # short contexts: cheap
+    fairness_tasks: list[str] = field(default_factory=lambda: ["bbq"])
     cot_task: str = "mmlu"
     cot_limit: int = 5
     toxicity_k: int = 2
@@ -659,6 +661,15 @@ SUITES = {
     "tiny": ["mmlu", "boolq", "bbq", "crows_pairs", "stereoset", "truthfulqa", "zh_homonym", "heldout_text",
              "@robustness", "@fairness", "@efficiency"],
 }
+
+
+FULL_SECTION_TASKS = {"robustness_tasks": ["openbookqa", "piqa"], "fairness_tasks": ["bbq", "boolq"]}
+
+
+def _section_tasks(cfg: EvalConfig, key: str) -> list[str]:
+    default = getattr(EvalConfig(), key)
+    mine = getattr(cfg, key)
+    return FULL_SECTION_TASKS[key] if cfg.suite == "full" and mine == default and not cfg.tasks else mine
 
 
 def suite_tasks(cfg: EvalConfig) -> list[str]:
@@ -756,7 +767,7 @@ def evaluate_task(backend, name: str, cfg: EvalConfig, run_dir: Path | None = No
 
 def _robustness(backend, cfg: EvalConfig) -> dict:
     out, recs = {}, []
-    for name in cfg.robustness_tasks:
+    for name in _section_tasks(cfg, "robustness_tasks"):
         exs = load_task(name, cfg.limit, cfg.seed)
         clean = score_mc(backend, exs, seed=cfg.seed)
         golds = [r["gold"] for r in clean]
@@ -775,7 +786,7 @@ def _fairness(backend, cfg: EvalConfig) -> dict:
     """Counterfactual gender swaps on items that mention gendered terms: output-change rate and the
     accuracy on original vs swapped text."""
     out = {}
-    for name in cfg.fairness_tasks:
+    for name in _section_tasks(cfg, "fairness_tasks"):
         pool = [e for e in load_task(name, None) if has_demographic_terms(e.prompt)]
         rng = random.Random(f"fair:{cfg.seed}:{name}")
         exs = rng.sample(pool, min(cfg.limit or len(pool), len(pool)))
@@ -881,7 +892,7 @@ class AIJudge:
         msg = [{"role": "user", "content": JUDGE_TEMPLATE.format(prompt=text, a=a.strip(), b=b.strip())}]
         if self.backend.supports_loglikelihood and hasattr(self.backend, "tok"):
             ctx = self.backend.tok.render_text(msg, add_generation_prompt=True)
-            la, lb = [s[0] for s in self.backend.loglikelihood([(ctx, "A"), (ctx, "B")])]
+            la, lb = [s[0] for s in score_choices(self.backend, [(ctx, ["A", "B"])])[0]]
             return 1.0 if la > lb else 0.0 if lb > la else 0.5
         ans = self.backend.generate([msg], max_tokens=4)[0].text.strip().upper()
         return 1.0 if ans.startswith("A") else 0.0 if ans.startswith("B") else 0.5
