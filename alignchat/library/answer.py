@@ -1,0 +1,278 @@
+"""Answers from the user's library with an evidence chain: retrieve, decide, compose, verify, cite.
+
+Pipeline for `ask(question)`:
+1. Hybrid retrieval (BM25 + MiniLM, RRF) of the top k passages of this user's library.
+2. If the best passage's evidence score is below `NOT_FOUND_THRESHOLD`, the answer is "Not found in your
+   library" (Chinese questions get "在你的文献库中未找到"); the model is not asked to answer from memory.
+3. Composition, by `strategy`:
+   - "model": the passages are numbered [1]..[m] and a chat model (ours, or an OpenAI-compatible server)
+     is told to answer only from them and to cite [n] after each sentence;
+   - "extractive": the sentences of the evidence passages that best match the question (MiniLM cosine
+     plus term coverage) are quoted, each with its [n]; no model needed, and always faithful;
+   - "auto" (default): "model" when a backend is configured, then verified; when fewer than half of its
+     claims are supported (usual for a 135M model), the extractive answer is used instead, and in
+     creative mode the model's text is kept below it with unsupported sentences marked.
+4. The verifier (`verify.py`) removes citations that do not resolve and flags unsupported sentences.
+5. Citation numbers are renumbered in order of first use, and the reference list is built from the library's
+   metadata for the passages actually cited, never from the model's text.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+from ..errors import UserError
+from .retrieve import NOT_FOUND_THRESHOLD, Hit
+from .store import DEFAULT_USER, Library, Passage
+from .text import content_terms, is_chinese, sentence_spans, tokens
+from .verify import Verification, Verifier
+
+NOT_FOUND_EN = "Not found in your library: no passage in your library supports an answer to this question."
+NOT_FOUND_ZH = "在你的文献库中未找到：文献库中没有能支持回答这个问题的段落。（not found in your library）"
+EVIDENCE_MIN = 0.25  # passages below this are not shown to the model at all
+
+SYSTEM_EN = ("You answer questions using only the numbered passages from the user's library. After every "
+             "sentence, write the number of the passage that supports it in square brackets, like [1]. Do not "
+             "use outside knowledge and do not list references. If the passages do not answer the question, "
+             "reply exactly: not found in your library.")
+SYSTEM_ZH = ("你只能根据用户文献库中编号的段落回答问题。每句话后面用方括号写出支持它的段落编号，例如[1]。"
+             "不要使用外部知识，也不要列参考文献。如果段落无法回答问题，只回答：在你的文献库中未找到。")
+
+SHORT_SYSTEM_EN = "Answer only from the passages; cite [n] after each sentence."
+SHORT_SYSTEM_ZH = "只根据段落回答，每句后注明[n]。"
+
+
+@dataclass
+class Citation:
+    n: int
+    passage_id: str
+    doc_id: str
+    title: str
+    page: int | None
+    text: str
+    reference: str
+    char_start: int
+    char_end: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    citations: list[Citation]
+    verification: Verification
+    not_found: bool = False
+    strategy: str = "extractive"
+    backend: str | None = None
+    hits: list[Hit] = field(default_factory=list)
+    model_text: str | None = None  # the model's raw text, before verification (for audit)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def references(self) -> list[str]:
+        return [f"[{c.n}] {c.reference}" + (f" p. {c.page}." if c.page else "") for c in self.citations]
+
+    def to_dict(self) -> dict:
+        return {"question": self.question, "answer": self.answer, "not_found": self.not_found,
+                "citations": [c.to_dict() for c in self.citations], "references": self.references,
+                "verification": self.verification.to_dict(), "strategy": self.strategy, "backend": self.backend,
+                "retrieved": [h.to_dict() for h in self.hits], "model_text": self.model_text, "notes": self.notes}
+
+    def render(self) -> str:
+        """Plain-text form for the terminal: answer, then the reference list with the quoted passages."""
+        out = [self.answer]
+        if self.citations:
+            out.append("")
+            out.append("参考文献 / References:" if is_chinese(self.question) else "References:")
+            for c, ref in zip(self.citations, self.references):
+                out.append(ref)
+                snippet = c.text if len(c.text) <= 300 else c.text[:297] + "..."
+                out.append(f"    “{snippet}” ({c.passage_id})")
+        v = self.verification
+        flagged = [s for s in v.claims if not s.supported]
+        if v.removed or flagged:
+            out.append("")
+            out.append(f"verifier: removed {len(v.removed)} citation(s) not in the library; "
+                       f"{len(flagged)} unsupported sentence(s)" + (" marked" if v.mode == "creative" else " removed"))
+        return "\n".join(out)
+
+
+def _renumber(text: str, table: dict[int, Passage]) -> tuple[str, list[tuple[int, Passage]]]:
+    """Renumber [n] in order of first use (1, 2, 3...) and return the used passages in that order."""
+    order: dict[int, int] = {}
+
+    def sub(m: re.Match) -> str:
+        old = int(m.group(1))
+        if old not in table:
+            return ""
+        if old not in order:
+            order[old] = len(order) + 1
+        return f"[{order[old]}]"
+
+    new = re.sub(r"\[(\d+)\]", sub, text)
+    return new, [(new_n, table[old]) for old, new_n in order.items()]
+
+
+class Answerer:
+    def __init__(self, library: Library, user: str = DEFAULT_USER, backend=None, k: int = 5,
+                 not_found_threshold: float = NOT_FOUND_THRESHOLD, verifier: Verifier | None = None):
+        self.library = library
+        self.user = user
+        self.backend = backend
+        self.k = k
+        self.not_found_threshold = not_found_threshold
+        self.verifier = verifier or Verifier(library, user)
+
+    def citations(self, used: list[tuple[int, Passage]]) -> list[Citation]:
+        out = []
+        for n, p in used:
+            d = self.library.document(p.doc_id, self.user)
+            out.append(Citation(n, p.id, p.doc_id, d.title, p.page, p.text, d.reference(), p.char_start, p.char_end))
+        return out
+
+    def not_found(self, question: str, hits: list[Hit], mode: str) -> Answer:
+        text = NOT_FOUND_ZH if is_chinese(question) else NOT_FOUND_EN
+        return Answer(question, text, [], Verification(mode, self.verifier.threshold), not_found=True,
+                      strategy="none", hits=hits)
+
+    def extractive(self, question: str, table: dict[int, Passage], max_sentences: int = 3) -> str:
+        """Quote the evidence sentences that best answer the question, each with its passage number."""
+        q_vec = self.library.embedder.embed([question])[0]
+        q_terms = set(content_terms(question))
+        candidates: list[tuple[float, int, str]] = []
+        for n, p in table.items():
+            for s, e in sentence_spans(p.text):
+                sent = p.text[s:e].strip()
+                # headings and title lines are not statements worth quoting as an answer
+                if len(content_terms(sent)) < 3 or not re.search(r"[.!?。！？;；]\W*$", sent) or sent.startswith("#"):
+                    continue
+                candidates.append((0.0, n, sent))
+        if not candidates:
+            return ""
+        vecs = self.library.embedder.embed([c[2] for c in candidates])
+        scored = []
+        for (_, n, sent), v in zip(candidates, vecs):
+            terms = set(tokens(sent))
+            cov = len(q_terms & terms) / len(q_terms) if q_terms else 0.0
+            # a small bonus for the top-ranked passage keeps the quote anchored in the best evidence
+            scored.append((0.6 * float(v @ q_vec) + 0.4 * cov + (0.05 if n == 1 else 0.0), n, sent))
+        scored.sort(key=lambda t: -t[0])
+        best = scored[0][0]
+        chosen: list[tuple[int, str]] = []
+        for sc, n, sent in scored:
+            if len(chosen) >= max_sentences or sc < best - 0.2:
+                break
+            if any(sent == c[1] for c in chosen):
+                continue
+            chosen.append((n, sent))
+        zh = is_chinese(question)
+        parts = []
+        for n, sent in chosen:
+            sent = sent.rstrip()
+            if zh:
+                parts.append(f"{sent}[{n}]")
+            else:
+                end = re.search(r"[.!?。！？]+[\"'”’)]*$", sent)
+                parts.append(f"{sent[:end.start()]} [{n}]{sent[end.start():]}" if end else f"{sent} [{n}].")
+        return ("" if zh else " ").join(parts)
+
+    def build_messages(self, question: str, table: dict[int, Passage], short: bool = False) -> list[dict]:
+        zh = is_chinese(question)
+        blocks = []
+        for n, p in table.items():
+            d = self.library.document(p.doc_id, self.user)
+            where = f", p. {p.page}" if p.page else ""
+            blocks.append(f"[{n}] ({d.title}{where}) {p.text}")
+        user = ("段落：\n" if zh else "Passages:\n") + "\n\n".join(blocks) + ("\n\n问题：" if zh else "\n\nQuestion: ") + question
+        system = (SHORT_SYSTEM_ZH if zh else SHORT_SYSTEM_EN) if short else (SYSTEM_ZH if zh else SYSTEM_EN)
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def _fit(self, question: str, table: dict[int, Passage], max_tokens: int) -> list[dict]:
+        """Drop the lowest-ranked passages (then trim the last one) until the prompt fits the context."""
+        messages = self.build_messages(question, table)
+        count = getattr(self.backend, "prompt_tokens", None)
+        if count is None or count(messages) is None:
+            return messages
+        limit = self.backend.max_context
+        while count(messages) + max_tokens >= limit and len(table) > 1:
+            table.pop(max(table))
+            messages = self.build_messages(question, table)
+        if count(messages) + max_tokens >= limit:
+            # small contexts: a one-line instruction, then the single passage cut down
+            (n, p), = table.items()
+            messages = self.build_messages(question, table, short=True)
+            cut = p.text
+            while count(messages) + max_tokens >= limit and len(cut) > 40:
+                cut = cut[: int(len(cut) * 0.7)]
+                table[n] = Passage(**{**p.__dict__, "text": cut})
+                messages = self.build_messages(question, table, short=True)
+        return messages
+
+    def ask(self, question: str, mode: str = "strict", strategy: str = "auto", max_tokens: int = 200,
+            doc_ids: list[str] | None = None) -> Answer:
+        question = question.strip()
+        if not question:
+            raise UserError("the question is empty")
+        if strategy not in ("auto", "model", "extractive"):
+            raise UserError(f"unknown strategy {strategy!r}; use auto, model or extractive")
+        if strategy == "model" and self.backend is None:
+            raise UserError("strategy 'model' needs a backend (--backend MODEL_OR_URL)")
+        hits = self.library.retriever(self.user).search(question, k=self.k, doc_ids=doc_ids)
+        if not hits or max(h.evidence for h in hits) < self.not_found_threshold:
+            return self.not_found(question, hits, mode)
+        evidence = [h for h in hits if h.evidence >= EVIDENCE_MIN] or hits[:1]
+        table = {i: h.passage for i, h in enumerate(evidence, 1)}
+        notes: list[str] = []
+        model_text = None
+        used_strategy = "extractive"
+        text, report = "", None
+        if self.backend is not None and strategy in ("auto", "model"):
+            try:
+                # the passages travel from here to the model: the verifier must see what the model saw
+                messages = self._fit(question, dict(table), max_tokens)
+                model_text = self.backend.complete(messages, max_tokens=max_tokens, temperature=0.0)
+            except UserError as e:
+                if strategy == "model":
+                    raise
+                notes.append(f"model failed ({e}); answered extractively")
+            if model_text is not None:
+                said_not_found = "not found in your library" in model_text.lower() or "未找到" in model_text
+                text, report = self.verifier.verify(model_text, table, mode=mode)
+                used_strategy = "model"
+                weak = said_not_found or not report.claims or report.supported_share < 0.5
+                if strategy == "auto" and weak:
+                    notes.append(f"model answer had {report.supported_share:.0%} supported claims; "
+                                 f"replaced by quoted evidence")
+                    ext = self.extractive(question, table)
+                    ext_text, ext_report = self.verifier.verify(ext, table, mode=mode)
+                    if mode == "creative" and text and not said_not_found:
+                        text = ext_text + "\n\n" + text
+                        ext_report.sentences += report.sentences
+                        ext_report.removed += report.removed
+                        used_strategy = "extractive+model"
+                    else:
+                        text, used_strategy = ext_text, "extractive"
+                        ext_report.removed += report.removed  # still report what the model fabricated
+                    report = ext_report
+        if report is None:
+            text, report = self.verifier.verify(self.extractive(question, table), table, mode=mode)
+        if not text.strip():
+            ans = self.not_found(question, hits, mode)
+            ans.verification, ans.notes, ans.model_text = report, notes, model_text
+            return ans
+        text, used = _renumber(text, table)
+        for s in report.sentences:  # keep the report's numbers in step with the shown text
+            s.citations = [next((new for new, p in used if p.id == table[c].id), c) for c in s.citations if c in table]
+        return Answer(question, text, self.citations(used), report, strategy=used_strategy,
+                      backend=getattr(self.backend, "name", None), hits=hits, model_text=model_text, notes=notes)
+
+
+def ask(library: Library, question: str, user: str = DEFAULT_USER, backend=None, **kw) -> Answer:
+    return Answerer(library, user, backend).ask(question, **kw)
+
+
+__all__ = ["Answer", "Answerer", "Citation", "ask", "NOT_FOUND_EN", "NOT_FOUND_ZH"]

@@ -1,0 +1,159 @@
+"""`alignchat library`: add documents, list them, and ask / review / extract / boolean over them.
+
+Examples:
+    alignchat library add papers/*.pdf refs.bib notes.md
+    alignchat library list
+    alignchat library ask "Why do corals bleach?"                    # default: our SmolLM2 + verifier
+    alignchat library ask "..." --backend none                        # quoted evidence only, no model
+    alignchat library ask "..." --backend http://gpu-box:8000/v1 --backend-model qwen2.5-7b --mode creative
+    alignchat library review --topic "dense retrieval"
+    alignchat library extract doc-1a2b3c4d5e
+    alignchat library boolean "How do large language models affect reference services in libraries?"
+
+`add` shows progress, writes each document atomically (a document is in the index completely or not at all),
+skips duplicates, and carries on past files it cannot read, reporting each; the exit status is 1 when any
+file failed. Every answer is verified before it is printed; `--json` prints the full record.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--library", default=None, metavar="DIR",
+                   help="library directory (default $ALIGNCHAT_HOME/library)")
+    p.add_argument("--db", default=None, metavar="FILE",
+                   help="SQLite file for documents and passages (default DIR/library.sqlite; may be the server's)")
+    p.add_argument("--user", default="local", help="whose library (default: local)")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    a = sub.add_parser("add", help="ingest PDF, BibTeX, RIS, Markdown and text files (or directories)")
+    a.add_argument("paths", nargs="+", metavar="PATH")
+
+    ls = sub.add_parser("list", help="list the documents in the library")
+    ls.add_argument("--json", action="store_true")
+
+    rm = sub.add_parser("remove", help="remove a document (by id)")
+    rm.add_argument("doc_id")
+
+    show = sub.add_parser("show", help="print one passage (by id, e.g. doc-1a2b3c4d5e:p3)")
+    show.add_argument("passage_id")
+
+    def backend_args(sp: argparse.ArgumentParser, default: str) -> None:
+        sp.add_argument("--backend", default=default, metavar="MODEL_OR_URL",
+                        help=f"our model (registry name, checkpoint dir, .gguf), an OpenAI-compatible URL, or "
+                             f"'none' for no model (default: {default}). Only a URL sends text off this machine")
+        sp.add_argument("--backend-model", default=None, help="model name on an OpenAI-compatible server")
+        sp.add_argument("--json", action="store_true", help="print the whole record as JSON")
+
+    q = sub.add_parser("ask", help="answer a question from the library, with verified citations")
+    q.add_argument("question")
+    q.add_argument("--mode", choices=["strict", "creative"], default="strict",
+                   help="strict: only supported sentences are shown; creative: unsupported ones are kept, marked")
+    q.add_argument("--strategy", choices=["auto", "model", "extractive"], default="auto",
+                   help="auto: the model's answer, replaced by quoted evidence when under half of it is supported")
+    q.add_argument("-k", type=int, default=5, help="passages retrieved (default 5)")
+    backend_args(q, "smollm2-135m-instruct")
+
+    r = sub.add_parser("review", help="a structured literature review of some or all documents, cited")
+    r.add_argument("doc_ids", nargs="*", help="documents to review (default: all, or the best for --topic)")
+    r.add_argument("--topic", default=None)
+    backend_args(r, "none")
+
+    e = sub.add_parser("extract", help="knowledge units (problem, method, data, result) per document, as JSON")
+    e.add_argument("doc_ids", nargs="*", help="documents (default: all)")
+
+    b = sub.add_parser("boolean", help="Boolean search strings for a systematic review, from a research question")
+    b.add_argument("question")
+    backend_args(b, "none")
+
+
+def _expand(paths: list[str]) -> list[Path]:
+    from .ingest import SUPPORTED
+    out: list[Path] = []
+    for s in paths:
+        p = Path(s)
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED)
+        else:
+            out.append(p)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from .store import Library
+    lib = Library(args.library, db_path=args.db)
+    user = args.user
+    if args.action == "add":
+        from tqdm import tqdm
+        failures = 0
+        files = _expand(args.paths)
+        if not files:
+            raise UserError("no files to add")
+        for path in tqdm(files, desc="adding", unit="file", disable=len(files) < 2, file=sys.stderr):
+            try:
+                for r in lib.add_file(path, user=user):
+                    extra = f" ({r.note})" if r.note else ""
+                    tqdm.write(f"{r.status:9s} {r.doc_id}  {r.n_passages:4d} passages  {r.title[:70]}{extra}")
+            except UserError as e:
+                failures += 1
+                tqdm.write(f"error     {e}", file=sys.stderr)
+        return 1 if failures else 0
+    if args.action == "list":
+        docs = lib.documents(user)
+        if args.json:
+            print(json.dumps([d.to_dict() for d in docs], ensure_ascii=False, indent=2))
+        else:
+            for d in docs:
+                print(f"{d.id}  {d.kind:8s} {d.n_passages:4d}p  {d.reference()}")
+            print(f"{len(docs)} document(s)", file=sys.stderr)
+        return 0
+    if args.action == "remove":
+        if not lib.remove(args.doc_id, user):
+            raise UserError(f"no document {args.doc_id!r} in this library")
+        print(f"removed {args.doc_id}")
+        return 0
+    if args.action == "show":
+        p = lib.passage(args.passage_id, user)
+        if p is None:
+            raise UserError(f"no passage {args.passage_id!r} in this library")
+        d = lib.document(p.doc_id, user)
+        print(f"{d.reference()}" + (f" p. {p.page}" if p.page else "") + f"  [{p.id}, chars {p.char_start}-{p.char_end}]")
+        print(p.text)
+        return 0
+    if args.action == "extract":
+        from .tasks import extract_units
+        ids = args.doc_ids or [d.id for d in lib.documents(user)]
+        print(json.dumps([extract_units(lib, i, user).to_dict() for i in ids], ensure_ascii=False, indent=2))
+        return 0
+
+    from .backends import make_backend
+    backend = make_backend(args.backend, model=args.backend_model)
+    if args.action == "ask":
+        from .answer import Answerer
+        ans = Answerer(lib, user, backend=backend, k=args.k).ask(args.question, mode=args.mode,
+                                                                   strategy=args.strategy)
+        print(json.dumps(ans.to_dict(), ensure_ascii=False, indent=2) if args.json else ans.render())
+        return 0
+    if args.action == "review":
+        from .tasks import review
+        rv = review(lib, user, doc_ids=args.doc_ids or None, topic=args.topic, backend=backend)
+        print(json.dumps(rv.to_dict(), ensure_ascii=False, indent=2) if args.json else rv.render())
+        return 0
+    if args.action == "boolean":
+        from .tasks import boolean_query
+        bq = boolean_query(args.question, lib, user, backend=backend)
+        if args.json:
+            print(json.dumps(bq.to_dict(), ensure_ascii=False, indent=2))
+        else:
+            d = bq.to_dict()
+            for k in ("generic", "pubmed", "scopus", "cnki"):
+                if d[k]:
+                    print(f"{k:8s} {d[k]}")
+        return 0
+    raise UserError(f"unknown action {args.action!r}")

@@ -1,0 +1,202 @@
+"""Text handling shared by ingest, retrieval and the verifier: tokens for BM25, sentences, passages.
+
+Notable choices:
+- Chinese has no spaces, so BM25 indexes Han characters as overlapping character bigrams plus single
+  characters (the single characters keep one-character words such as 水 findable). Latin text is lowercased
+  words with a light English suffix stripper, so "citations" matches "citation" and "retrieved" matches
+  "retrieve" without a stemming library.
+- Sentences split on Western and Chinese end punctuation; abbreviations such as "e.g." and "et al." do
+  not end a sentence.
+- Passages are built from whole sentences, about `target` units long (a unit is a Latin word or a Han
+  character), and each keeps its page and character offsets in the page text, so a citation can point
+  at the exact place.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_HAN_RE = re.compile(f"[{HAN}]")
+_TOKEN_RE = re.compile(f"[{HAN}]+|[a-z0-9]+(?:[-'][a-z0-9]+)*")
+_UNIT_RE = re.compile(f"[{HAN}]|[A-Za-z0-9]+")
+
+# Function words carry no evidence: they are left out of the support score and of query coverage.
+STOPWORDS = frozenset("""
+a an the and or but if then else of to in on at by for with from as is are was were be been being am do does
+did done have has had having it its this that these those there here which who whom whose what when where why
+how not no nor so than too very can could may might must shall should will would i me my we our you your he
+him his she her they them their us about into over under again further once all any both each few more most
+other some such only own same also just up down out off s t don now one ones whether while during before after
+above below between through per via within without upon among etc e g eg ie i.e let lets tell say says said
+please explain describe give show find according
+""".split())
+# Chinese function words and question fillers. Han runs are cut at them before making bigrams, so a
+# question's "多少", "为什么" or "的" never counts as matching evidence. Longest first.
+CHINESE_STOPWORDS = sorted(set("""
+为什么 怎么样 有没有 是不是 什么 哪些 哪个 哪里 如何 怎么 怎样 多少 大约 现在 可以 主要 进行 后来 变成 时候 是否
+一个 一些 这个 那个 这些 那些 我们 他们 它们 你们 因为 所以 但是 而且 以及 或者 通过 对于 关于 已经 还是 就是
+之后 之前 以后 其中 能够 需要 问题 请问 回答 告诉
+的 了 和 是 在 也 就 都 而 及 与 或 这 那 之 其 为 对 从 被 把 以 于 吗 呢 吧 啊 有 个 只 很 请 哪 做 等 着 过 要
+会 能 让 给 将 并 又 即 但 如 则 所 此 该 各 每
+""".split()), key=len, reverse=True)
+_ZH_STOP_RE = re.compile("|".join(map(re.escape, CHINESE_STOPWORDS)))
+
+
+def han_segments(run: str) -> list[str]:
+    """A run of Han characters cut at Chinese function words (which are dropped)."""
+    return [seg for seg in _ZH_STOP_RE.split(run) if seg]
+
+
+def is_chinese(text: str) -> bool:
+    """True when Han characters make up a large share of the letters (used to pick reply language)."""
+    han = len(_HAN_RE.findall(text))
+    latin = len(re.findall(r"[A-Za-z]", text))
+    return han > 0 and han * 3 >= latin
+
+
+def normalize(text: str) -> str:
+    # NFKC folds full-width Latin letters and digits (common in Chinese text) into ASCII
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+def _stem(word: str) -> str:
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    for suffix, keep in (("ational", "ate"), ("ization", "ize"), ("iveness", "ive"), ("fulness", "ful"),
+                         ("ousness", "ous"), ("ies", "y"), ("sses", "ss"), ("ing", ""), ("edly", ""),
+                         ("ed", ""), ("ly", ""), ("es", ""), ("s", "")):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            if suffix == "s" and word.endswith(("ss", "us", "is")):
+                return word
+            word = word[: len(word) - len(suffix)] + keep
+            break
+    # "retriev-ed"/"retriev-al" and "citat-ion"/"cite" meet at a common stem
+    for suffix in ("ation", "ion", "al", "e"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+            return word[: len(word) - len(suffix)]
+    return word
+
+
+def tokens(text: str) -> list[str]:
+    """BM25 tokens: stemmed lowercase Latin words, and Han segments as character unigrams + bigrams."""
+    out: list[str] = []
+    for run in _TOKEN_RE.findall(normalize(text)):
+        if _HAN_RE.match(run):
+            for seg in han_segments(run):
+                out.extend(seg)
+                out.extend(a + b for a, b in zip(seg, seg[1:]))
+        elif run not in STOPWORDS:
+            out.append(_stem(run))
+    return out
+
+
+def content_terms(text: str) -> list[str]:
+    """Distinct content terms of a text, in order, for coverage and support scores: Latin stems, Han
+    bigrams (and one-character Han segments), numbers; single Latin letters are dropped."""
+    seen: dict[str, None] = {}
+    for run in _TOKEN_RE.findall(normalize(text)):
+        if _HAN_RE.match(run):
+            for seg in han_segments(run):
+                for t in ([seg] if len(seg) == 1 else [a + b for a, b in zip(seg, seg[1:])]):
+                    seen.setdefault(t, None)
+        elif run not in STOPWORDS and (len(run) > 1 or run.isdigit()):
+            seen.setdefault(_stem(run), None)
+    return list(seen)
+
+
+def numbers(text: str) -> set[str]:
+    """Numbers written in a text (years, counts, percentages), for the verifier's number check."""
+    return {n.replace(",", "") for n in re.findall(r"\d+(?:[.,]\d+)*", normalize(text))
+            if not re.fullmatch(r"\d", n)}
+
+
+_ABBREV = re.compile(r"(?:\b(?:e\.g|i\.e|et al|etc|vs|cf|fig|figs|eq|no|vol|pp|p|dr|mr|mrs|ms|prof|st|jr|sr)"
+                     r"|\b[A-Z])\.$", re.IGNORECASE)
+_SENT_END = re.compile(r"[。！？；!?]+[”’\"')）]*|\.+[”’\"')）]*(?=\s|$)|\n\s*\n")
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the sentences of `text`, trimmed of surrounding whitespace."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for m in _SENT_END.finditer(text):
+        end = m.end()
+        if m.group().startswith(".") and _ABBREV.search(text[max(0, m.start() - 8):m.start() + 1]):
+            continue
+        # a citation marker right after the full stop ("... retrieval. [2]") belongs to this sentence
+        tail = re.match(r"(?:\s*\[\s*\d+(?:\s*[,，;]\s*\d+)*\s*\])+", text[end:])
+        if tail:
+            end += tail.end()
+        spans.append((start, end))
+        start = end
+    spans.append((start, len(text)))
+    out = []
+    for s, e in spans:
+        while s < e and text[s].isspace():
+            s += 1
+        while e > s and text[e - 1].isspace():
+            e -= 1
+        if e > s:
+            out.append((s, e))
+    return out
+
+
+def sentences(text: str) -> list[str]:
+    return [text[s:e] for s, e in sentence_spans(text)]
+
+
+def units(text: str) -> int:
+    """Length in units: Latin words plus Han characters (roughly tokens for both scripts)."""
+    return len(_UNIT_RE.findall(text))
+
+
+@dataclass
+class Chunk:
+    page: int | None  # 1-based page number for paged sources (PDF), else None
+    char_start: int  # offsets into that page's (or the whole document's) extracted text
+    char_end: int
+    text: str
+
+
+def chunk_pages(pages: list[tuple[int | None, str]], target: int = 120, overlap_sentences: int = 1,
+                max_units: int = 220) -> list[Chunk]:
+    """Cut each page into passages of whole sentences, ~`target` units, overlapping by one sentence.
+
+    Passages never cross a page boundary, so every passage has one page number a reader can open.
+    A sentence longer than `max_units` (tables, run-on text) is cut on whitespace/characters.
+    """
+    chunks: list[Chunk] = []
+    for page, text in pages:
+        spans: list[tuple[int, int]] = []
+        for s, e in sentence_spans(text):
+            if units(text[s:e]) <= max_units:
+                spans.append((s, e))
+                continue
+            pos = s
+            while pos < e:  # split an over-long sentence into pieces of about `target` units
+                count, cut = 0, pos
+                for m in _UNIT_RE.finditer(text, pos, e):
+                    count += 1
+                    cut = m.end()
+                    if count >= target:
+                        break
+                else:
+                    cut = e
+                spans.append((pos, cut))
+                pos = cut
+                while pos < e and text[pos].isspace():
+                    pos += 1
+        i = 0
+        while i < len(spans):
+            j, size = i, 0
+            while j < len(spans) and (size == 0 or size + units(text[spans[j][0]:spans[j][1]]) <= target):
+                size += units(text[spans[j][0]:spans[j][1]])
+                j += 1
+            start, end = spans[i][0], spans[j - 1][1]
+            chunks.append(Chunk(page, start, end, text[start:end]))
+            if j >= len(spans):
+                break
+            i = max(i + 1, j - overlap_sentences)
+    return [c for c in chunks if c.text.strip()]

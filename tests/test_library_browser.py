@@ -1,0 +1,80 @@
+"""Library mode in headless Chromium (Selenium): add a document through the upload box, ask a question,
+click a citation and see the cited passage, against a real `alignchat serve` with the tiny model."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from library_corpus import CORAL  # noqa: E402
+from serve_support import ServerProcess  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM or not DRIVER:
+        pytest.skip("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--window-size=1400,900", "--lang=en-US"]:
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def test_library_mode_add_ask_click_citation(browser, tiny_ckpt, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    doc = tmp_path / "coral_reefs.md"
+    doc.write_text(CORAL)
+    srv = ServerProcess(tiny_ckpt, tmp_path / "lib-ui.db", "--no-embeddings",
+                        env={"ALIGNCHAT_HOME": str(tmp_path / "home")}).wait_ready()
+    wait = WebDriverWait(browser, 180)
+    try:
+        browser.get(srv.url + "/")
+        wait.until(EC.text_to_be_present_in_element((By.ID, "user-name"), "local"))
+        browser.find_element(By.CSS_SELECTOR, ".tab[data-tab='library']").click()
+        wait.until(EC.presence_of_element_located((By.ID, "lib-file")))
+
+        # add a document
+        browser.find_element(By.ID, "lib-file").send_keys(str(doc))
+        browser.find_element(By.ID, "lib-upload").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "lib-docs"), "Coral Reef Bleaching Under Ocean Warming"))
+        assert "added" in browser.find_element(By.ID, "lib-status").text
+
+        # ask in Library mode
+        box = browser.find_element(By.ID, "lib-question")
+        box.send_keys("Why do corals turn white when the sea gets too warm?")
+        browser.find_element(By.ID, "lib-ask").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#lib-answer a.lib-cite"))
+        answer = browser.find_element(By.CSS_SELECTOR, "#lib-answer .lib-answer-text").text
+        assert "expel the algae" in answer or "zooxanthellae" in answer
+        refs = browser.find_element(By.CSS_SELECTOR, "#lib-answer .lib-refs").text
+        assert "Maria Lopez, Kenji Sato (2019)" in refs
+
+        # click a citation: the passage appears, with its document
+        cite = browser.find_element(By.CSS_SELECTOR, "#lib-answer a.lib-cite")
+        passage_id = cite.get_attribute("data-passage-id")
+        cite.click()
+        wait.until(EC.visibility_of_element_located((By.ID, "lib-passage")))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "lib-passage"), passage_id))
+        shown = browser.find_element(By.ID, "lib-passage-text").text
+        assert "coral" in shown.lower() and len(shown) > 100
+        assert "Coral Reef Bleaching Under Ocean Warming" in browser.find_element(By.ID, "lib-passage").text
+    finally:
+        srv.stop()
