@@ -6,6 +6,7 @@ once per machine and shared with `make run`.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -74,3 +75,27 @@ def smollm2_loaded(smollm2):
 def _threads():
     # the suite runs on 2 cores; oversubscribing them makes everything slower
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser():
+    """Headless Debian Chromium driven by Selenium; skipped with the install line when it is missing."""
+    if not CHROMIUM or not CHROMEDRIVER:
+        pytest.skip("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    # no background networking: this machine's closed network refuses those connections, many at a time
+    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 "--window-size=1400,900", "--lang=en-US"]:
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()

@@ -2,7 +2,6 @@
 click a citation and see the cited passage, against a real `alignchat serve` with the tiny model."""
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -13,26 +12,6 @@ from library_corpus import CORAL  # noqa: E402
 from serve_support import ServerProcess  # noqa: E402
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM or not DRIVER:
-        pytest.skip("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--window-size=1400,900", "--lang=en-US"]:
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
 
 
 def test_library_mode_add_ask_click_citation(browser, tiny_ckpt, tmp_path):
