@@ -11,7 +11,7 @@ The SFT model rarely produces it. Steps, all through the real CLI verbs:
 The anchor is the SFT model: the marker rate of PPO and DPO is printed as a ratio to it. Everything lands in
 bench/results/align_property/ (summary.json, metrics, before/after samples).
 
-    .venv/bin/python bench/align_property.py            # about 10 minutes on 2 busy CPU cores
+    OMP_NUM_THREADS=1 .venv/bin/python bench/align_property.py   # 10-15 minutes on one busy CPU core
 """
 from __future__ import annotations
 
@@ -79,15 +79,20 @@ def main() -> int:
     ap.add_argument("--ppo-iterations", type=int, default=40)
     ap.add_argument("--dpo-steps", type=int, default=30)
     ap.add_argument("--kl-target", type=float, default=6.0)
-    ap.add_argument("--init-beta", type=float, default=0.1)
-    ap.add_argument("--kl-horizon", type=int, default=200)
+    ap.add_argument("--init-beta", type=float, default=0.2)
+    ap.add_argument("--kl-horizon", type=int, default=128)
+    ap.add_argument("--ppo-seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-3, help="actor learning rate")
+    ap.add_argument("--target-update-kl", type=float, default=0.02,
+                    help="PPO trust region: stop an iteration's epochs once per-token KL(pi_old||pi) > 1.5x this")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-samples", type=int, default=4)
     ap.add_argument("--reuse", action="store_true",
                     help="keep --work and skip the SFT model, sampling and reward model if they are there")
     args = ap.parse_args()
 
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     from alignchat.checkpoint import save_checkpoint
     from alignchat.config import preset
     from alignchat.model import Transformer
@@ -131,10 +136,11 @@ def main() -> int:
     cli("ppo", "--policy", work / "sft", "--reward-model", work / "rm/final", "--prompts", work / "ppo_prompts.jsonl",
         "--eval-prompts", work / "eval_prompts.jsonl", "--out-dir", work / "ppo",
         "--iterations", args.ppo_iterations, "--batch-prompts", "32", "--max-new-tokens", args.max_tokens,
-        "--minibatch", "8", "--ppo-epochs", "4", "--lr", "2e-3", "--critic-lr", "1e-3",
+        "--minibatch", "8", "--ppo-epochs", "4", "--lr", args.lr,
+        "--target-update-kl", args.target_update_kl, "--critic-lr", "1e-3",
         "--init-beta", args.init_beta, "--kl-target", args.kl_target, "--kl-horizon", args.kl_horizon,
         "--ptx-data", work / "ptx.txt", "--ptx-coef", "0.05",
-        "--property-regex", regex, "--save-every", "10", "--no-progress")
+        "--property-regex", regex, "--seed", args.ppo_seed, "--save-every", "10", "--no-progress")
     cli("dpo", "--model", work / "sft", "--data", work / "pairs.jsonl", "--out", work / "dpo", "--steps", args.dpo_steps,
         "--lr", "1e-3", "--beta", "0.1", "--rankings-per-batch", "16",
         "--set", "eval_every=10", "save_every=10", "warmup_steps=3", "progress=false")
@@ -146,14 +152,20 @@ def main() -> int:
     after = next(l for l in ppo_lines if "after_reward" in l)
     iters = [l for l in ppo_lines if "kl" in l and "final" not in l]
     summary = {
-        "marker": args.marker, "device": "cpu (2 shared cores)",
+        "marker": args.marker, "device": f"cpu ({args.threads} thread, shared machine)",
         "comparisons": sum(1 for _ in open(work / "pairs.jsonl")),
         "rm_held_out_pair_accuracy": rm_meta["eval"]["held_out"]["pair_accuracy"],
         "rm_held_out_pairs": rm_meta["eval"]["held_out"]["pairs"],
         "ppo_heldout_reward_before": before["before_reward"], "ppo_heldout_reward_after": after["after_reward"],
         "ppo_heldout_kl_after": after["after_kl"], "kl_target": args.kl_target,
         "ppo_max_iteration_kl": max(l["kl"] for l in iters), "ppo_final_beta": iters[-1]["beta_next"],
-        "ppo_init_beta": args.init_beta, "ppo_kl_horizon": args.kl_horizon,
+        "ppo_init_beta": args.init_beta, "ppo_kl_horizon": args.kl_horizon, "ppo_lr": args.lr, "ppo_seed": args.ppo_seed,
+        "ppo_target_update_kl": args.target_update_kl,
+        "ppo_iterations_kl_over_2x_target": sum(l["kl"] > 2 * args.kl_target for l in iters),
+        "ppo_iterations_early_stopped": sum(bool(l.get("early_stop")) for l in iters),
+        "ppo_kl_by_iteration": [round(l["kl"], 2) for l in iters],
+        "ppo_heldout_response_len_before": before.get("before_response_len"),
+        "ppo_heldout_response_len_after": after.get("after_response_len"),
         "marker_rate": {k: v["rate"] for k, v in rates.items()}, "marker_rate_samples": rates["sft"]["n"],
         "ratio_to_sft": {k: (v["rate"] / rates["sft"]["rate"] if rates["sft"]["rate"] else float("inf"))
                          for k, v in rates.items() if k != "sft"},

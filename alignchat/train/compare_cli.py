@@ -140,14 +140,16 @@ class ModelJudge:
         self.name = f"model:{model_path}"
 
     def scores(self, prompt, responses) -> list[float]:
-        pairs = []
+        items = []
+        yes, no = self.tok.encode("Yes"), self.tok.encode("No")
         for r in responses:
             question = (f"{RUBRIC}\n\nConversation:\n{_conversation_text(prompt)}\n\nAssistant's reply:\n{r}\n\n"
                         "Does the reply meet all five criteria? Answer Yes or No.")
             ctx = self.tok.render_chat([{"role": "user", "content": question}], add_generation_prompt=True).ids
-            pairs += [(ctx, self.tok.encode("Yes")), (ctx, self.tok.encode("No"))]
-        ll = self.engine.loglikelihood(pairs)
-        return [ll[2 * i][0] - ll[2 * i + 1][0] for i in range(len(responses))]
+            items.append((ctx, [yes, no]))
+        # one pass over each (long) rubric context, shared by both answers: half the work of scoring them apart
+        ll = self.engine.loglikelihood_choices(items)
+        return [y[0] - n[0] for y, n in ll]
 
     def rank(self, prompt, responses) -> list[int]:
         s = self.scores(prompt, responses)

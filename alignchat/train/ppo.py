@@ -16,6 +16,9 @@ One iteration:
 4. `--ppo-epochs` passes over the rollouts in minibatches: clipped policy loss (clip range ε), clipped value
    loss, and PPO-ptx: γ_ptx × the language-model loss on a batch of `--ptx-data` (pretraining/SFT text),
    which keeps the actor's performance on the original distribution (InstructGPT's "PPO-ptx").
+   With `--target-update-kl`, the epochs stop early once the policy has moved that far (per-token
+   KL(π_old‖π)) from the one that sampled the rollouts, so one iteration cannot overshoot the KL target
+   before β has had a chance to react.
 Prompt tokens never enter a loss: every term is a masked mean over response tokens (see rl_math).
 Logs per iteration (metrics.jsonl + progress bar): reward, KL, β, clip fraction, value loss, entropy,
 response length. Checkpoints (`step-N/{actor,critic,train_state.pt}` + latest.json) resume exactly.
@@ -76,6 +79,10 @@ class PPOConfig:
     kl_target: float | None = 6.0  # target KL per response in nats; None = keep β fixed
     kl_horizon: int = 10000  # controller horizon (in rollouts)
     kl_estimator: str = "k1"
+    # per-iteration trust region: stop this iteration's epochs once the policy has moved this far (mean per-token
+    # KL(π_old‖π), k3 estimate) from the rollout policy; 0 = off. Keeps KL(π‖π_SFT) from overshooting between
+    # two β adjustments (as `target_kl` in Spinning Up / Stable-Baselines3 PPO).
+    target_update_kl: float = 0.0
     normalize_reward: bool = True  # use the reward model's stored mean/std
     # PPO-ptx
     ptx_coef: float = 0.0  # γ_ptx: weight of the pretraining loss (InstructGPT used 27.8 with its own scaling)
@@ -350,9 +357,12 @@ class PPOTrainer:
         cfg = self.cfg
         B = ro.ids.shape[0]
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_frac", "value_clip_frac",
-                                                          "entropy", "approx_kl", "ptx_loss")}
+                                                          "entropy", "approx_kl", "update_kl", "ptx_loss")}
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+        stopped, steps_done = False, 0
         for _ in range(cfg.ppo_epochs):
+            if stopped:
+                break
             for idx in torch.randperm(B, generator=gen).split(cfg.minibatch):
                 idx = idx.to(self.device)
                 T = int(ro.mask[idx].nonzero()[:, 1].max()) + 2 if ro.mask[idx].any() else ro.ids.shape[1]
@@ -364,6 +374,12 @@ class PPOTrainer:
                 with torch.no_grad():
                     entropy = rl_math.masked_mean(rl_math.entropy_from_logits(logits[:, :-1]), mask)
                     approx_kl = rl_math.masked_mean(ro.old_logp[idx, :T - 1] - logp, mask)
+                    update_kl = rl_math.masked_mean(rl_math.kl_per_token(ro.old_logp[idx, :T - 1], logp, "k3"), mask)
+                stats["update_kl"].append(float(update_kl))
+                if cfg.target_update_kl > 0 and float(update_kl) > 1.5 * cfg.target_update_kl:
+                    stopped = True  # this minibatch's step is not taken: the policy has moved far enough
+                    break
+                steps_done += 1
                 loss = pg_loss
                 if self.ptx is not None:
                     ptx_ids, ptx_mask = (t.to(self.device) for t in self.ptx.next_batch())
@@ -387,7 +403,9 @@ class PPOTrainer:
                 for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_frac", clip_frac),
                              ("value_clip_frac", vf_clip), ("entropy", entropy), ("approx_kl", approx_kl)):
                     stats[k].append(float(v.detach()))
-        return {k: sum(v) / len(v) for k, v in stats.items() if v}
+        out = {k: sum(v) / len(v) for k, v in stats.items() if v}
+        out.update(update_kl_max=max(stats["update_kl"], default=0.0), updates=steps_done, early_stop=stopped)
+        return out
 
     def iteration(self) -> dict:
         t0 = time.perf_counter()
@@ -481,7 +499,8 @@ class PPOTrainer:
         c = self.cfg
         return {"stage": "ppo", "parent": self.policy_source, "reward_model": c.reward_model, "step": self.step,
                 "ppo": {k: getattr(c, k) for k in ("init_beta", "kl_target", "clip_range", "gamma", "lam",
-                                                    "ptx_coef", "batch_prompts", "ppo_epochs", "lr")},
+                                                    "ptx_coef", "batch_prompts", "ppo_epochs", "lr",
+                                                    "target_update_kl")},
                 "beta": self.kl_ctl.beta}
 
     def log(self, record: dict) -> None:
@@ -570,6 +589,8 @@ HELP = {
     "kl_target": "target KL per response (nats) of the adaptive β controller (Ziegler et al.); 'none' = fixed β",
     "kl_horizon": "horizon of the adaptive β controller, in rollouts: larger adapts β more slowly",
     "kl_estimator": "per-token KL estimate: k1 = log π − log π_ref (InstructGPT), k2, or k3 (never negative)",
+    "target_update_kl": "trust region per iteration: stop the remaining PPO epochs once the mean per-token "
+                        "KL(π_old‖π) exceeds 1.5× this (0 = off; 0.01–0.05 is usual)",
     "normalize_reward": "normalise r(x, y) with the mean/std stored by `alignchat rm`",
     "ptx_coef": "γ_ptx of PPO-ptx: weight of the pretraining LM loss mixed into the policy loss (0 = plain PPO)",
     "ptx_batch": "sequences of --ptx-data per PPO minibatch",
