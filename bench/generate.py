@@ -91,12 +91,14 @@ def main(argv=None):
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate.json"))
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                    help="weights and activations for both engines (default: float32 on CPU, bfloat16 on CUDA)")
+    ap.add_argument("--out", default=None, help="result JSON (default: bench/results/generate-DEVICE-DTYPE.json)")
     args = ap.parse_args(argv)
     import transformers
 
     device = args.device
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     model, tok, _ = load_model(args.model, device=device, dtype=dtype)
     with tempfile.TemporaryDirectory() as d:
         export_hf(model.cpu(), tok, Path(d) / "hf")
@@ -121,18 +123,18 @@ def main(argv=None):
         row["decode_ratio"] = row["ours_decode_tok_s"] / row["hf_decode_tok_s"]
         rows.append(row)
     hdr = f"{'batch':>5} | {'prompt tok/s ours':>17} {'hf':>9} {'ratio':>6} | {'decode tok/s ours':>17} {'hf':>9} {'ratio':>6}"
-    print(f"model {args.model} on {device} ({torch.get_num_threads()} threads), prompt {args.prompt_tokens} tokens, "
+    print(f"model {args.model} on {device} ({torch.get_num_threads()} threads, {str(dtype)[6:]}), prompt {args.prompt_tokens} tokens, "
           f"{args.new_tokens} new tokens, transformers {transformers.__version__}, torch {torch.__version__}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         print(f"{r['batch']:>5} | {r['ours_prompt_tok_s']:>17.0f} {r['hf_prompt_tok_s']:>9.0f} {r['prompt_ratio']:>5.2f}x | "
               f"{r['ours_decode_tok_s']:>17.1f} {r['hf_decode_tok_s']:>9.1f} {r['decode_ratio']:>5.2f}x")
-    result = {"model": args.model, "device": device, "threads": torch.get_num_threads(), "machine": platform.machine(),
+    result = {"model": args.model, "device": device, "dtype": str(dtype)[6:], "threads": torch.get_num_threads(), "machine": platform.machine(),
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "torch": torch.__version__,
               "transformers": transformers.__version__, "rows": rows,
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    out = Path(args.out)
+    out = Path(args.out or Path(__file__).parent / "results" / f"generate-{device.split(':')[0]}-{str(dtype)[6:]}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {out}")
