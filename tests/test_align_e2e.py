@@ -209,6 +209,20 @@ def test_compare_rm_dpo_ppo_pipeline(tiny_ckpt, tmp_path):
     ref, _, _ = load_model(tiny_ckpt)
     assert any(not torch.equal(a, b) for a, b in zip(actor.state_dict().values(), ref.state_dict().values()))
 
+    # the per-iteration trust region: with a tiny target the remaining PPO passes are skipped, without it all
+    # batch_prompts / minibatch * ppo_epochs = 4 updates run
+    def first_iteration(out, *extra):
+        args = [a for a in ppo_args if a != "--save-every"]
+        args[args.index("--out-dir") + 1] = str(out)
+        del args[args.index("1")]  # the --save-every value
+        assert cli(args + ["--iterations", "1", "--lr", "0.05", *extra]) == 0
+        rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        return next(r for r in rows if "kl" in r)
+    free = first_iteration(tmp_path / "ppo_free")
+    assert free["updates"] == 4 and free["early_stop"] is False
+    capped = first_iteration(tmp_path / "ppo_capped", "--target-update-kl", "1e-9")
+    assert capped["early_stop"] is True and capped["updates"] < 4
+
 
 def test_ppo_help_explains_the_hyperparameters():
     out = subprocess.run([sys.executable, "-m", "alignchat.cli", "ppo", "--help"], capture_output=True, text=True,
