@@ -78,8 +78,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask=None, cache: KVCache | None = None, slots=None, positions=None,
-                kv_len: int | None = None):
+    def forward(self, x, cos, sin, attn_mask=None, cache: KVCache | None = None, slots=None, positions=None):
         B, T, _ = x.shape
         cfg = self.cfg
         q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
@@ -91,10 +90,8 @@ class Attention(nn.Module):
             # advanced indices (slot, position) around a slice put (B, T) first: (B, T, H, D)
             ck[slots[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)
             cv[slots[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
-            L = kv_len or cache.max_len
+            L = attn_mask.shape[-1]  # the cache mask, built once per forward by Transformer.forward
             k, v = ck[slots, :, :L].to(q.dtype), cv[slots, :, :L].to(q.dtype)
-            key_pos = torch.arange(L, device=x.device)
-            attn_mask = (key_pos[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # (B,1,T,L)
         # grouped-query attention: SDPA broadcasts each KV head over its group without copying K and V
         gqa = cfg.n_heads != cfg.n_kv_heads
         if attn_mask is None:
@@ -211,7 +208,10 @@ class Transformer(nn.Module):
         if kv_cache is not None:
             if slots is None:
                 slots = torch.arange(B, device=input_ids.device)
-            kw.update(cache=kv_cache, slots=slots, positions=positions, kv_len=kv_len)
+            # each query attends its slot's keys at positions <= its own; one mask serves every layer
+            key_pos = torch.arange(kv_len or kv_cache.max_len, device=input_ids.device)
+            kw.update(cache=kv_cache, slots=slots, positions=positions,
+                      attn_mask=(key_pos[None, None, :] <= positions[:, :, None]).unsqueeze(1))
         for layer in self.model.layers:
             x = layer(x, cos, sin, **kw)
         x = self.model.norm(x)
