@@ -1,6 +1,7 @@
 """SFT of SmolLM2-135M-Instruct on builder data: data selection, held-out exact match, paired comparison.
 
-Three subcommands, used for the "SmolLM2 SFT result" in docs/training.md:
+Subcommands, used for the "SmolLM2 SFT result" in docs/training.md (both splits; the BoolQ-held-out
+commands are in bench/results/sft-smollm2-boolq/commands.sh):
 
   prepare  builder output (train.jsonl, heldout.jsonl) -> a CPU-sized training file and an exact-match file.
            Training: every task conversation of the training tasks and a share of the chatterbot dialogues
@@ -147,7 +148,7 @@ def compare(args) -> None:
         by_task[before[i]["task"]].append(i)
     result = {
         "before": _acc([before[i] for i in ids]), "after": _acc([after[i] for i in ids]),
-        "fixed": len(fixed), "broken": len(broken), "mcnemar_exact_p": round(mcnemar_exact_p(len(fixed), len(broken)), 6),
+        "fixed": len(fixed), "broken": len(broken), "mcnemar_exact_p": float(f"{mcnemar_exact_p(len(fixed), len(broken)):.3g}"),
         "per_task": {t: {"n": len(v), "before": sum(before[i]["correct"] for i in v),
                          "after": sum(after[i]["correct"] for i in v),
                          "fixed": sum(i in fixed for i in v), "broken": sum(i in broken for i in v)}
