@@ -10,7 +10,7 @@ Reports, in one run:
 - how many fabricated citations the verifier caught when the model was asked to answer and cite from memory
   (no passages given).
 
-Measured on CPU (no GPU in the session that wrote it). Usage:
+Measured on a CPU (no GPU). Usage:
     python bench/library_shakespeare.py [--backend smollm2-135m-instruct|none|URL] [--out bench/results/library_shakespeare.json]
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Alignment end to end: comparison data and feedback loop, then compare → rm → dpo → ppo through the CLI.
 
-The default tests run every stage at tiny scale on the session's random tiny checkpoint. The slow test is
+The default tests run every stage at tiny scale on the test suite's random tiny checkpoint. The slow test is
 the documented run (bench/align_property.py): a measurable preference that RM, PPO and DPO must learn.
 """
 import json

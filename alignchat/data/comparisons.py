@@ -136,7 +136,7 @@ def validate_comparison(obj: Any, where: str) -> Comparison:
 
 
 def validate_sft_record(obj: Any, where: str) -> dict[str, Any]:
-    """Check one SFT/demonstration record (the team's shared schema); return it normalised."""
+    """Check one SFT/demonstration record (alignchat's shared schema); return it normalised."""
     if not isinstance(obj, dict):
         raise UserError(f"{where}: an SFT record must be a JSON object")
     messages = validate_messages(obj.get("messages"), where, "messages")

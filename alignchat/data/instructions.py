@@ -1,6 +1,6 @@
 """The instruction-data builder (FLAN/T0 style): source tasks -> several templates per task -> conversations.
 
-Output is the team's SFT JSONL schema, one conversation per line:
+Output is alignchat's SFT JSONL schema, one conversation per line:
   {"id", "messages": [{"role": "system"|"user"|"assistant", "content"}...], "source", "task",
    "format": "zero-shot"|"few-shot"|"zero-shot-cot"|"few-shot-cot"|"dialogue", "meta": {...}}
 `meta` carries `lang`, `template` (index), `split` ("train"|"heldout") and, for task items, `answer`
