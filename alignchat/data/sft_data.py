@@ -24,19 +24,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .readers import BadRecord  # one 'file:line: reason' record for every reader
 
 IGNORE_INDEX = -100
 FORMATS = ("zero-shot", "few-shot", "zero-shot-cot", "few-shot-cot", "dialogue", "demonstration")
-
-
-@dataclass
-class BadRecord:
-    path: str
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason}"
 
 
 def _check_record(rec) -> str | None:
