@@ -92,7 +92,9 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
 
 
-def _build(cfg: ModelConfig, state: dict[str, torch.Tensor], source: Path, dtype: torch.dtype) -> Transformer:
+def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], source: Path, dtype: torch.dtype) -> Transformer:
+    """A Transformer holding `state` (HF-named tensors), without first allocating random weights; missing or
+    mis-shaped tensors are a CheckpointError naming `source`."""
     with torch.device("meta"):
         model = Transformer(cfg)
     model = model.to_empty(device="cpu")
@@ -117,7 +119,7 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype = torch.float32):
     cfg_dict = _read_json(directory / "config.json")
     cfg = ModelConfig.from_dict(cfg_dict)
     state = read_safetensors(directory / "model.safetensors")
-    model = _build(cfg, state, directory / "model.safetensors", dtype)
+    model = build_model(cfg, state, directory / "model.safetensors", dtype)
     tok = Tokenizer.load(directory)
     meta = _read_json(directory / "meta.json") if (directory / "meta.json").exists() else {}
     meta.setdefault("source", str(directory))
@@ -169,7 +171,7 @@ def load_hf_dir(directory: str | Path, dtype: torch.dtype = torch.float32):
             state.update(read_safetensors(directory / shard))
     else:
         state = read_safetensors(directory / "model.safetensors")
-    model = _build(cfg, state, directory, dtype)
+    model = build_model(cfg, state, directory, dtype)
     tok = Tokenizer.load(directory)
     return model, tok, {"stage": "import", "source": str(directory), "source_format": "hf"}
 

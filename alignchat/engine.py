@@ -376,7 +376,6 @@ class Engine:
                         yield out.text
         finally:
             self.abort(req)
-        self.last_result = req.result()
 
     def chat(self, messages: Sequence[dict], params: SamplingParams | None = None) -> Generation:
         ids = self.tok.render_chat(messages, add_generation_prompt=True).ids

@@ -129,7 +129,7 @@ def config_from_gguf(meta: dict, path: Path, tensor_names: set[str]) -> ModelCon
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, max_seq_len: int | None = None):
     """Return (Transformer, Tokenizer, meta) from a GGUF file."""
     import gguf
-    from .model import Transformer
+    from .checkpoint import build_model
 
     path = Path(path)
     reader, meta = read_gguf(path)
@@ -156,18 +156,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, max_seq_len:
         state[hf_name] = torch.from_numpy(arr.copy()).to(dtype)
     if cfg.vocab_size != state["model.embed_tokens.weight"].shape[0]:
         cfg.vocab_size = state["model.embed_tokens.weight"].shape[0]
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    model = model.to_empty(device="cpu")
-    model.rope_cos, model.rope_sin = _rope(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    if missing:
-        raise CheckpointError(f"{path}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    model = build_model(cfg, state, path, dtype)
     info = {"stage": "import", "source": str(path), "source_format": "gguf",
             "gguf_name": meta.get("general.name"), "file_type": meta.get("general.file_type")}
     return model, tokenizer, info
 
-
-def _rope(cfg: ModelConfig):
-    from .model import rope_tables
-    return rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)

@@ -117,7 +117,6 @@ class Tokenizer:
     # --- chat template ------------------------------------------------------------------------
     def _template(self):
         if self._compiled_template is None:
-            from jinja2 import StrictUndefined  # noqa: F401  (kept lenient like HF: undefined -> empty)
             from jinja2.sandbox import ImmutableSandboxedEnvironment
 
             def raise_exception(message):
