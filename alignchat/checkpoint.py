@@ -219,7 +219,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dty
                pull: bool = True):
     """Load (model, tokenizer, meta) from a registry name, checkpoint dir, .gguf file or HF directory."""
     from .hub import resolve_model
-    path = resolve_model(str(name_or_path), pull=pull)
+    path = resolve_model(str(name_or_path), pull_missing=pull)
     if path.is_file():
         if path.suffix == ".gguf":
             from .gguf_import import load_gguf

@@ -75,10 +75,8 @@ def pull(name: str, from_file: str | None = None, quiet: bool = False) -> Path:
     return paths[entry["file"]]
 
 
-def resolve_model(name_or_path: str, pull_missing: bool = True, pull: bool | None = None) -> Path:
+def resolve_model(name_or_path: str, pull_missing: bool = True) -> Path:
     """A registry name (pulled on first use) or an existing path -> a local path."""
-    if pull is not None:
-        pull_missing = pull
     p = Path(name_or_path).expanduser()
     if p.exists():
         return p
@@ -86,7 +84,7 @@ def resolve_model(name_or_path: str, pull_missing: bool = True, pull: bool | Non
         if not is_pulled(name_or_path):
             if not pull_missing:
                 raise CheckpointError(f"model {name_or_path} is not pulled; run `alignchat models pull {name_or_path}`")
-            globals()["pull"](name_or_path)
+            pull(name_or_path)
         return checkpoint_path(name_or_path)
     local = models_dir() / name_or_path
     if local.exists():
