@@ -35,6 +35,8 @@ def test_chat_ui_end_to_end(browser, tiny_ckpt, tmp_path):
         # 1-2. send a message and watch the reply stream in (record every intermediate text of the live answer)
         browser.execute_script("""
             document.getElementById('max-tokens').value = 80;
+            // a fixed seed: the random tiny model could otherwise end its answer after one token
+            document.getElementById('seed').value = 1234;
             window.__seen = [];
             new MutationObserver(() => {
               const b = document.querySelector('.msg.assistant.streaming .body');
