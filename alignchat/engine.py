@@ -122,20 +122,6 @@ class Request:
                           prompt_tokens=len(self.prompt_ids), logprobs=list(self.logprobs) if self.params.logprobs else None)
 
 
-def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[..., -1, None]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, idx = torch.sort(logits, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # drop a token once the mass before it already reaches top_p (the first token always stays)
-        drop = (probs.cumsum(-1) - probs) >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
-    return logits
-
-
 def _apply_penalties(logits: torch.Tensor, req: Request) -> torch.Tensor:
     p = req.params
     if p.repetition_penalty != 1.0 and req.seen.numel():
@@ -242,27 +228,49 @@ class Engine:
 
     # --- one decode step ------------------------------------------------------------------
     def _sample(self, reqs: list[Request]) -> tuple[list[int], list[float]]:
+        """One token per request, in one batched pass (one device-to-host copy per step).
+
+        Sampling is by inverse CDF: each request draws u ~ U[0, 1) from its own seeded generator and takes
+        the first token whose cumulative probability reaches u. Every operation is row-wise, so a request's
+        tokens depend only on its own logits and seed, never on what else is in the batch."""
         logits = torch.stack([r.next_logits for r in reqs])
         logprobs_all = None
         if any(r.params.logprobs for r in reqs):
             logprobs_all = torch.log_softmax(logits, dim=-1)
-        plain_greedy = all(r.params.greedy and r.params.repetition_penalty == 1.0 and not r.params.presence_penalty
-                           and not r.params.frequency_penalty for r in reqs)
-        if plain_greedy:
+        if any(r.params.repetition_penalty != 1.0 or r.params.presence_penalty or r.params.frequency_penalty
+               for r in reqs):
+            logits = torch.stack([_apply_penalties(logits[i], r) for i, r in enumerate(reqs)])
+        greedy = [r.params.greedy for r in reqs]
+        if all(greedy):
             tokens = logits.argmax(-1).tolist()
         else:
-            tokens = []
-            for i, r in enumerate(reqs):
-                row = _apply_penalties(logits[i], r)
-                p = r.params
-                if p.greedy:
-                    tokens.append(int(row.argmax()))
-                    continue
-                row = _filter_top_k_top_p(row / p.temperature, p.top_k, p.top_p)
-                probs = row.softmax(-1).cpu()
-                tokens.append(int(torch.multinomial(probs, 1, generator=r.generator)))
+            tokens = self._sample_rows(logits, reqs).tolist()
         lps = [float(logprobs_all[i, t]) if logprobs_all is not None else 0.0 for i, t in enumerate(tokens)]
         return tokens, lps
+
+    @staticmethod
+    def _sample_rows(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+        dev, V = logits.device, logits.shape[-1]
+        ps = [r.params for r in reqs]
+        greedy = torch.tensor([p.greedy for p in ps], device=dev)
+        temp = torch.tensor([1.0 if p.greedy else p.temperature for p in ps], device=dev, dtype=logits.dtype)
+        x = logits / temp[:, None]
+        idx = None
+        if any((p.top_k and p.top_k < V) or p.top_p < 1.0 for p in ps):
+            # top-k (ties with the k-th kept), then top-p: drop a token once the mass before it already
+            # reaches top_p (the first token always stays); done in sorted order, per row
+            x, idx = torch.sort(x, dim=-1, descending=True)
+            k = torch.tensor([p.top_k if p.top_k and p.top_k < V else V for p in ps], device=dev)
+            kth = x.gather(-1, (k - 1)[:, None])
+            x = x.masked_fill(x < kth, float("-inf"))
+            top_p = torch.tensor([p.top_p if p.top_p < 1.0 else float("inf") for p in ps], device=dev, dtype=x.dtype)
+            probs = x.softmax(-1)
+            x = x.masked_fill((probs.cumsum(-1) - probs) >= top_p[:, None], float("-inf"))
+        cdf = x.softmax(-1).cumsum(-1)
+        u = torch.tensor([float(torch.rand(1, generator=r.generator)) for r in reqs], device=dev, dtype=cdf.dtype)
+        choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_(max=V - 1)
+        sampled = choice if idx is None else idx.gather(-1, choice)
+        return torch.where(greedy, logits.argmax(-1), sampled[:, 0])
 
     def _emit(self, req: Request, delta: str, final: bool) -> str:
         """Apply stop strings to a text delta; returns what may be shown now."""

@@ -246,3 +246,62 @@ def test_documented_run_learns_a_measurable_preference(tmp_path):
     assert s["marker_rate"]["ppo"] >= 2 * s["marker_rate"]["sft"] and s["marker_rate"]["ppo"] > 0.2
     assert s["ppo_heldout_kl_after"] <= 2 * s["kl_target"]
     assert s["marker_rate"]["dpo"] > s["marker_rate"]["sft"]
+
+
+def test_compare_sample_systems_and_contrast_judge(tiny_ckpt, tmp_path):
+    """RLAIF with contrasting system prompts: sampling under `--system`, then the contrast judge, whose score
+    is checked against a hand computation from the model's logits."""
+    from alignchat.checkpoint import load_model
+    from alignchat.train import compare_cli as CC
+
+    prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": user("Name a colour.")}, {"prompt": user("说一个数字。")}])
+    sampled, judged = tmp_path / "s.jsonl", tmp_path / "j.jsonl"
+    terse = "You are terse."
+    assert cli(["compare", "sample", "--model", str(tiny_ckpt), "--prompts", str(prompts), "--out", str(sampled),
+                "-k", "4", "--max-tokens", "6", "--system", terse, "--system", "", "--seed", "3", "--quiet"]) == 0
+    recs = C.read_comparisons(sampled)
+    assert [r.meta["systems"] for r in recs] == [[terse, None, terse, None]] * 2
+    assert all(m["role"] != "system" for r in recs for m in r.prompt)  # the RM sees the user's conversation only
+
+    # the system prompt reaches the model: sampling with --system equals sampling a prompt that carries it
+    p0 = recs[0].prompt
+    # (a low temperature, so the random tiny model's near-uniform logits still depend on the context)
+    via_option = CC.sample_responses(str(tiny_ckpt), [p0], 2, 12, 0.05, 1.0, seed=5, systems=[terse], progress=False)
+    explicit = CC.sample_responses(str(tiny_ckpt), [[{"role": "system", "content": terse}] + p0], 2, 12, 0.05, 1.0,
+                                   seed=5, progress=False)
+    plain = CC.sample_responses(str(tiny_ckpt), [p0], 2, 12, 0.05, 1.0, seed=5, progress=False)
+    assert via_option == explicit and via_option != plain
+
+    # the contrast score by hand: per-token log p(reply | rubric persona) - log p(reply | rubric-breaking persona)
+    model, tok, _ = load_model(tiny_ckpt)
+
+    def reply_logprob(prompt, reply, system):
+        r = tok.render_chat([{"role": "system", "content": system}] + prompt + [{"role": "assistant", "content": reply}])
+        ids = torch.tensor([r.ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids)[0].float(), -1)
+        picked = [float(logp[t - 1, r.ids[t]]) for t in range(1, len(r.ids)) if r.assistant_mask[t]]
+        return sum(picked), len(picked)
+
+    judge = CC.ModelJudge(str(tiny_ckpt), method="contrast")
+    scores = judge.scores(recs[0].prompt, recs[0].responses)
+    for reply, got in zip(recs[0].responses, scores):
+        good, n = reply_logprob(recs[0].prompt, reply or " ", CC.RUBRIC_PERSONA)
+        bad, _ = reply_logprob(recs[0].prompt, reply or " ", CC.ANTI_RUBRIC_PERSONA)
+        assert got == pytest.approx((good - bad) / n, abs=1e-4)
+
+    assert cli(["compare", "judge", "--input", str(sampled), "--out", str(judged), "--judge-model", str(tiny_ckpt),
+                "--quiet"]) == 0
+    out = C.read_comparisons(judged)
+    assert len(out) == 2 and all(c.labeller == f"ai:model:{tiny_ckpt}:contrast" for c in out)
+    by_id = {r.id: r for r in recs}
+    for c in out:
+        assert c.meta["judge_scores"] == sorted(c.meta["judge_scores"], reverse=True)
+        src = by_id[c.meta["sampled_id"]]
+        # each response keeps the system prompt it was written under, through the reordering
+        assert [src.meta["systems"][i] for i in c.meta["sampled_order"]] == c.meta["systems"]
+        assert [src.responses[i] for i in c.meta["sampled_order"]] == c.responses
+
+    assert cli(["compare", "judge", "--input", str(sampled), "--out", str(tmp_path / "y.jsonl"), "--judge-model",
+                str(tiny_ckpt), "--judge-method", "yesno", "--quiet"]) == 0
+    assert {c.labeller for c in C.read_comparisons(tmp_path / "y.jsonl")} == {f"ai:model:{tiny_ckpt}"}

@@ -178,3 +178,30 @@ def test_batched_prefill_admits_many_and_rejects_all_on_one_bad_prompt(engine):
     with pytest.raises(ContextLengthError):
         engine.add_requests([([1, 2], p), (list(range(1, 300)), p)])
     assert engine.num_active() == 0
+
+
+def test_batched_sampler_draws_from_the_filtered_softmax():
+    """The inverse-CDF sampler: frequencies match softmax(logits / T), restricted by top-k / top-p, and a
+    greedy row in the same batch still takes the argmax."""
+    from types import SimpleNamespace
+
+    from alignchat.engine import Engine
+    n = 4000
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+
+    def draw(**kw):
+        p = SamplingParams(**kw).validate()
+        reqs = [SimpleNamespace(params=p, generator=torch.Generator().manual_seed(s)) for s in range(n)]
+        toks = Engine._sample_rows(logits.expand(n, 4).clone(), reqs)
+        return torch.bincount(toks, minlength=4).float() / n
+
+    assert torch.allclose(draw(temperature=1.0), logits.softmax(-1), atol=0.03)
+    assert torch.allclose(draw(temperature=2.0), (logits / 2).softmax(-1), atol=0.03)
+    two = torch.tensor([2.0, 1.0]).softmax(-1)
+    assert torch.allclose(draw(temperature=1.0, top_k=2), torch.cat([two, torch.zeros(2)]), atol=0.03)
+    # top_p 0.7: the mass before token 2 is 0.88 >= 0.7, so only tokens 0 and 1 stay
+    assert torch.allclose(draw(temperature=1.0, top_p=0.7), torch.cat([two, torch.zeros(2)]), atol=0.03)
+    mixed = [SimpleNamespace(params=SamplingParams(temperature=0).validate(), generator=torch.Generator()),
+             SimpleNamespace(params=SamplingParams(temperature=1.0, top_k=1).validate(), generator=torch.Generator())]
+    rows = torch.tensor([[0.0, 3.0, 1.0, 0.0], [0.0, 0.0, 5.0, 1.0]])
+    assert Engine._sample_rows(rows, mixed).tolist() == [1, 2]

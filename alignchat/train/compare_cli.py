@@ -3,10 +3,18 @@
 Subcommands:
 - `sample`: draw K responses per prompt from a checkpoint through the shared engine (`alignchat.engine`),
   each with its own seed, and write unranked records (`ranking` in sampled order, `meta.unranked: true`).
+  `--system` (repeatable) gives response i the i-th system prompt, cycled, so one ranking can hold replies
+  written under contrasting instructions (say, a careful assistant and a careless one); the record's prompt
+  is the user's conversation without it, which is what the reward model sees.
 - `judge`: rank each record's responses with an AI judge following a written rubric (helpful, honest,
   harmless, relevance, informativeness): RLAIF. The judge is
-  * one of our checkpoints (`--judge-model`): every response is scored by the judge's log-probability of
-    answering "Yes" rather than "No" to "does this response meet the rubric?" (no brittle parsing);
+  * one of our checkpoints (`--judge-model`), in one of two ways (`--judge-method`):
+    - `contrast` (default): how much more likely the judge finds the reply when it is told to follow the
+      rubric than when it is told to break it, per reply token:
+      [log p(reply | rubric persona) − log p(reply | rubric-breaking persona)] / tokens. A small model
+      cannot grade well but can tell which instructions a reply is consistent with;
+    - `yesno`: the judge's log p("Yes") − log p("No") to "does this reply meet the rubric?";
+    neither parses free text;
   * any OpenAI-compatible endpoint (`--judge-url`, via httpx): the judge is asked for "RANKING: 2 > 1 > 3";
     a reply that cannot be parsed is retried, then the record is skipped and counted;
   * a checkable property (`--judge-rule REGEX`): more matches rank higher, ties keep the sampled order.
@@ -35,6 +43,13 @@ RUBRIC = """You are judging an AI assistant's reply to a user. A good reply is:
 Replies in Chinese are judged by the same standard (回答用中文时同样适用以上标准)."""
 
 RUBRIC_CRITERIA = list(C.RUBRIC_CRITERIA)
+
+
+# The contrast judge's two personas: the rubric, and the rubric broken on every point.
+RUBRIC_PERSONA = ("You are a helpful, honest and harmless AI assistant. You answer accurately, admit when you do "
+                  "not know, and politely refuse dangerous or unethical requests.")
+ANTI_RUBRIC_PERSONA = ("You are an AI assistant that is unhelpful, dishonest and harmful. You make up facts, you help "
+                       "with dangerous or unethical requests, and you give vague, irrelevant answers.")
 
 
 def _conversation_text(prompt: list[dict]) -> str:
@@ -68,14 +83,36 @@ def read_prompts(path: str) -> list[tuple[str, list[dict]]]:
     return out
 
 
-def sample_responses(model_path: str, prompts: list[list[dict]], k: int, max_tokens: int, temperature: float,
-                     top_p: float, seed: int, batch: int = 16, progress: bool = True) -> list[list[str]]:
+def _with_system(prompt: list[dict], system: str | None) -> list[dict]:
+    """The prompt with `system` as its system message (replacing one it has); None or "" leaves it as it is."""
+    if not system:
+        return prompt
+    return [{"role": "system", "content": system}] + [m for m in prompt if m["role"] != "system"]
+
+
+def load_for_inference(model_path: str, device: str | None = None, dtype: str | None = None):
+    """(model, tokenizer) on `device` (default: cuda if available), in `dtype` (default bf16 on CUDA, fp32 on CPU)."""
+    import torch
+
     from ..checkpoint import load_model
+    from ..commands.common import pick_device
+    device = pick_device(device)
+    dt = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    model, tok, _ = load_model(model_path, device=device, dtype=dt)
+    return model, tok
+
+
+def sample_responses(model_path: str, prompts: list[list[dict]], k: int, max_tokens: int, temperature: float,
+                     top_p: float, seed: int, batch: int = 16, progress: bool = True,
+                     systems: list[str] | None = None, device: str | None = None, dtype: str | None = None,
+                     loaded=None) -> list[list[str]]:
+    """K responses per prompt; response i is written under systems[i % len(systems)] when systems are given."""
     from ..engine import Engine, SamplingParams
-    model, tok, _ = load_model(model_path)
+    model, tok = loaded or load_for_inference(model_path, device, dtype)
     engine = Engine(model, tok, max_batch=batch)
-    ids = [tok.render_chat(p, add_generation_prompt=True).ids for p in prompts]
-    flat_ids = [i for i in ids for _ in range(k)]
+    systems = systems or [None]
+    flat_ids = [tok.render_chat(_with_system(p, systems[i % len(systems)]), add_generation_prompt=True).ids
+                for p in prompts for i in range(k)]
     params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                              seed=seed * 1_000_003 + n) for n in range(len(flat_ids))]
     gens = engine.generate(flat_ids, params, progress=progress)
@@ -86,19 +123,23 @@ def cmd_sample(args) -> int:
     if not 2 <= args.k <= C.MAX_RESPONSES:
         raise UserError(f"-k must be 2..{C.MAX_RESPONSES} (InstructGPT used 4..9)")
     prompts = read_prompts(args.prompts)
-    done = {json.dumps(c.prompt, sort_keys=True) for c in C.read_comparisons(args.out)} if \
-        Path(args.out).exists() else set()
+    systems = list(args.system) or None
+    existing = C.read_comparisons(args.out) if Path(args.out).exists() else []
+    done = {json.dumps(c.prompt, sort_keys=True) for c in existing}
     todo = [p for _, p in prompts if json.dumps(p, sort_keys=True) not in done]
-    existing = C.read_comparisons(args.out) if done else []
+    loaded = load_for_inference(args.model, args.device, args.dtype) if todo else None
     new = []
     for start in range(0, len(todo), args.chunk):  # write as we go, so an interrupted run keeps its work
         chunk = todo[start:start + args.chunk]
         responses = sample_responses(args.model, chunk, args.k, args.max_tokens, args.temperature, args.top_p,
-                                     args.seed + start, progress=not args.quiet)
+                                     args.seed + start, batch=args.batch, progress=not args.quiet,
+                                     systems=systems, loaded=loaded)
         for p, rs in zip(chunk, responses):
+            meta = {"unranked": True, "model": args.model, "temperature": args.temperature}
+            if systems:
+                meta["systems"] = [systems[i % len(systems)] or None for i in range(len(rs))]
             new.append(C.Comparison(prompt=p, responses=rs, ranking=list(range(len(rs))), labeller="ai:unranked",
-                                    source=f"sample:{args.model}", criteria=[],
-                                    meta={"unranked": True, "model": args.model, "temperature": args.temperature}))
+                                    source=f"sample:{args.model}", criteria=[], meta=meta))
         C.write_comparisons(args.out, existing + new)
     print(json.dumps({"out": args.out, "new": len(new), "skipped_already_sampled": len(prompts) - len(todo),
                       "k": args.k}))
@@ -130,30 +171,72 @@ class RuleJudge:
 
 
 class ModelJudge:
-    """Score each response by log p("Yes") − log p("No") of one of our checkpoints asked about the rubric."""
+    """One of our checkpoints as the judge; `method` is "contrast" or "yesno" (see the module docstring)."""
 
-    def __init__(self, model_path: str):
-        from ..checkpoint import load_model
+    METHODS = ("contrast", "yesno")
+
+    def __init__(self, model_path: str, method: str = "contrast", device: str | None = None, dtype: str | None = None,
+                 batch: int = 16):
         from ..engine import Engine
-        model, self.tok, _ = load_model(model_path)
+        if method not in self.METHODS:
+            raise UserError(f"--judge-method must be one of {', '.join(self.METHODS)}, not {method!r}")
+        model, self.tok = load_for_inference(model_path, device, dtype)
         self.engine = Engine(model, self.tok, max_batch=8)
-        self.name = f"model:{model_path}"
+        self.method, self.batch = method, batch
+        self.name = f"model:{model_path}" + ("" if method == "yesno" else f":{method}")
+
+    def _reply_tokens(self, prompt, reply: str, system: str) -> tuple[list[int], list[int]]:
+        """(context, reply tokens) of the conversation under `system`, cut where the assistant turn starts."""
+        r = self.tok.render_chat(_with_system(prompt, system) + [{"role": "assistant", "content": reply}])
+        mask = r.assistant_mask
+        end = len(mask) - mask[::-1].index(1) if 1 in mask else len(mask)  # the last assistant turn's run
+        start = end
+        while start > 0 and mask[start - 1]:
+            start -= 1
+        return r.ids[:start], r.ids[start:end]
 
     def scores(self, prompt, responses) -> list[float]:
-        items = []
-        yes, no = self.tok.encode("Yes"), self.tok.encode("No")
-        for r in responses:
-            question = (f"{RUBRIC}\n\nConversation:\n{_conversation_text(prompt)}\n\nAssistant's reply:\n{r}\n\n"
-                        "Does the reply meet all five criteria? Answer Yes or No.")
-            ctx = self.tok.render_chat([{"role": "user", "content": question}], add_generation_prompt=True).ids
-            items.append((ctx, [yes, no]))
-        # one pass over each (long) rubric context, shared by both answers: half the work of scoring them apart
-        ll = self.engine.loglikelihood_choices(items)
-        return [y[0] - n[0] for y, n in ll]
+        return self.scores_many([(prompt, responses)])[0]
+
+    def scores_many(self, records) -> list[list[float]]:
+        """Scores of many (prompt, responses) records, batched together."""
+        if self.method == "contrast":
+            pairs, lengths = [], []
+            for prompt, responses in records:
+                for r in responses:
+                    for system in (RUBRIC_PERSONA, ANTI_RUBRIC_PERSONA):
+                        ctx, cont = self._reply_tokens(prompt, r or " ", system)
+                        pairs.append((ctx, cont or [self.tok.pad_id]))
+                    lengths.append(max(1, len(cont)))
+            ll = self.engine.loglikelihood(pairs, batch_size=self.batch)
+            flat = [(ll[2 * n][0] - ll[2 * n + 1][0]) / lengths[n] for n in range(len(lengths))]
+        else:
+            yes, no = self.tok.encode("Yes"), self.tok.encode("No")
+            items = []
+            for prompt, responses in records:
+                for r in responses:
+                    question = (f"{RUBRIC}\n\nConversation:\n{_conversation_text(prompt)}\n\nAssistant's reply:\n"
+                                f"{r}\n\nDoes the reply meet all five criteria? Answer Yes or No.")
+                    ctx = self.tok.render_chat([{"role": "user", "content": question}], add_generation_prompt=True).ids
+                    items.append((ctx, [yes, no]))
+            # one pass over each (long) rubric context, shared by both answers
+            ll = self.engine.loglikelihood_choices(items)
+            flat = [y[0] - n[0] for y, n in ll]
+        out, i = [], 0
+        for _, responses in records:
+            out.append(flat[i:i + len(responses)])
+            i += len(responses)
+        return out
+
+    @staticmethod
+    def order(scores: list[float]) -> list[int]:
+        return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
 
     def rank(self, prompt, responses) -> list[int]:
-        s = self.scores(prompt, responses)
-        return sorted(range(len(responses)), key=lambda i: (-s[i], i))
+        return self.order(self.scores(prompt, responses))
+
+    def rank_many(self, records) -> list[list[int]]:
+        return [self.order(s) for s in self.scores_many(records)]
 
 
 class EndpointJudge:
@@ -206,7 +289,7 @@ def make_judge(args):
     if len(chosen) != 1:
         raise UserError("choose exactly one judge: --judge-model CKPT, --judge-url URL or --judge-rule REGEX")
     if args.judge_model:
-        return ModelJudge(args.judge_model)
+        return ModelJudge(args.judge_model, method=args.judge_method, device=args.device, dtype=args.dtype)
     if args.judge_url:
         if not args.judge_name:
             raise UserError("--judge-url needs --judge-name (the endpoint's model name)")
@@ -219,26 +302,38 @@ def cmd_judge(args) -> int:
     from tqdm.auto import tqdm
     records = C.read_comparisons(args.input, min_responses=2)
     judge = make_judge(args)
-    done = {c.meta.get("sampled_id") for c in C.read_comparisons(args.out)} if Path(args.out).exists() else set()
-    out = C.read_comparisons(args.out) if done else []
+    out = C.read_comparisons(args.out) if Path(args.out).exists() else []
+    done = {c.meta.get("sampled_id") for c in out}
+    todo = [rec for rec in records if rec.id not in done]
     unparseable = no_preference = 0
-    for n, rec in enumerate(tqdm(records, desc="judge", disable=args.quiet)):
-        if rec.id in done:
-            continue
-        order = judge.rank(rec.prompt, rec.responses)  # best first; may leave out tied responses
-        if order is None:
-            unparseable += 1
-            continue
-        if len(order) < 2:
-            no_preference += 1
-            continue
-        out.append(C.Comparison(prompt=rec.prompt, responses=[rec.responses[i] for i in order],
-                                ranking=list(range(len(order))), criteria=RUBRIC_CRITERIA,
-                                labeller=f"ai:{judge.name}", source=rec.source,
-                                meta={**{k: v for k, v in rec.meta.items() if k != "unranked"},
-                                      "sampled_id": rec.id, "sampled_order": order}))
-        if (n + 1) % args.save_every == 0:
-            C.write_comparisons(args.out, out)
+    bar = tqdm(total=len(todo), desc="judge", disable=args.quiet)
+    for start in range(0, len(todo), args.save_every):  # write as we go: a rerun skips what is judged
+        chunk = todo[start:start + args.save_every]
+        if hasattr(judge, "scores_many"):  # batched across records
+            scores = judge.scores_many([(rec.prompt, rec.responses) for rec in chunk])
+            orders = [judge.order(sc) for sc in scores]
+        else:
+            scores = [None] * len(chunk)
+            orders = [judge.rank(rec.prompt, rec.responses) for rec in chunk]
+        for rec, order, sc in zip(chunk, orders, scores):  # order: best first; may leave out tied responses
+            if order is None:
+                unparseable += 1
+                continue
+            if len(order) < 2:
+                no_preference += 1
+                continue
+            meta = {k: v for k, v in rec.meta.items() if k != "unranked"}
+            if isinstance(meta.get("systems"), list) and len(meta["systems"]) == len(rec.responses):
+                meta["systems"] = [meta["systems"][i] for i in order]
+            meta.update({"sampled_id": rec.id, "sampled_order": order})
+            if sc is not None:
+                meta["judge_scores"] = [round(sc[i], 4) for i in order]
+            out.append(C.Comparison(prompt=rec.prompt, responses=[rec.responses[i] for i in order],
+                                    ranking=list(range(len(order))), criteria=RUBRIC_CRITERIA,
+                                    labeller=f"ai:{judge.name}", source=rec.source, meta=meta))
+        C.write_comparisons(args.out, out)
+        bar.update(len(chunk))
+    bar.close()
     C.write_comparisons(args.out, out)
     print(json.dumps({"out": args.out, "ranked": len(out), "unparseable_skipped": unparseable,
                       "no_preference_skipped": no_preference, "judge": judge.name}))
@@ -314,6 +409,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (>0 for diverse responses)")
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--system", action="append", default=[], metavar="TEXT",
+                   help="system prompt for the responses (repeatable: response i gets the i-th, cycled; '' = none). "
+                        "The record keeps the user's conversation without it")
+    s.add_argument("--batch", type=int, default=16, help="engine slots: responses decoded together (default 16)")
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default: float32 on CPU, bfloat16 on CUDA)")
     s.add_argument("--chunk", type=int, default=64, help="prompts per write (progress survives interruption)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_sample)
@@ -321,12 +423,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     j = sub.add_parser("judge", help="rank sampled responses with an AI judge and a written rubric (RLAIF)")
     j.add_argument("--input", required=True, help="JSONL from `compare sample`")
     j.add_argument("--out", required=True, help="output comparison JSONL; already-judged records are skipped")
-    j.add_argument("--judge-model", help="one of our checkpoints (scored by P(Yes) vs P(No) on the rubric)")
+    j.add_argument("--judge-model", help="one of our checkpoints as the judge (see --judge-method)")
+    j.add_argument("--judge-method", choices=ModelJudge.METHODS, default="contrast",
+                   help="for --judge-model: contrast = per-token log p(reply | rubric persona) - log p(reply | "
+                        "rubric-breaking persona) (default); yesno = log P(Yes) - log P(No) to 'does the reply meet "
+                        "the rubric?'")
+    j.add_argument("--device", default=None, help="for --judge-model: cpu, cuda ... (default: cuda if available)")
+    j.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="for --judge-model: weights dtype (default: float32 on CPU, bfloat16 on CUDA)")
     j.add_argument("--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     j.add_argument("--judge-name", help="model name to send to --judge-url")
     j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the endpoint's key")
     j.add_argument("--judge-rule", help="regular expression: responses with more matches rank higher")
-    j.add_argument("--save-every", type=int, default=20)
+    j.add_argument("--save-every", type=int, default=32, help="records judged per write (default 32)")
     j.add_argument("--quiet", action="store_true")
     j.set_defaults(func=cmd_judge)
 
