@@ -16,11 +16,17 @@ Notable choices:
 - Text is streamed through `StreamDecoder`, so deltas never split a UTF-8 character.
 - The step computes next-token logits at the end, so a freshly prefilled request samples its first
   token without another forward pass.
+- On CUDA, decode steps replay CUDA graphs (`cuda_graphs=True`): at this model size a step is mostly the
+  launch of hundreds of small kernels, which a graph replays in one call. Shapes must be static, so the
+  batch is padded up to a bucket (1, 2, 4, 8, ... max_batch) and the attended cache length up to a multiple
+  of `GRAPH_KV_BLOCK`; one graph per (batch, length) bucket is captured on first use, all sharing one memory
+  pool. Padding rows write into a spare cache slot that no request owns. Prefill stays eager.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -136,11 +142,21 @@ def _apply_penalties(logits: torch.Tensor, req: Request) -> torch.Tensor:
     return logits
 
 
+GRAPH_KV_BLOCK = 256  # decode graphs attend to the cache in lengths rounded up to this
+
+
+class _DecodeGraph:
+    """One captured decode step for a fixed (batch, cache length): static inputs in, logits out."""
+
+    def __init__(self, ids, pos, slots, logits, graph):
+        self.ids, self.pos, self.slots, self.logits, self.graph = ids, pos, slots, logits, graph
+
+
 class Engine:
     """Batched generation with a slot-based KV cache. Not thread-safe: one thread drives it."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, max_batch: int = 8, max_seq_len: int | None = None,
-                 cache_dtype: torch.dtype | None = None):
+                 cache_dtype: torch.dtype | None = None, cuda_graphs: bool = True):
         self.model = model.eval()
         self.tok = tokenizer
         self.cfg = model.cfg
@@ -151,12 +167,21 @@ class Engine:
         self.cache_dtype = cache_dtype or next(model.parameters()).dtype
         self._cache: KVCache | None = None
         self.slots: list[Request | None] = [None] * max_batch
+        self.scratch_slot = max_batch  # the cache's spare slot, written only by padding rows
+        # "graph" (CUDA), "eager" (the exact batch, no padding); "padded" runs the graph path's padding
+        # without capturing, so it can be checked on a CPU
+        # (a compiled or wrapped model decodes eagerly: capturing it would capture the compiler too)
+        self.decode_mode = ("graph" if cuda_graphs and self.device.type == "cuda" and isinstance(model, Transformer)
+                            else "eager")
+        self._graphs: dict[tuple[int, int], _DecodeGraph] = {}
+        self._graph_pool = None
 
     # --- slots --------------------------------------------------------------------------------
     @property
     def cache(self) -> KVCache:
         if self._cache is None:
-            self._cache = KVCache(self.cfg, self.max_batch, self.max_seq_len, device=self.device, dtype=self.cache_dtype)
+            self._cache = KVCache(self.cfg, self.max_batch + 1, self.max_seq_len, device=self.device,
+                                  dtype=self.cache_dtype)  # + the scratch slot
         return self._cache
 
     def has_free_slot(self) -> bool:
@@ -334,15 +359,71 @@ class Engine:
                 cont.append(r)
             outs.append(StepOutput(r, t, delta, r.finished, r.finish_reason))
         if cont:
-            ids = torch.tensor([[r.last_token] for r in cont], device=self.device)
-            pos = torch.tensor([[r.pos] for r in cont], device=self.device)
-            slots = torch.tensor([r.slot for r in cont], device=self.device)
-            kv_len = max(r.pos for r in cont) + 1
-            logits = self.model(ids, positions=pos, kv_cache=self.cache, slots=slots, kv_len=kv_len)[:, -1].float()
+            logits = self._decode([r.last_token for r in cont], [r.pos for r in cont], [r.slot for r in cont])
             for i, r in enumerate(cont):
                 r.next_logits = logits[i]
                 r.pos += 1
         return outs
+
+    def _decode(self, tokens: list[int], positions: list[int], slots: list[int]) -> torch.Tensor:
+        """Next-token logits (n, vocab) after writing one token per row into the cache."""
+        n, dev = len(tokens), self.device
+        kv_len = max(positions) + 1
+        if self.decode_mode == "eager":
+            ids = torch.tensor(tokens, device=dev)[:, None]
+            pos = torch.tensor(positions, device=dev)[:, None]
+            return self.model(ids, positions=pos, kv_cache=self.cache, slots=torch.tensor(slots, device=dev),
+                              kv_len=kv_len)[:, -1].float()
+        b = next(x for x in self._batch_buckets() if x >= n)
+        L = min(self.max_seq_len, -(-kv_len // GRAPH_KV_BLOCK) * GRAPH_KV_BLOCK)
+        pad = b - n  # padding rows: token 0 at position 0 of the scratch slot
+        ids = torch.tensor(tokens + [0] * pad, device=dev)[:, None]
+        pos = torch.tensor(positions + [0] * pad, device=dev)[:, None]
+        sl = torch.tensor(slots + [self.scratch_slot] * pad, device=dev)
+        if self.decode_mode == "padded":
+            return self.model(ids, positions=pos, kv_cache=self.cache, slots=sl, kv_len=L)[:n, -1].float()
+        g = self._graphs.get((b, L))
+        if g is None:
+            try:
+                g = self._capture(b, L)
+            except RuntimeError as e:  # never lose a request to an optimisation: fall back to eager decoding
+                warnings.warn(f"CUDA graph capture failed ({e}); decoding eagerly from now on")
+                self.decode_mode = "eager"
+                return self._decode(tokens, positions, slots)
+        g.ids.copy_(ids)
+        g.pos.copy_(pos)
+        g.slots.copy_(sl)
+        g.graph.replay()
+        return g.logits[:n].clone()  # the static output is overwritten by the next replay
+
+    def _batch_buckets(self) -> list[int]:
+        out, b = [], 1
+        while b < self.max_batch:
+            out.append(b)
+            b *= 2
+        return out + [self.max_batch]
+
+    def _capture(self, b: int, L: int) -> _DecodeGraph:
+        dev = self.device
+        ids = torch.zeros((b, 1), dtype=torch.long, device=dev)
+        pos = torch.zeros((b, 1), dtype=torch.long, device=dev)
+        slots = torch.full((b,), self.scratch_slot, dtype=torch.long, device=dev)  # warm-up writes stay there
+
+        def run():
+            return self.model(ids, positions=pos, kv_cache=self.cache, slots=slots, kv_len=L)[:, -1].float()
+
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # warm up (kernel selection, workspaces) outside the capture
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            logits = run()
+        self._graph_pool = graph.pool()
+        g = self._graphs[(b, L)] = _DecodeGraph(ids, pos, slots, logits, graph)
+        return g
 
     # --- conveniences built on add_request/step ---------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams] | None = None,

@@ -1,9 +1,11 @@
 """Generation speed: our engine against Hugging Face transformers on the same SmolLM2 weights, in one run.
 
-For batch 1 and batch 8 it measures prompt (prefill) tokens/s and decode tokens/s, for both engines, and
+For each batch size (default 1 and 8) it measures prompt (prefill) tokens/s and decode tokens/s, for both engines, and
 prints the ratio ours/transformers. Both decode greedily for exactly --new-tokens tokens (end-of-turn
 ignored) from the same prompts, so the work is identical. transformers runs on our HF export of the same
-checkpoint. CPU by default; CUDA when present (or --device).
+checkpoint. CPU by default; CUDA when present (or --device). On CUDA our engine decodes with CUDA graphs
+(`--no-cuda-graphs`: eagerly), and the run first checks that the graph and eager paths give the same greedy
+tokens.
 
     python bench/generate.py [--model smollm2-135m-instruct] [--prompt-tokens 128] [--new-tokens 64]
 """
@@ -93,6 +95,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                     help="weights and activations for both engines (default: float32 on CPU, bfloat16 on CUDA)")
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA (default: CUDA graphs)")
     ap.add_argument("--out", default=None, help="result JSON (default: bench/results/generate-DEVICE-DTYPE.json)")
     args = ap.parse_args(argv)
     import transformers
@@ -105,7 +108,22 @@ def main(argv=None):
         hf = transformers.AutoModelForCausalLM.from_pretrained(Path(d) / "hf", dtype=dtype).to(device).eval()
     model.to(device)
     batches = [int(b) for b in args.batches.split(",")]
-    engine = Engine(model, tok, max_batch=max(batches), max_seq_len=args.prompt_tokens + args.new_tokens + 8)
+    seq_len = args.prompt_tokens + args.new_tokens + 8
+    engine = Engine(model, tok, max_batch=max(batches), max_seq_len=seq_len, cuda_graphs=not args.no_cuda_graphs)
+    agreement = None
+    if engine.decode_mode == "graph":
+        # the graph path must say what the eager path says: greedy tokens of the largest batch, compared
+        prompts = make_prompts(tok, max(batches), args.prompt_tokens)
+        p = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
+        eager = Engine(model, tok, max_batch=max(batches), max_seq_len=seq_len, cuda_graphs=False)
+        a = [g.token_ids for g in engine.generate(prompts, p)]
+        e = [g.token_ids for g in eager.generate(prompts, p)]
+        del eager
+        same = sum(x == y for ra, re_ in zip(a, e) for x, y in zip(ra, re_))
+        agreement = {"identical_tokens": same, "tokens": sum(len(r) for r in e),
+                     "identical_sequences": sum(ra == re_ for ra, re_ in zip(a, e)), "sequences": len(e)}
+        print(f"CUDA graphs vs eager, greedy: {same}/{agreement['tokens']} tokens and "
+              f"{agreement['identical_sequences']}/{len(e)} sequences identical")
     rows = []
     for b in batches:
         prompts = make_prompts(tok, b, args.prompt_tokens)
@@ -123,7 +141,7 @@ def main(argv=None):
         row["decode_ratio"] = row["ours_decode_tok_s"] / row["hf_decode_tok_s"]
         rows.append(row)
     hdr = f"{'batch':>5} | {'prompt tok/s ours':>17} {'hf':>9} {'ratio':>6} | {'decode tok/s ours':>17} {'hf':>9} {'ratio':>6}"
-    print(f"model {args.model} on {device} ({torch.get_num_threads()} threads, {str(dtype)[6:]}), prompt {args.prompt_tokens} tokens, "
+    print(f"model {args.model} on {device} ({torch.get_num_threads()} threads, {str(dtype)[6:]}, decode {engine.decode_mode}), prompt {args.prompt_tokens} tokens, "
           f"{args.new_tokens} new tokens, transformers {transformers.__version__}, torch {torch.__version__}")
     print(hdr)
     print("-" * len(hdr))
@@ -132,7 +150,8 @@ def main(argv=None):
               f"{r['ours_decode_tok_s']:>17.1f} {r['hf_decode_tok_s']:>9.1f} {r['decode_ratio']:>5.2f}x")
     result = {"model": args.model, "device": device, "dtype": str(dtype)[6:], "threads": torch.get_num_threads(), "machine": platform.machine(),
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "torch": torch.__version__,
-              "transformers": transformers.__version__, "rows": rows,
+              "transformers": transformers.__version__, "decode_mode": engine.decode_mode,
+              "graph_vs_eager_greedy": agreement, "rows": rows,
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(args.out or Path(__file__).parent / "results" / f"generate-{device.split(':')[0]}-{str(dtype)[6:]}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

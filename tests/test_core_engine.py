@@ -28,6 +28,28 @@ def greedy_reference(model, prompt, n):
     return seq[len(prompt):]
 
 
+def test_padded_decode_of_the_cuda_graph_path_matches_eager(engine):
+    """The CUDA-graph decode path pads the batch to a bucket and the cache length to a block, with padding
+    rows in a spare slot. Run that padding without capture (a CPU has no graphs): the text must not change,
+    with requests joining and leaving between steps."""
+    padded = Engine(engine.model, engine.tok, max_batch=5, max_seq_len=128)
+    padded.decode_mode = "padded"
+    assert padded._batch_buckets() == [1, 2, 4, 5]
+    sizes = []
+    decode = padded._decode
+    padded._decode = lambda tokens, *a: sizes.append(len(tokens)) or decode(tokens, *a)
+    prompts = [[3, 9, 27], [100, 4, 5, 6, 7, 8, 9, 10, 11], [42], [7, 7, 7, 7, 7], [250, 1, 2], [5, 6], [8]]
+    params = [SamplingParams(max_tokens=n, temperature=t, seed=n, ignore_eos=True)
+              for n, t in zip((12, 3, 9, 6, 10, 4, 7), (0, 0.8, 0, 1.0, 0, 0.7, 0))]
+    out = padded.generate(prompts, params)
+    assert 3 in sizes  # some steps ran 3 requests padded to 4
+    assert out[0].token_ids == greedy_reference(engine.model, prompts[0], 12)
+    eager = Engine(engine.model, engine.tok, max_batch=5, max_seq_len=128)
+    assert eager.decode_mode == "eager"
+    assert [g.token_ids for g in out] == [g.token_ids for g in eager.generate(prompts, params)]
+    assert padded.cache.k[0].shape[0] == 6  # five request slots and the scratch slot
+
+
 def test_batched_prompts_of_different_lengths_equal_solo_greedy(engine):
     prompts = [[3, 9, 27], [100, 4, 5, 6, 7, 8, 9, 10, 11], [42], [7, 7, 7, 7, 7], [250, 1, 2]]
     p = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
