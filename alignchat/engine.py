@@ -419,7 +419,8 @@ class Engine:
                 run()
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
+        # thread_local: the server may run other CUDA work (scoring, embeddings) on other threads meanwhile
+        with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
             logits = run()
         self._graph_pool = graph.pool()
         g = self._graphs[(b, L)] = _DecodeGraph(ids, pos, slots, logits, graph)
