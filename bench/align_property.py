@@ -152,7 +152,8 @@ def main() -> int:
     after = next(l for l in ppo_lines if "after_reward" in l)
     iters = [l for l in ppo_lines if "kl" in l and "final" not in l]
     summary = {
-        "marker": args.marker, "device": f"cpu ({args.threads} thread, shared machine)",
+        "marker": args.marker, "device": (torch.cuda.get_device_name() if torch.cuda.is_available()  # the verbs' "auto"
+                                          else f"cpu ({args.threads} thread{'s' if args.threads > 1 else ''})"),
         "comparisons": sum(1 for _ in open(work / "pairs.jsonl")),
         "rm_held_out_pair_accuracy": rm_meta["eval"]["held_out"]["pair_accuracy"],
         "rm_held_out_pairs": rm_meta["eval"]["held_out"]["pairs"],
