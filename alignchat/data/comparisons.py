@@ -78,15 +78,19 @@ class Comparison:
 # --- validation ----------------------------------------------------------------------------------------
 
 def validate_messages(messages: Any, where: str, what: str = "prompt") -> list[dict[str, str]]:
+    """A stored conversation: the chat checks of `tokenizer.validate_messages`, plus plain-string contents
+    (data files hold text, not the API's content parts); errors name `where` and the field."""
+    from ..tokenizer import validate_messages as validate_chat
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where}: '{what}' must be a non-empty list of messages")
-    out = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise UserError(f"{where}: {what}[{i}] must be {{\"role\": one of {'/'.join(ROLES)}, "
-                            f"\"content\": str}}, got {json.dumps(m, ensure_ascii=False)[:120]}")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
+        if isinstance(m, dict) and not isinstance(m.get("content"), str):
+            raise UserError(f"{where}: {what}: message {i} content must be a string, got "
+                            f"{json.dumps(m.get('content'), ensure_ascii=False)[:120]}")
+    try:
+        return validate_chat(messages)
+    except UserError as e:
+        raise UserError(f"{where}: {what}: {e}") from None
 
 
 def validate_comparison(obj: Any, where: str) -> Comparison:
@@ -142,7 +146,7 @@ def validate_sft_record(obj: Any, where: str) -> dict[str, Any]:
     messages = validate_messages(obj.get("messages"), where, "messages")
     if not any(m["role"] == "assistant" for m in messages):
         raise UserError(f"{where}: an SFT record needs at least one assistant message to learn from")
-    fmt = obj.get("format", "dialogue")
+    fmt = obj.get("format") or "dialogue"
     if fmt not in SFT_FORMATS:
         raise UserError(f"{where}: 'format' must be one of {', '.join(SFT_FORMATS)}, got {fmt!r}")
     return {"id": str(obj.get("id") or content_id(messages)), "messages": messages,

@@ -24,31 +24,18 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .comparisons import validate_sft_record
 from .readers import BadRecord  # one 'file:line: reason' record for every reader
 
 IGNORE_INDEX = -100
-FORMATS = ("zero-shot", "few-shot", "zero-shot-cot", "few-shot-cot", "dialogue", "demonstration")
 
 
 def _check_record(rec) -> str | None:
-    """Why `rec` is not a valid SFT record, or None when it is."""
-    if not isinstance(rec, dict):
-        return "not a JSON object"
-    msgs = rec.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        return "missing or empty 'messages' list"
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            return f"message {i} is not an object"
-        if m.get("role") not in ("system", "user", "assistant"):
-            return f"message {i} has role {m.get('role')!r} (expected system, user or assistant)"
-        if not isinstance(m.get("content"), str):
-            return f"message {i} content is not a string"
-    if not any(m["role"] == "assistant" for m in msgs):
-        return "no assistant message to learn from"
-    fmt = rec.get("format")
-    if fmt is not None and fmt not in FORMATS:
-        return f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})"
+    """Why `rec` is not a valid SFT record (the shared schema, `comparisons.validate_sft_record`), or None."""
+    try:
+        validate_sft_record(rec, "")
+    except UserError as e:
+        return str(e).removeprefix(": ")
     return None
 
 
