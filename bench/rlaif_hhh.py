@@ -108,6 +108,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=0, help="reward-model steps (default: from --epochs)")
     ap.add_argument("--rankings-per-batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed and reward-model seed (default 0)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     ap.add_argument("--work", default="/tmp/alignchat-rlaif-hhh")
     ap.add_argument("--out", default=str(ROOT / "bench/results/rlaif_hhh"))
@@ -142,16 +143,16 @@ def main() -> int:
     timings["sample_s"] = cli("compare", "sample", "--model", args.model, "--prompts", work / "prompts.jsonl",
                               "--out", work / "sampled.jsonl", "-k", args.k, "--max-tokens", args.max_tokens,
                               "--temperature", args.temperature, "--top-p", "0.95", "--batch", args.batch,
-                              "--device", device, *systems, "--quiet")
+                              "--device", device, "--seed", args.seed, *systems, "--quiet")
     timings["judge_s"] = cli("compare", "judge", "--input", work / "sampled.jsonl", "--out", work / "judged.jsonl",
                              "--judge-model", args.model, "--judge-method", "contrast", "--device", device, "--quiet")
     judged = C.read_comparisons(work / "judged.jsonl")
-    n_train = len(C.split_comparisons(judged, 0.1, seed=0)[0])
+    n_train = len(C.split_comparisons(judged, 0.1, seed=args.seed)[0])
     steps = args.steps or max(1, round(args.epochs * n_train / args.rankings_per_batch))
     shutil.rmtree(work / "rm", ignore_errors=True)
     timings["rm_s"] = cli("rm", "--model", args.model, "--data", work / "judged.jsonl", "--held-out", "0.1",
                           "--hhh", "auto", "--steps", steps, "--lr", args.lr, "--rankings-per-batch",
-                          args.rankings_per_batch, "--device", device, "--out", work / "rm",
+                          args.rankings_per_batch, "--device", device, "--seed", args.seed, "--out", work / "rm",
                           "--set", "warmup_steps=10", f"eval_every={max(1, steps // 4)}", f"save_every={steps}",
                           "progress=false")
 
@@ -179,7 +180,7 @@ def main() -> int:
     summary = {
         "model": args.model, "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "torch": torch.__version__, "prompts": len(prompts), "k": args.k, "max_tokens": args.max_tokens,
-        "temperature": args.temperature, "systems": SYSTEMS[:args.k],
+        "temperature": args.temperature, "seed": args.seed, "systems": SYSTEMS[:args.k],
         "judge": judge.name + " (per-token log p(reply | rubric persona) - log p(reply | rubric-breaking persona))",
         "rankings": len(judged), "rm_steps": steps, "rm_lr": args.lr, "rm_rankings_per_batch": args.rankings_per_batch,
         "rm_train_rankings": rm_eval.get("train", {}).get("rankings"),
