@@ -168,6 +168,7 @@ def test_over_long_prompt_and_unknown_model(client, server):
     assert client.models.retrieve("tiny").id == "tiny"
     h = server.health()
     assert h["status"] == "ok" and h["scheduler"]["active"] == 0
+    assert h["engine"]["device"] == "cpu" and h["engine"]["dtype"] == "float32" and h["engine"]["decode"] == "eager"
 
 
 def test_api_keys_required_when_login_is_required(tiny_ckpt, tmp_path):

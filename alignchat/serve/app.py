@@ -85,8 +85,11 @@ def create_app(model: str | None = None, db: str | None = None, host: str = "127
 
     @app.get("/health")
     async def health():
-        sched = ctx.host.scheduler
+        sched, engine = ctx.host.scheduler, ctx.host.engine
         return {"status": ctx.host.status(), "model": ctx.host.model_id,
+                "engine": {"device": str(engine.device), "dtype": str(engine.cache_dtype).removeprefix("torch."),
+                           "decode": engine.decode_mode, "max_batch": engine.max_batch,
+                           "context": engine.max_seq_len} if engine is not None else None,
                 "error": str(ctx.host.error) if ctx.host.error else None,
                 "require_login": ctx.require_login,
                 "scheduler": sched.stats() if sched is not None else None}

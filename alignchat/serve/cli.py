@@ -35,7 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"queued requests beyond the slots before answering 429 (default: {d.max_waiting})")
     parser.add_argument("--require-login", action="store_true",
                         help="require login even on a loopback address")
-    parser.add_argument("--device", default=d.device, help="torch device for the model (default: cpu)")
+    parser.add_argument("--device", default=d.device, help="torch device for the model (default: cpu); on cuda the "
+                                                           "engine decodes with CUDA graphs")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="weights dtype (default: float32 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--no-embeddings", action="store_true", help="do not offer /v1/embeddings")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--context must be at least 16 tokens")
     cfg = ServeConfig(model=args.model, model_id=args.model_id, host=args.host, port=args.port, db=args.db,
                       max_batch=args.max_batch, max_waiting=args.max_waiting, context=args.context,
-                      require_login=True if args.require_login else None, device=args.device,
+                      require_login=True if args.require_login else None, device=args.device, dtype=args.dtype,
                       enable_embeddings=not args.no_embeddings)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(config=cfg)

@@ -40,6 +40,7 @@ class ServeConfig:
     max_n: int = 9  # most choices per request (labelling mode samples up to K = 9)
     require_login: bool | None = None  # None: only when bound beyond loopback
     device: str = "cpu"
+    dtype: str | None = None  # float32 | bfloat16 | float16; default float32 on CPU, bfloat16 on CUDA
     preload: bool = True
     enable_embeddings: bool = True
 
@@ -77,7 +78,9 @@ class ModelHost:
             from ..checkpoint import load_model
             from ..engine import Engine
             t0 = time.monotonic()
-            model, tok, _meta = load_model(self.cfg.model, device=self.cfg.device)
+            dtype = (getattr(torch, self.cfg.dtype) if self.cfg.dtype
+                     else torch.bfloat16 if str(self.cfg.device).startswith("cuda") else torch.float32)
+            model, tok, _meta = load_model(self.cfg.model, device=self.cfg.device, dtype=dtype)
             model.eval()
             torch.set_grad_enabled(False)
             self.engine = Engine(model, tok, max_batch=self.cfg.max_batch, max_seq_len=self.cfg.context)
@@ -85,7 +88,8 @@ class ModelHost:
             self.scheduler = Scheduler(self.engine, max_waiting=self.cfg.max_waiting)
             self.scheduler.start()
             self.loaded_at = time.time()
-            log.info("model %s loaded in %.1fs", self.model_id, time.monotonic() - t0)
+            log.info("model %s loaded in %.1fs on %s (%s, %s decoding)", self.model_id, time.monotonic() - t0,
+                     self.cfg.device, str(dtype).removeprefix("torch."), self.engine.decode_mode)
         except BaseException as e:  # reported by /health and to every request
             log.exception("could not load model %s", self.cfg.model)
             self.error = e
