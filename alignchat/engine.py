@@ -143,6 +143,7 @@ def _apply_penalties(logits: torch.Tensor, req: Request) -> torch.Tensor:
 
 
 GRAPH_KV_BLOCK = 256  # decode graphs attend to the cache in lengths rounded up to this
+FILTER_CANDIDATES = 1024  # top-k/top-p sort only this many tokens when they hold all the kept ones
 
 
 class _DecodeGraph:
@@ -280,22 +281,44 @@ class Engine:
         greedy = torch.tensor([p.greedy for p in ps], device=dev)
         temp = torch.tensor([1.0 if p.greedy else p.temperature for p in ps], device=dev, dtype=logits.dtype)
         x = logits / temp[:, None]
-        idx = None
-        if any((p.top_k and p.top_k < V) or p.top_p < 1.0 for p in ps):
-            # top-k (ties with the k-th kept), then top-p: drop a token once the mass before it already
-            # reaches top_p (the first token always stays); done in sorted order, per row
-            x, idx = torch.sort(x, dim=-1, descending=True)
-            k = torch.tensor([p.top_k if p.top_k and p.top_k < V else V for p in ps], device=dev)
-            kth = x.gather(-1, (k - 1)[:, None])
-            x = x.masked_fill(x < kth, float("-inf"))
-            top_p = torch.tensor([p.top_p if p.top_p < 1.0 else float("inf") for p in ps], device=dev, dtype=x.dtype)
-            probs = x.softmax(-1)
-            x = x.masked_fill((probs.cumsum(-1) - probs) >= top_p[:, None], float("-inf"))
+        u = torch.tensor([float(torch.rand(1, generator=r.generator)) for r in reqs], device=dev, dtype=x.dtype)
+        # rows without top-k/top-p: inverse CDF over the whole vocabulary, in vocabulary order
         cdf = x.softmax(-1).cumsum(-1)
-        u = torch.tensor([float(torch.rand(1, generator=r.generator)) for r in reqs], device=dev, dtype=cdf.dtype)
-        choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_(max=V - 1)
-        sampled = choice if idx is None else idx.gather(-1, choice)
-        return torch.where(greedy, logits.argmax(-1), sampled[:, 0])
+        out = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_(max=V - 1)[:, 0]
+        filtered = [i for i, p in enumerate(ps) if (p.top_k and p.top_k < V) or p.top_p < 1.0]
+        if filtered:
+            rows = torch.tensor(filtered, device=dev)
+            out[rows] = Engine._sample_filtered(x[rows], [ps[i] for i in filtered], u[rows])
+        return torch.where(greedy, logits.argmax(-1), out)
+
+    @staticmethod
+    def _sample_filtered(x: torch.Tensor, ps: list[SamplingParams], u: torch.Tensor) -> torch.Tensor:
+        """Top-k (ties with the k-th kept), then top-p: a token is dropped once the mass before it already
+        reaches top_p (the first token always stays); then inverse CDF in descending order.
+
+        Sorting the whole vocabulary is most of a sampling step's time, so only the FILTER_CANDIDATES most
+        likely tokens are sorted when they provably hold every token the filters keep; otherwise the whole
+        vocabulary is."""
+        dev, V = x.device, x.shape[-1]
+        k = torch.tensor([p.top_k if p.top_k and p.top_k < V else V for p in ps], device=dev)
+        top_p = torch.tensor([p.top_p if p.top_p < 1.0 else float("inf") for p in ps], device=dev, dtype=x.dtype)
+        lse = x.logsumexp(-1)  # the whole vocabulary's normaliser
+        C = min(V, FILTER_CANDIDATES)
+        vals, idx = torch.topk(x, C, dim=-1)
+        # exact when k is within the candidates, or with no top-k when their mass already reaches top_p
+        # (a top-k beyond the candidates needs its normaliser over all k tokens: the whole sort)
+        if not bool(((k <= C) | ((k == V) & ((vals.logsumexp(-1) - lse).exp() >= top_p))).all()):
+            vals, idx = torch.sort(x, dim=-1, descending=True)
+            C = V
+        kth = vals.gather(-1, (k.clamp(max=C) - 1)[:, None])
+        vals = vals.masked_fill(vals < kth, float("-inf"))
+        # probabilities after top-k: over the kept tokens where top-k applies, else over the whole vocabulary
+        norm = torch.where(k < V, vals.logsumexp(-1), lse)
+        probs = (vals - norm[:, None]).exp()
+        vals = vals.masked_fill((probs.cumsum(-1) - probs) >= top_p[:, None], float("-inf"))
+        cdf = vals.softmax(-1).cumsum(-1)
+        choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_(max=C - 1)
+        return idx.gather(-1, choice)[:, 0]
 
     def _emit(self, req: Request, delta: str, final: bool) -> str:
         """Apply stop strings to a text delta; returns what may be shown now."""

@@ -227,3 +227,27 @@ def test_batched_sampler_draws_from_the_filtered_softmax():
              SimpleNamespace(params=SamplingParams(temperature=1.0, top_k=1).validate(), generator=torch.Generator())]
     rows = torch.tensor([[0.0, 3.0, 1.0, 0.0], [0.0, 0.0, 5.0, 1.0]])
     assert Engine._sample_rows(rows, mixed).tolist() == [1, 2]
+
+
+def test_filtered_sampling_on_the_top_candidates_equals_the_full_sort(monkeypatch):
+    """Top-k/top-p sort only the FILTER_CANDIDATES most likely tokens when those hold every kept token; with
+    the same uniform draws this must pick exactly the tokens a sort of the whole vocabulary picks, and fall
+    back to the whole sort when the candidates cannot hold the top-p mass (a flat distribution)."""
+    import alignchat.engine as E
+    V, n = 3000, 600
+    g = torch.Generator().manual_seed(0)
+    peaked = torch.randn(n, V, generator=g) * 4  # the top 64 of 3000 hold most of the mass
+    flat = torch.randn(n, V, generator=g) * 0.1  # they do not: the whole sort is needed
+    cases = [SamplingParams(temperature=1.0, top_p=0.9), SamplingParams(temperature=0.7, top_k=40, top_p=0.95),
+             SamplingParams(temperature=1.0, top_k=50), SamplingParams(temperature=1.0, top_k=2000, top_p=0.5)]
+    u = torch.rand(n, generator=g)
+    for logits in (peaked, flat):
+        for p in cases:
+            ps = [p.validate()] * n
+            monkeypatch.setattr(E, "FILTER_CANDIDATES", 64)
+            fast = E.Engine._sample_filtered(logits, ps, u)
+            monkeypatch.setattr(E, "FILTER_CANDIDATES", V)
+            full = E.Engine._sample_filtered(logits, ps, u)
+            assert torch.equal(fast, full), p
+            if p.top_k:
+                assert (logits.gather(-1, full[:, None]) >= logits.topk(p.top_k).values[:, -1:]).all()
