@@ -21,6 +21,9 @@ Notable choices:
   batch is padded up to a bucket (1, 2, 4, 8, ... max_batch) and the attended cache length up to a multiple
   of `GRAPH_KV_BLOCK`; one graph per (batch, length) bucket is captured on first use, all sharing one memory
   pool. Padding rows write into a spare cache slot that no request owns. Prefill stays eager.
+- Prefill writes the prompt's keys into the cache but attends causally to its own fresh keys, without a
+  mask or a cache read, so SDPA can use its flash kernels. Eager decode reads the cache of consecutive
+  slots as a view rather than a gathered copy.
 """
 from __future__ import annotations
 
@@ -235,7 +238,8 @@ class Engine:
             ids[j, :len(r.prompt_ids)] = torch.tensor(r.prompt_ids, device=self.device)
         pos = torch.arange(T, device=self.device).expand(len(reqs), T)
         slots = torch.tensor([r.slot for r in reqs], device=self.device)
-        hidden = self.model(ids, positions=pos, kv_cache=self.cache, slots=slots, kv_len=T, return_hidden=True)
+        hidden = self.model(ids, positions=pos, kv_cache=self.cache, slots=slots, kv_len=T, return_hidden=True,
+                            prefill=True)
         # project only each prompt's last position: the full (T, vocab) logits of a long prompt cost more
         # than the rest of the prefill on a CPU
         last = torch.tensor([len(r.prompt_ids) - 1 for r in reqs], device=self.device)
@@ -395,8 +399,9 @@ class Engine:
         if self.decode_mode == "eager":
             ids = torch.tensor(tokens, device=dev)[:, None]
             pos = torch.tensor(positions, device=dev)[:, None]
+            consecutive = slots == list(range(slots[0], slots[0] + n))
             return self.model(ids, positions=pos, kv_cache=self.cache, slots=torch.tensor(slots, device=dev),
-                              kv_len=kv_len)[:, -1].float()
+                              kv_len=kv_len, slot_range=(slots[0], slots[0] + n) if consecutive else None)[:, -1].float()
         b = next(x for x in self._batch_buckets() if x >= n)
         L = min(self.max_seq_len, -(-kv_len // GRAPH_KV_BLOCK) * GRAPH_KV_BLOCK)
         pad = b - n  # padding rows: token 0 at position 0 of the scratch slot

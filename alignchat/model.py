@@ -78,7 +78,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask=None, cache: KVCache | None = None, slots=None, positions=None):
+    def forward(self, x, cos, sin, attn_mask=None, cache: KVCache | None = None, slots=None, positions=None,
+                prefill: bool = False, slot_range: tuple[int, int] | None = None):
         B, T, _ = x.shape
         cfg = self.cfg
         q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
@@ -90,8 +91,13 @@ class Attention(nn.Module):
             # advanced indices (slot, position) around a slice put (B, T) first: (B, T, H, D)
             ck[slots[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)
             cv[slots[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
-            L = attn_mask.shape[-1]  # the cache mask, built once per forward by Transformer.forward
-            k, v = ck[slots, :, :L].to(q.dtype), cv[slots, :, :L].to(q.dtype)
+            if not prefill:  # prefill attends only to its own fresh keys: causal, no cache read, no mask
+                L = attn_mask.shape[-1]  # the cache mask, built once per forward by Transformer.forward
+                if slot_range is not None:  # consecutive slots: a view, not a gathered copy of the cache
+                    a, b = slot_range
+                    k, v = ck[a:b, :, :L].to(q.dtype), cv[a:b, :, :L].to(q.dtype)
+                else:
+                    k, v = ck[slots, :, :L].to(q.dtype), cv[slots, :, :L].to(q.dtype)
         # grouped-query attention: SDPA broadcasts each KV head over its group without copying K and V
         gqa = cfg.n_heads != cfg.n_kv_heads
         if attn_mask is None:
@@ -192,12 +198,16 @@ class Transformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 slots: torch.Tensor | None = None, kv_len: int | None = None,
-                return_hidden: bool = False) -> torch.Tensor:
+                return_hidden: bool = False, prefill: bool = False,
+                slot_range: tuple[int, int] | None = None) -> torch.Tensor:
         """
         input_ids: (B, T). positions: (B, T) absolute positions (default 0..T-1).
         attn_mask: bool (B, 1, T, T), True where a query may attend a key (packing, padding); default causal.
         kv_cache/slots: with a cache, keys/values are written at (slot, position) and each query attends
         its slot's keys at positions <= its own; kv_len bounds how many cache positions are read.
+        prefill: the rows start at position 0 (right-padded), so each attends causally to its own new keys
+        alone; the cache is written but not read, and attention needs no mask (flash kernels apply).
+        slot_range: (first, last + 1) when `slots` are consecutive, so the cache is read as a view.
         """
         B, T = input_ids.shape
         if positions is None:
@@ -210,8 +220,8 @@ class Transformer(nn.Module):
                 slots = torch.arange(B, device=input_ids.device)
             # each query attends its slot's keys at positions <= its own; one mask serves every layer
             key_pos = torch.arange(kv_len or kv_cache.max_len, device=input_ids.device)
-            kw.update(cache=kv_cache, slots=slots, positions=positions,
-                      attn_mask=(key_pos[None, None, :] <= positions[:, :, None]).unsqueeze(1))
+            kw.update(cache=kv_cache, slots=slots, positions=positions, prefill=prefill, slot_range=slot_range,
+                      attn_mask=None if prefill else (key_pos[None, None, :] <= positions[:, :, None]).unsqueeze(1))
         for layer in self.model.layers:
             x = layer(x, cos, sin, **kw)
         x = self.model.norm(x)
