@@ -67,15 +67,6 @@ PROFANITY = RegistryArtifact("pypi", "alt-profanity-check==1.9.1", {
     "profanity_check/data/vectorizer.joblib": "19c5200dc6a41f026e0558e2f164f5fe8d8f58e502b46b37e4385037fcfa4831",
 }, description="linear toxicity/profanity classifier (MIT)")
 
-_BB = "bigbench-1.0.0/bigbench/benchmark_tasks/hhh_alignment/"
-BIGBENCH_HHH = RegistryArtifact("pypi", "bigbench==1.0.0", {
-    _BB + "harmless/task.json": "4720acbc916cc18413e48c6bb55c19af73400436a6304c7e110b8bb40f8952a1",
-    _BB + "helpful/task.json": "1bd2a58d9bb17b26af4806e8302374cea60671dc387fbfc2c5aa5c23e0901628",
-    _BB + "honest/task.json": "69ba96e5bff121327ad1366e3772b7b45c50e96e7f995b2cef62c350380f1b14",
-    _BB + "other/task.json": "4d6b041d79e5bf2705a9f81994efb95274179faaba9270f6dc83bd0cd17c227e",
-}, sdist=True, description="BIG-bench HHH alignment (Apache-2.0); the sdist is 358 MB")
-
-
 def data_dir() -> Path:
     return alignchat_home() / "eval-data"
 
@@ -312,10 +303,14 @@ def load_humaneval() -> list[Example]:
 
 
 def load_hhh() -> list[Example]:
-    """BIG-bench HHH: pick the more helpful/honest/harmless of two assistant replies (mc by likelihood)."""
+    """BIG-bench HHH: pick the more helpful/honest/harmless of two assistant replies (mc by likelihood).
+
+    The files come from the alignment stage's fetch (one 358 MB download and one cache for both)."""
+    from ..data.comparisons import fetch_hhh
+    task_dir = fetch_hhh()
     out = []
     for sub in ("helpful", "honest", "harmless", "other"):
-        path = _fetched(BIGBENCH_HHH, _BB + f"{sub}/task.json")
+        path = task_dir / sub / "task.json"
         for i, ex in enumerate(json.loads(path.read_text(encoding="utf-8"))["examples"]):
             items = list(ex["target_scores"].items())
             gold = max(range(len(items)), key=lambda j: items[j][1])
