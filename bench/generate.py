@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignchat.checkpoint import export_hf, load_model  # noqa: E402
+from alignchat.commands.common import pick_dtype  # noqa: E402
 from alignchat.engine import Engine, SamplingParams  # noqa: E402
 
 BASE_TEXT = ("The history of natural language processing generally started in the 1950s, although work can be "
@@ -101,7 +102,7 @@ def main(argv=None):
     import transformers
 
     device = args.device
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    dtype = pick_dtype(device, args.dtype)
     model, tok, _ = load_model(args.model, device=device, dtype=dtype)
     with tempfile.TemporaryDirectory() as d:
         export_hf(model.cpu(), tok, Path(d) / "hf")

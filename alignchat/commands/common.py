@@ -41,10 +41,21 @@ def pick_device(name: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_engine(args, max_batch: int = 1):
+def pick_dtype(device: str, name: str | None = None) -> torch.dtype:
+    """`name` ("float32", "bfloat16", "float16") or the default: bfloat16 on CUDA, float32 elsewhere."""
+    if name:
+        return getattr(torch, name)
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def load_for_inference(model: str, device: str | None = None, dtype: str | None = None):
+    """(model, tokenizer, meta) on `device` (default: cuda if available) in `dtype` (see `pick_dtype`)."""
     from ..checkpoint import load_model
+    device = pick_device(device)
+    return load_model(model, device=device, dtype=pick_dtype(device, dtype))
+
+
+def load_engine(args, max_batch: int = 1):
     from ..engine import Engine
-    device = pick_device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    model, tok, meta = load_model(args.model, device=device, dtype=dtype)
+    model, tok, meta = load_for_inference(args.model, args.device, args.dtype)
     return Engine(model, tok, max_batch=max_batch, max_seq_len=args.context), meta

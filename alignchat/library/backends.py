@@ -38,12 +38,10 @@ class LocalBackend:
     @property
     def engine(self):
         if self._engine is None:
-            import torch
-
             from ..checkpoint import load_model
+            from ..commands.common import pick_device
             from ..engine import Engine
-            device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model, tok, _meta = self._loaded or load_model(self.name, device=device)
+            model, tok, _meta = self._loaded or load_model(self.name, device=pick_device(self._device))
             # 2048 tokens hold the instructions, five passages and the answer; a smaller KV cache is faster
             self._engine = Engine(model, tok, max_batch=1, max_seq_len=2048)
             self.max_context = self._engine.max_seq_len

@@ -76,10 +76,10 @@ class ModelHost:
         try:
             import torch
             from ..checkpoint import load_model
+            from ..commands.common import pick_dtype
             from ..engine import Engine
             t0 = time.monotonic()
-            dtype = (getattr(torch, self.cfg.dtype) if self.cfg.dtype
-                     else torch.bfloat16 if str(self.cfg.device).startswith("cuda") else torch.float32)
+            dtype = pick_dtype(self.cfg.device, self.cfg.dtype)
             model, tok, _meta = load_model(self.cfg.model, device=self.cfg.device, dtype=dtype)
             model.eval()
             torch.set_grad_enabled(False)

@@ -90,25 +90,14 @@ def _with_system(prompt: list[dict], system: str | None) -> list[dict]:
     return [{"role": "system", "content": system}] + [m for m in prompt if m["role"] != "system"]
 
 
-def load_for_inference(model_path: str, device: str | None = None, dtype: str | None = None):
-    """(model, tokenizer) on `device` (default: cuda if available), in `dtype` (default bf16 on CUDA, fp32 on CPU)."""
-    import torch
-
-    from ..checkpoint import load_model
-    from ..commands.common import pick_device
-    device = pick_device(device)
-    dt = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    model, tok, _ = load_model(model_path, device=device, dtype=dt)
-    return model, tok
-
-
 def sample_responses(model_path: str, prompts: list[list[dict]], k: int, max_tokens: int, temperature: float,
                      top_p: float, seed: int, batch: int = 16, progress: bool = True,
                      systems: list[str] | None = None, device: str | None = None, dtype: str | None = None,
                      loaded=None) -> list[list[str]]:
     """K responses per prompt; response i is written under systems[i % len(systems)] when systems are given."""
+    from ..commands.common import load_for_inference
     from ..engine import Engine, SamplingParams
-    model, tok = loaded or load_for_inference(model_path, device, dtype)
+    model, tok = loaded or load_for_inference(model_path, device, dtype)[:2]
     engine = Engine(model, tok, max_batch=batch)
     systems = systems or [None]
     flat_ids = [tok.render_chat(_with_system(p, systems[i % len(systems)]), add_generation_prompt=True).ids
@@ -127,7 +116,8 @@ def cmd_sample(args) -> int:
     existing = C.read_comparisons(args.out) if Path(args.out).exists() else []
     done = {json.dumps(c.prompt, sort_keys=True) for c in existing}
     todo = [p for _, p in prompts if json.dumps(p, sort_keys=True) not in done]
-    loaded = load_for_inference(args.model, args.device, args.dtype) if todo else None
+    from ..commands.common import load_for_inference
+    loaded = load_for_inference(args.model, args.device, args.dtype)[:2] if todo else None
     new = []
     for start in range(0, len(todo), args.chunk):  # write as we go, so an interrupted run keeps its work
         chunk = todo[start:start + args.chunk]
@@ -177,10 +167,11 @@ class ModelJudge:
 
     def __init__(self, model_path: str, method: str = "contrast", device: str | None = None, dtype: str | None = None,
                  batch: int = 16):
+        from ..commands.common import load_for_inference
         from ..engine import Engine
         if method not in self.METHODS:
             raise UserError(f"--judge-method must be one of {', '.join(self.METHODS)}, not {method!r}")
-        model, self.tok = load_for_inference(model_path, device, dtype)
+        model, self.tok, _ = load_for_inference(model_path, device, dtype)
         self.engine = Engine(model, self.tok, max_batch=8)
         self.method, self.batch = method, batch
         self.name = f"model:{model_path}" + ("" if method == "yesno" else f":{method}")
