@@ -1,6 +1,6 @@
 # alignchat: the two set-up commands of the README, plus a few conveniences.
 #   make run   create the venv, install, fetch the default model (SHA-256 checked), start the chat server + web UI
-#   make test  create the venv, install with test extras (and Chromium for browser tests), run the suite (slow tests excluded)
+#   make test  create the venv, install with test extras (and Chromium, bubblewrap), run the suite (slow tests excluded)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,7 +9,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run chat test test-all install install-test browser bench clean
+.PHONY: run chat test test-all install install-test system browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,19 +34,23 @@ chat: install
 	$(BIN)/alignchat models pull $(MODEL)
 	$(BIN)/alignchat chat --model $(MODEL)
 
-# Debian's Chromium + ChromeDriver drive the browser tests; installed when missing and apt is usable
-browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+# Debian's packages the tests need, installed when missing and apt is usable: Chromium + ChromeDriver drive the
+# browser tests, bubblewrap isolates the code sandbox (alignchat/sandbox.py)
+SYSTEM_PACKAGES := chromium chromium-driver bubblewrap
+system:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v bwrap >/dev/null || \
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
-	      || echo "could not install chromium; browser tests will be skipped"; \
-	    else echo "chromium not found (install chromium and chromium-driver); browser tests will be skipped"; fi; }
+	      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null) \
+	      || echo "could not install $(SYSTEM_PACKAGES); browser tests will be skipped, the sandbox falls back"; \
+	    else echo "install $(SYSTEM_PACKAGES) for the browser tests and the full sandbox"; fi; }
 
-test: install-test browser
+browser: system
+
+test: install-test system
 	$(BIN)/alignchat models pull $(MODEL)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-all: install-test browser
+test-all: install-test system
 	$(BIN)/alignchat models pull $(MODEL)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

@@ -71,10 +71,17 @@ def smollm2_loaded(smollm2):
     return load_model(DEFAULT_MODEL)
 
 
+def suite_threads() -> int:
+    """Torch threads for the test process: $ALIGNCHAT_TEST_THREADS, else min(2, cores). The suite must pass
+    with one thread and with every core (`make test ALIGNCHAT_TEST_THREADS=1`, `=$(nproc)`)."""
+    env = os.environ.get("ALIGNCHAT_TEST_THREADS", "")
+    return max(1, int(env)) if env.isdigit() else max(1, min(2, os.cpu_count() or 1))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _threads():
     # the suite runs on 2 cores; oversubscribing them makes everything slower
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(suite_threads())
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
