@@ -5,7 +5,7 @@ import pytest
 
 from alignchat.errors import UserError
 from alignchat.eval import tasks as T
-from alignchat.eval.sandbox import humaneval_program, run_python, truncate_completion
+from alignchat.sandbox import humaneval_program, run_python, truncate_completion
 
 
 def test_parse_options_and_gold_index():
@@ -70,18 +70,14 @@ def test_toxicity_classifier_without_importing_the_package():
     assert "profanity_check" not in sys.modules
 
 
-def test_sandbox_runs_humaneval_solutions_and_fences_the_rest():
+def test_sandbox_runs_humaneval_solutions_and_fails_wrong_ones():
+    # what the sandbox fences off is tested per backend in test_sandbox.py
     prob = T.load_task("humaneval")[0]  # HumanEval/0 has_close_elements
     body = ("    for i, a in enumerate(numbers):\n        for j, b in enumerate(numbers):\n"
             "            if i != j and abs(a - b) < threshold:\n                return True\n    return False\n")
     ok = run_python(humaneval_program(prob.prompt, body, prob.meta["test"], prob.meta["entry_point"]))
-    assert ok.passed, ok.detail
+    assert ok.passed and ok.status == "ok", ok
     bad = run_python(humaneval_program(prob.prompt, "    return False\n", prob.meta["test"], prob.meta["entry_point"]))
-    assert not bad.passed and bad.status == "failed"
+    assert not bad.passed and bad.status == "failed" and "AssertionError" in bad.detail, bad
     assert truncate_completion("    return 1\n\ndef other():\n    pass") == "    return 1\n"
-    for evil in ("import socket\nsocket.create_connection(('127.0.0.1', 80))",
-                 "open('/etc/hostname').read()", "open('/tmp/alignchat-escape', 'w').write('x')",
-                 "import os\nos.system('true')", "import subprocess\nsubprocess.run(['true'])"):
-        r = run_python(evil)
-        assert not r.passed and "sandbox" in r.detail, (evil, r)
     assert run_python("while True:\n    pass", timeout=2).status == "timeout"

@@ -539,7 +539,7 @@ def score_cot(backend, examples: Sequence[Example], max_tokens: int = 80) -> lis
 
 
 def score_code(backend, examples: Sequence[Example], max_tokens: int = 160, timeout: float = 10.0) -> list[dict]:
-    from .sandbox import humaneval_program, run_python, truncate_completion
+    from ..sandbox import humaneval_program, run_python, truncate_completion
 
     outs = backend.generate([ex.prompt for ex in examples], max_tokens=max_tokens,
                             stop=["\ndef ", "\nclass ", "\nif __name__", "\nprint("])
