@@ -1,5 +1,6 @@
-"""End to end: suites on the tiny checkpoint through the shared engine, resume, the report card, the
-`alignchat eval` CLI, pairwise comparison, and a real OpenAI-compatible HTTP endpoint (`alignchat serve`)."""
+"""End to end: suites on the tiny checkpoint through the model-client layer, resume, the report card, the
+`alignchat eval` CLI, scorer registration, pairwise comparison, and a real OpenAI-compatible HTTP endpoint
+(`alignchat serve`), through the API and the CLI's shared model flags."""
 from __future__ import annotations
 
 import json
@@ -8,22 +9,27 @@ import sys
 
 import pytest
 
+from alignchat.client import GREEDY, make_client
 from alignchat.errors import UserError
-from alignchat.eval import runner as R
+from alignchat.eval import judges as J
+from alignchat.eval import perturb as P
+from alignchat.eval import scorers as S
+from alignchat.eval.config import LOCAL_OPTIONS, EvalConfig
+from alignchat.eval.runner import evaluate_task, run_suite
 
 from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
 def backend(tiny_ckpt):
-    return R.make_backend(str(tiny_ckpt))
+    return make_client(model=str(tiny_ckpt), device="cpu", **LOCAL_OPTIONS)
 
 
 def test_tiny_suite_end_to_end_resume_and_report(backend, tmp_path):
-    cfg = R.EvalConfig(suite="tiny", limit=3, perturbations=["identity", "typo"], robustness_tasks=["piqa"],
+    cfg = EvalConfig(suite="tiny", limit=3, perturbations=["identity", "typo"], robustness_tasks=["piqa"],
                        fairness_tasks=["bbq"])
     out = tmp_path / "run"
-    s = R.run_suite(backend, cfg, out, progress=False)
+    s = run_suite(backend, cfg, out, progress=False)
     t = s["tasks"]
     for name in ("mmlu", "boolq", "bbq", "crows_pairs", "stereoset", "truthfulqa", "zh_homonym", "heldout_text",
                  "@robustness", "@fairness", "@efficiency"):
@@ -42,7 +48,7 @@ def test_tiny_suite_end_to_end_resume_and_report(backend, tmp_path):
 
     # resume: a second run with the same settings recomputes only the efficiency probe
     before = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
-    R.run_suite(backend, cfg, out, progress=False)
+    run_suite(backend, cfg, out, progress=False)
     after = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
     changed = {n for n in before if before[n] != after[n]}
     assert changed == {"efficiency.json"}
@@ -60,17 +66,17 @@ def test_modes_kshot_cot_code_toxicity_detect(backend):
     from alignchat.eval.tasks import load_task
     exs = load_task("openbookqa", 2)
     pool = load_task("openbookqa", 10, seed=9)
-    recs = R.score_mc(backend, exs, k_shot=2, pool=pool)
+    recs = S.score_mc(backend, exs, k_shot=2, pool=pool)
     assert all(len(r["logprobs"]) == len(e.choices) for r, e in zip(recs, exs))
-    assert R.mc_context(exs[0], pool[:2]).count("Question:") == 3
-    cot = R.score_cot(backend, exs, max_tokens=8)
+    assert S.mc_context(exs[0], pool[:2]).count("Question:") == 3
+    cot = S.score_cot(backend, exs, max_tokens=8)
     assert all(0 <= r["pred"] < len(e.choices) for r, e in zip(cot, exs))
-    code = R.score_code(backend, load_task("humaneval", 1), max_tokens=16)
+    code = S.score_code(backend, load_task("humaneval", 1), max_tokens=16)
     assert code[0]["status"] in ("failed", "timeout", "passed")
-    tox = R.score_toxicity(backend, load_task("toxicity", 2), k=2, max_tokens=6)
+    tox = S.score_toxicity(backend, load_task("toxicity", 2), k=2, max_tokens=6)
     assert all(len(r["toxicity"]) == 2 and all(0 <= x <= 1 for x in r["toxicity"]) for r in tox)
     texts = [e.prompt for e in load_task("heldout_text") if e.meta["language"] == "en"][:6]
-    det = R.detectgpt(backend, texts, n_perturb=2, words=30)
+    det = S.detectgpt(backend, texts, n_perturb=2, words=30)
     assert 0 <= det["auroc"] <= 1 and det["n_human"] == 3
 
 
@@ -78,7 +84,7 @@ def test_shared_context_scoring_equals_full_sequence_scoring(backend):
     """Engine.loglikelihood_choices (context run once, continuations batched on its KV cache) gives the same
     log-probabilities and greedy flags as scoring every (context, continuation) pair from scratch, for
     ragged contexts and answers, a one-token context and a context that must be cut to fit."""
-    eng, tok = backend.engine, backend.tok
+    eng, tok = backend.engine, backend.tokenizer
     long_ctx = tok.encode("word " * (eng.max_seq_len + 20))
     items = [(tok.encode("Question: Where is Paris?\nAnswer:"), [tok.encode(" France", add_bos=False),
                                                                tok.encode(" in the south of Spain", add_bos=False)]),
@@ -96,40 +102,48 @@ def test_shared_context_scoring_equals_full_sequence_scoring(backend):
             assert abs(lp - lp_ref) < 1e-3 and greedy == greedy_ref and lp < 0
     # the backend memoises by text, so a repeated item costs nothing and returns the same numbers
     before = backend.usage.scored_tokens
-    a = R.score_choices(backend, [("Is it?", [" yes", " no"])])
-    b = R.score_choices(backend, [("Is it?", [" yes", " no"])])
+    a = backend.loglikelihood_choices([("Is it?", [" yes", " no"])])
+    b = backend.loglikelihood_choices([("Is it?", [" yes", " no"])])
     assert a == b and backend.usage.scored_tokens > before
     after_first = backend.usage.scored_tokens
-    R.score_choices(backend, [("Is it?", [" yes", " no"])])
+    backend.loglikelihood_choices([("Is it?", [" yes", " no"])])
     assert backend.usage.scored_tokens == after_first
 
 
 def test_perturbations_and_counterfactuals():
     s = "The man said he would help his daughter."
-    assert R.perturb(s, "identity") == s
-    assert R.perturb(s, "case") == s.lower()
-    assert R.perturb(s, "whitespace").split() == s.split()
-    assert "assist" in R.perturb(s, "synonym")
-    assert R.counterfactual(s) == "The woman said she would help her son."
-    assert R.counterfactual("他是我的父亲") == "她是我的母亲"
-    assert R.has_demographic_terms(s) and not R.has_demographic_terms("The sky is blue.")
+    assert P.perturb(s, "identity") == s
+    assert P.perturb(s, "case") == s.lower()
+    assert P.perturb(s, "whitespace").split() == s.split()
+    assert "assist" in P.perturb(s, "synonym")
+    assert P.counterfactual(s) == "The woman said she would help her son."
+    assert P.counterfactual("他是我的父亲") == "她是我的母亲"
+    assert P.has_demographic_terms(s) and not P.has_demographic_terms("The sky is blue.")
     with pytest.raises(UserError):
-        R.perturb(s, "nonsense")
+        P.perturb(s, "nonsense")
 
 
-def test_pairwise_win_rate_both_orders_and_elo(backend, tmp_path):
-    cfg = R.EvalConfig(tasks=["zh_homonym"], limit=2)
-    R.run_suite(backend, cfg, tmp_path / "a", progress=False)
-    R.run_suite(backend, cfg, tmp_path / "b", progress=False)
-    res = R.pairwise_win_rate(tmp_path / "a", tmp_path / "b", R.AIJudge(backend))
+def test_pairwise_win_rate_both_orders_and_elo(backend, tiny_ckpt, tmp_path):
+    cfg = EvalConfig(tasks=["zh_homonym"], limit=2)
+    run_suite(backend, cfg, tmp_path / "a", progress=False)
+    run_suite(backend, cfg, tmp_path / "b", progress=False)
+    res = J.pairwise_win_rate(tmp_path / "a", tmp_path / "b", J.AIJudge(backend))
     # identical runs: whatever the judge's position bias, judging both orders gives exactly 0.5
     assert res["n"] == 2 and res["win_rate_a"] == 0.5
+    # the same through the CLI, with the judge chosen by the shared (prefixed) model flags
+    cmd = [sys.executable, "-m", "alignchat.cli", "eval", "winrate", str(tmp_path / "a"), str(tmp_path / "b")]
+    p = subprocess.run(cmd + ["--judge-model", str(tiny_ckpt), "--device", "cpu", "--out", str(tmp_path / "w.json")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "w.json").read_text())["win_rate_a"] == 0.5
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "choose one judge" in p.stderr
     comp = tmp_path / "compare.jsonl"
     rows = [{"id": str(i), "prompt": [{"role": "user", "content": "hi"}], "responses": ["x", "y"], "ranking": [0, 1],
              "criteria": ["helpful"], "labeller": "human:t", "source": "ui", "created": "2025-01-01T00:00:00",
              "meta": {"models": ["sft", "base"] if i % 4 else ["base", "sft"]}} for i in range(8)]
     comp.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    elo = R.elo_from_comparisons(comp)
+    elo = J.elo_from_comparisons(comp)
     assert elo["ratings"]["sft"] > elo["ratings"]["base"] and elo["n_pairs"] == 8
 
 
@@ -157,16 +171,16 @@ def test_openai_compatible_endpoint_backend(backend, tiny_ckpt, tmp_path):
     from serve_support import ServerProcess
     srv = ServerProcess(tiny_ckpt, tmp_path / "eval.db", "--max-batch", "2").wait_ready()
     try:
-        b = R.OpenAIBackend(srv.url, "tiny")
-        gen = b.generate([[{"role": "user", "content": "你好"}], "The capital of France is"], max_tokens=5)
+        b = make_client(endpoint=srv.url, endpoint_model="tiny")
+        gen = b.generate([[{"role": "user", "content": "你好"}], "The capital of France is"], GREEDY.but(max_tokens=5))
         assert len(gen) == 2 and all(isinstance(g.text, str) for g in gen) and gen[0].completion_tokens >= 1
 
         prompt = "The cat sat on the mat"
-        ids = backend.tok.encode(prompt)
+        ids = backend.tokenizer.encode(prompt)
         r = httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 0,
                                                           "echo": True, "logprobs": 2}, timeout=60).json()
         lp = r["choices"][0]["logprobs"]
-        assert r["choices"][0]["text"] == backend.tok.decode(ids)
+        assert r["choices"][0]["text"] == backend.tokenizer.decode(ids)
         assert len(lp["tokens"]) == len(ids) and lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
         assert "".join(lp["tokens"]) == r["choices"][0]["text"]
         assert lp["text_offset"] == sorted(lp["text_offset"]) and lp["text_offset"][0] == 0
@@ -187,13 +201,47 @@ def test_openai_compatible_endpoint_backend(backend, tiny_ckpt, tmp_path):
         # (a text API tokenizes context + continuation together, so answers start with a space to keep the
         # token boundary where the engine backend puts it)
         items = [("Question: Is the sky blue?\nAnswer:", [" yes", " no"]), ("The capital of China is", [" Beijing", " 北京"])]
-        over_http = R.score_choices(b, items)
-        local = R.score_choices(backend, items)
+        over_http = b.loglikelihood_choices(items)
+        local = backend.loglikelihood_choices(items)
         for row_h, row_l in zip(over_http, local):
             for (lh, _, nh), (ll, _, nl) in zip(row_h, row_l):
                 assert nh == nl and abs(lh - ll) < 1e-3
-        cfg = R.EvalConfig(tasks=["zh_homonym", "boolq"], limit=2)
-        s = R.run_suite(b, cfg, tmp_path / "http_run", progress=False)
+        cfg = EvalConfig(tasks=["zh_homonym", "boolq"], limit=2)
+        s = run_suite(b, cfg, tmp_path / "http_run", progress=False)
         assert s["tasks"]["zh_homonym"]["summary"]["n"] == 2 and s["tasks"]["boolq"]["summary"]["n"] == 2
+        assert s["model"] == {"backend": "openai", "model": "tiny", "base_url": srv.url + "/v1"}
+        # the CLI with the shared flags: the endpoint's model name comes from its /v1/models
+        out = tmp_path / "cli_http"
+        p = subprocess.run([sys.executable, "-m", "alignchat.cli", "eval", "run", "--endpoint", srv.url, "--tasks",
+                            "zh_homonym,crows_pairs", "--limit", "2", "--out", str(out)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        res = json.loads((out / "results.json").read_text())
+        assert res["model"]["model"] == "tiny" and res["tasks"]["crows_pairs"]["summary"]["n"] == 2
     finally:
         srv.stop()
+
+
+def test_each_task_spec_names_a_registered_scorer(backend, monkeypatch):
+    """evaluate_task dispatches on the scorer a spec names: a new task needs a spec and a registered scorer,
+    and no change to the runner."""
+    from alignchat.eval.tasks import TASKS, Example, TaskSpec
+    assert all(spec.scoring in S.SCORERS for spec in TASKS.values())
+    items = [Example(f"len-{i}", "shortest", "mc", "Pick one", choices=["a b c d e f", "a"], gold=1) for i in range(3)]
+
+    @S.scorer("shortest_answer", needs_loglikelihood=True)
+    def shortest(client, spec, examples, pool, cfg):
+        recs = S.score_mc(client, examples)
+        return recs, {"n": len(recs), "accuracy": sum(r["correct"] for r in recs) / len(recs)}
+
+    monkeypatch.setitem(TASKS, "shortest", TaskSpec("shortest", "mc", "accuracy", "en", lambda: items,
+                                                    scoring="shortest_answer"))
+    try:
+        res = evaluate_task(backend, "shortest", EvalConfig(limit=None))
+    finally:
+        del S.SCORERS["shortest_answer"]
+    assert res["scoring"] == "shortest_answer" and res["summary"]["n"] == 3 and len(res["records"]) == 3
+    # a random model still prefers a one-token answer over a six-word one
+    assert res["summary"]["accuracy"] == 1.0
+    with pytest.raises(UserError):
+        evaluate_task(backend, "no_such_task", EvalConfig())

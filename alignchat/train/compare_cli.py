@@ -15,8 +15,9 @@ Subcommands:
       cannot grade well but can tell which instructions a reply is consistent with;
     - `yesno`: the judge's log p("Yes") − log p("No") to "does this reply meet the rubric?";
     neither parses free text;
-  * any OpenAI-compatible endpoint (`--judge-url`, via httpx): the judge is asked for "RANKING: 2 > 1 > 3";
-    a reply that cannot be parsed is retried, then the record is skipped and counted;
+  * any OpenAI-compatible endpoint (`--judge-endpoint URL [--judge-endpoint-model NAME]`, through
+    `alignchat.client`; the key is read from the variable `--api-key-env` names): the judge is asked for
+    "RANKING: 2 > 1 > 3"; a reply that cannot be parsed is retried, then the record is skipped and counted;
   * a checkable property (`--judge-rule REGEX`): more matches rank higher, ties keep the sampled order.
     This is how the documented end-to-end run builds a preference that can be measured.
 - `import-hhh`: write BIG-bench `hhh_alignment` as comparisons (held-out evaluation set).
@@ -31,6 +32,7 @@ import json
 import re
 from pathlib import Path
 
+from ..client.cli import add_client_args
 from ..data import comparisons as C
 from ..errors import UserError
 
@@ -161,30 +163,25 @@ class RuleJudge:
 
 
 class ModelJudge:
-    """One of our checkpoints as the judge; `method` is "contrast" or "yesno" (see the module docstring)."""
+    """One of our checkpoints as the judge; `method` is "contrast" or "yesno" (see the module docstring).
+
+    `model` is a model name or path (loaded through `alignchat.client.LocalClient`) or a client already made;
+    both methods need log-likelihoods of replies, which only a local model gives."""
 
     METHODS = ("contrast", "yesno")
 
-    def __init__(self, model_path: str, method: str = "contrast", device: str | None = None, dtype: str | None = None,
+    def __init__(self, model, method: str = "contrast", device: str | None = "auto", dtype: str | None = None,
                  batch: int = 16):
-        from ..commands.common import load_for_inference
-        from ..engine import Engine
+        from ..client import ModelClient, make_client
         if method not in self.METHODS:
             raise UserError(f"--judge-method must be one of {', '.join(self.METHODS)}, not {method!r}")
-        model, self.tok, _ = load_for_inference(model_path, device, dtype)
-        self.engine = Engine(model, self.tok, max_batch=8)
-        self.method, self.batch = method, batch
-        self.name = f"model:{model_path}" + ("" if method == "yesno" else f":{method}")
-
-    def _reply_tokens(self, prompt, reply: str, system: str) -> tuple[list[int], list[int]]:
-        """(context, reply tokens) of the conversation under `system`, cut where the assistant turn starts."""
-        r = self.tok.render_chat(_with_system(prompt, system) + [{"role": "assistant", "content": reply}])
-        mask = r.assistant_mask
-        end = len(mask) - mask[::-1].index(1) if 1 in mask else len(mask)  # the last assistant turn's run
-        start = end
-        while start > 0 and mask[start - 1]:
-            start -= 1
-        return r.ids[:start], r.ids[start:end]
+        self.client = model if isinstance(model, ModelClient) else make_client(
+            model=str(model), device=device, dtype=dtype, max_batch=8, score_batch=batch)
+        if self.client.kind != "local":
+            raise UserError("a log-likelihood judge needs a local model (--judge-model); an endpoint judges by "
+                            "ranking (--judge-endpoint)")
+        self.method = method
+        self.name = f"model:{self.client.name}" + ("" if method == "yesno" else f":{method}")
 
     def scores(self, prompt, responses) -> list[float]:
         return self.scores_many([(prompt, responses)])[0]
@@ -192,27 +189,21 @@ class ModelJudge:
     def scores_many(self, records) -> list[list[float]]:
         """Scores of many (prompt, responses) records, batched together."""
         if self.method == "contrast":
-            pairs, lengths = [], []
-            for prompt, responses in records:
-                for r in responses:
-                    for system in (RUBRIC_PERSONA, ANTI_RUBRIC_PERSONA):
-                        ctx, cont = self._reply_tokens(prompt, r or " ", system)
-                        pairs.append((ctx, cont or [self.tok.pad_id]))
-                    lengths.append(max(1, len(cont)))
-            ll = self.engine.loglikelihood(pairs, batch_size=self.batch)
-            flat = [(ll[2 * n][0] - ll[2 * n + 1][0]) / lengths[n] for n in range(len(lengths))]
+            pairs = [(_with_system(prompt, system), r or " ") for prompt, responses in records for r in responses
+                     for system in (RUBRIC_PERSONA, ANTI_RUBRIC_PERSONA)]
+            ll = self.client.reply_loglikelihood(pairs)
+            flat = [(ll[2 * n].logprob - ll[2 * n + 1].logprob) / max(1, ll[2 * n + 1].tokens)
+                    for n in range(len(ll) // 2)]
         else:
-            yes, no = self.tok.encode("Yes"), self.tok.encode("No")
             items = []
             for prompt, responses in records:
                 for r in responses:
                     question = (f"{RUBRIC}\n\nConversation:\n{_conversation_text(prompt)}\n\nAssistant's reply:\n"
                                 f"{r}\n\nDoes the reply meet all five criteria? Answer Yes or No.")
-                    ctx = self.tok.render_chat([{"role": "user", "content": question}], add_generation_prompt=True).ids
-                    items.append((ctx, [yes, no]))
+                    items.append(([{"role": "user", "content": question}], ["Yes", "No"]))
             # one pass over each (long) rubric context, shared by both answers
-            ll = self.engine.loglikelihood_choices(items)
-            flat = [y[0] - n[0] for y, n in ll]
+            ll = self.client.loglikelihood_choices(items)
+            flat = [y.logprob - n.logprob for y, n in ll]
         out, i = [], 0
         for _, responses in records:
             out.append(flat[i:i + len(responses)])
@@ -226,38 +217,27 @@ class ModelJudge:
     def rank(self, prompt, responses) -> list[int]:
         return self.order(self.scores(prompt, responses))
 
-    def rank_many(self, records) -> list[list[int]]:
-        return [self.order(s) for s in self.scores_many(records)]
-
 
 class EndpointJudge:
-    """Any OpenAI-compatible chat-completions endpoint, asked for a ranking line."""
+    """Any OpenAI-compatible chat endpoint (an `alignchat.client.EndpointClient`), asked for a ranking line."""
 
     RANKING = re.compile(r"RANKING:\s*([0-9][0-9\s>,]*)", re.IGNORECASE)
 
-    def __init__(self, url: str, model: str, api_key: str | None = None, retries: int = 2, timeout: float = 120.0):
-        import httpx
-        base = url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
-        self.model, self.retries = model, retries
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(timeout=timeout, headers=headers)
-        self.name = f"endpoint:{model}"
+    def __init__(self, client, retries: int = 2):
+        from ..client import GREEDY
+        self.client, self.retries = client, retries
+        self.sampling = GREEDY.but(max_tokens=512)
+
+    @property
+    def name(self) -> str:
+        return f"endpoint:{self.client.model}"
 
     def ask(self, prompt, responses) -> str:
         listing = "\n\n".join(f"[{i + 1}]\n{r}" for i, r in enumerate(responses))
         content = (f"{RUBRIC}\n\nConversation:\n{_conversation_text(prompt)}\n\nCandidate replies:\n\n{listing}\n\n"
                    f"Rank all {len(responses)} replies from best to worst. Think briefly, then end with one line "
                    f"exactly like: RANKING: 2 > 1 > 3")
-        import httpx
-        try:
-            r = self.client.post(self.url, json={"model": self.model, "temperature": 0, "max_tokens": 512,
-                                                 "messages": [{"role": "user", "content": content}]})
-        except httpx.HTTPError as e:
-            raise UserError(f"judge endpoint {self.url}: {e}") from None
-        if r.status_code != 200:
-            raise UserError(f"judge endpoint {self.url} answered {r.status_code}: {r.text[:200]}")
-        return r.json()["choices"][0]["message"]["content"] or ""
+        return self.client.chat([{"role": "user", "content": content}], self.sampling).text
 
     @classmethod
     def parse(cls, text: str, k: int) -> list[int] | None:
@@ -276,17 +256,16 @@ class EndpointJudge:
 
 
 def make_judge(args):
-    chosen = [x for x in (args.judge_model, args.judge_url, args.judge_rule) if x]
+    from ..client.cli import client_from_args, model_of
+    chosen = [x for x in (model_of(args, "judge-"), args.judge_endpoint, args.judge_rule) if x]
     if len(chosen) != 1:
-        raise UserError("choose exactly one judge: --judge-model CKPT, --judge-url URL or --judge-rule REGEX")
-    if args.judge_model:
-        return ModelJudge(args.judge_model, method=args.judge_method, device=args.device, dtype=args.dtype)
-    if args.judge_url:
-        if not args.judge_name:
-            raise UserError("--judge-url needs --judge-name (the endpoint's model name)")
-        import os
-        return EndpointJudge(args.judge_url, args.judge_name, api_key=os.environ.get(args.api_key_env))
-    return RuleJudge(args.judge_rule)
+        raise UserError("choose exactly one judge: --judge-model CKPT, --judge-endpoint URL or --judge-rule REGEX")
+    if args.judge_rule:
+        return RuleJudge(args.judge_rule)
+    client = client_from_args(args, "judge-", max_batch=8)
+    if client.kind == "endpoint":
+        return EndpointJudge(client)
+    return ModelJudge(client, method=args.judge_method)
 
 
 def cmd_judge(args) -> int:
@@ -414,17 +393,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     j = sub.add_parser("judge", help="rank sampled responses with an AI judge and a written rubric (RLAIF)")
     j.add_argument("--input", required=True, help="JSONL from `compare sample`")
     j.add_argument("--out", required=True, help="output comparison JSONL; already-judged records are skipped")
-    j.add_argument("--judge-model", help="one of our checkpoints as the judge (see --judge-method)")
+    add_client_args(j, prefix="judge-", model_help="one of our checkpoints as the judge (see --judge-method)",
+                    aliases={"--judge-url": "--judge-endpoint", "--judge-name": "--judge-endpoint-model"})
     j.add_argument("--judge-method", choices=ModelJudge.METHODS, default="contrast",
                    help="for --judge-model: contrast = per-token log p(reply | rubric persona) - log p(reply | "
                         "rubric-breaking persona) (default); yesno = log P(Yes) - log P(No) to 'does the reply meet "
                         "the rubric?'")
-    j.add_argument("--device", default=None, help="for --judge-model: cpu, cuda ... (default: cuda if available)")
-    j.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="for --judge-model: weights dtype (default: float32 on CPU, bfloat16 on CUDA)")
-    j.add_argument("--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
-    j.add_argument("--judge-name", help="model name to send to --judge-url")
-    j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the endpoint's key")
     j.add_argument("--judge-rule", help="regular expression: responses with more matches rank higher")
     j.add_argument("--save-every", type=int, default=32, help="records judged per write (default 32)")
     j.add_argument("--quiet", action="store_true")
