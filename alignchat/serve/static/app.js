@@ -2,8 +2,19 @@
  *
  * Plain browser JavaScript, no build step. Talks to the server's /api routes; replies stream as
  * Server-Sent Events read from a fetch() body (EventSource cannot POST). Stop aborts that fetch: the server
- * sees the disconnect and frees the model slot. Markdown goes through marked, then DOMPurify (model output
- * is untrusted), then highlight.js. Every label has an English and a Chinese text (I18N below).
+ * sees the disconnect and frees the model slot. Every label has an English and a Chinese text (I18N below).
+ *
+ * Notable choices:
+ * - Model output is hostile. Markdown goes through marked, then a strict allow-list DOMPurify instance
+ *   (SAFE_HTML below: formatting tags only; no style, form, input, button, iframe, object, svg or img; no
+ *   id, class, style or event attributes; links only to http/https/mailto, opened in a new tab with
+ *   rel="noopener noreferrer"), then highlight.js. Disallowed elements are dropped (their text stays, except
+ *   for script/style-like elements, whose content goes too).
+ * - No image from a reply is ever loaded, not even a data: one: a Markdown image shows as its alt text, a raw
+ *   <img> is removed. A remote image would leak the chat through its URL the moment it renders.
+ * - GFM task-list boxes render as ☐/☑ text, not as <input> elements.
+ * - The page runs under a strict Content-Security-Policy (alignchat/serve/headers.py): no inline script,
+ *   handler or style attribute anywhere in the UI; handlers are attached here, styles live in app.css.
  */
 "use strict";
 
@@ -116,9 +127,65 @@ async function streamPost(path, body, onEvent, signal) {
 }
 
 // ---- Markdown ----------------------------------------------------------------------------------------------
+const SAFE_HTML = {
+  tags: ["p", "br", "hr", "strong", "b", "em", "i", "del", "s", "sup", "sub", "code", "pre", "blockquote",
+    "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td", "a"],
+  attrs: { a: ["href", "title"], ol: ["start"], th: ["align"], td: ["align"], code: ["class"] },
+  schemes: ["http:", "https:", "mailto:"],
+};
+
+/* A private DOMPurify instance (its hooks touch nothing else) configured from SAFE_HTML; null if not loaded. */
+const purifier = (() => {
+  if (!window.DOMPurify) return null;
+  const p = DOMPurify(window);
+  p.addHook("afterSanitizeAttributes", (node) => {
+    if (node.nodeType !== 1) return;
+    const tag = node.nodeName.toLowerCase();
+    const keep = SAFE_HTML.attrs[tag] || [];
+    for (const name of node.getAttributeNames()) if (!keep.includes(name)) node.removeAttribute(name);
+    if (tag === "a") {
+      let url = null;
+      try { url = new URL(node.getAttribute("href") || ""); } catch (_) { /* relative or malformed: no link */ }
+      if (url && SAFE_HTML.schemes.includes(url.protocol)) {
+        node.setAttribute("href", url.href);
+        node.setAttribute("target", "_blank");
+        node.setAttribute("rel", "noopener noreferrer");
+      } else node.removeAttribute("href");
+    } else if (tag === "code" && node.hasAttribute("class")) {
+      // keep only marked's language-NAME (it picks highlight.js's grammar), never one of the page's own classes
+      const lang = node.getAttribute("class").split(/\s+/).filter((c) => /^language-[\w+#.-]{1,40}$/.test(c));
+      if (lang.length) node.setAttribute("class", lang[0]); else node.removeAttribute("class");
+    } else if (tag === "ol" && !/^\d{1,9}$/.test(node.getAttribute("start") || "")) {
+      node.removeAttribute("start");
+    } else if ((tag === "th" || tag === "td") && !["left", "center", "right"].includes(node.getAttribute("align"))) {
+      node.removeAttribute("align");
+    }
+  });
+  return p;
+})();
+
+/* Untrusted HTML -> a DocumentFragment holding only SAFE_HTML; plain text when DOMPurify is missing. */
+function sanitizeHtml(html) {
+  if (!purifier) { const f = document.createDocumentFragment(); f.append(html || ""); return f; }
+  return purifier.sanitize(html || "", {
+    ALLOWED_TAGS: SAFE_HTML.tags, ALLOWED_ATTR: [...new Set(Object.values(SAFE_HTML.attrs).flat())],
+    ALLOWED_URI_REGEXP: /^(?:https?|mailto):/i, ALLOW_DATA_ATTR: false, ALLOW_ARIA_ATTR: false,
+    ALLOW_UNKNOWN_PROTOCOLS: false, ALLOW_SELF_CLOSE_IN_ATTR: false, KEEP_CONTENT: true, RETURN_DOM_FRAGMENT: true,
+  });
+}
+
+/* marked without images or form controls: an image is its alt text, a task-list box a ☐/☑ character. */
+const markdown = window.marked ? new marked.Marked({
+  gfm: true, breaks: true,
+  renderer: {
+    image(token) { return escapeHtml(token.text); },
+    checkbox(token) { return token.checked ? "☑ " : "☐ "; },
+  },
+}) : null;
+
 function renderMarkdown(el, text) {
-  const html = window.marked ? marked.parse(text || "", { gfm: true, breaks: true }) : escapeHtml(text);
-  el.innerHTML = window.DOMPurify ? DOMPurify.sanitize(html) : escapeHtml(text);
+  if (!markdown || !purifier) { el.textContent = text || ""; return; }
+  el.replaceChildren(sanitizeHtml(markdown.parse(text || "")));
   el.querySelectorAll("pre code").forEach((code) => {
     if (window.hljs) { try { hljs.highlightElement(code); } catch (_) { /* unknown language */ } }
     const pre = code.parentElement;
@@ -233,7 +300,7 @@ function messageElement(m, isLast) {
 
 // thumbs as inline SVG, so they render without an emoji font
 const THUMB_UP = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M2 21h4V9H2v12zm20-11a2 2 0 0 0-2-2h-6.3l1-4.6v-.3c0-.4-.2-.8-.4-1.1L13.2 1 6.6 7.6C6.2 8 6 8.5 6 9v10a2 2 0 0 0 2 2h9c.8 0 1.5-.5 1.8-1.2l3-7.1c.1-.2.2-.5.2-.7v-2z"/></svg>';
-const THUMB_DOWN = '<svg viewBox="0 0 24 24" aria-hidden="true" style="transform: rotate(180deg)"><path d="M2 21h4V9H2v12zm20-11a2 2 0 0 0-2-2h-6.3l1-4.6v-.3c0-.4-.2-.8-.4-1.1L13.2 1 6.6 7.6C6.2 8 6 8.5 6 9v10a2 2 0 0 0 2 2h9c.8 0 1.5-.5 1.8-1.2l3-7.1c.1-.2.2-.5.2-.7v-2z"/></svg>';
+const THUMB_DOWN = '<svg viewBox="0 0 24 24" aria-hidden="true" class="flip"><path d="M2 21h4V9H2v12zm20-11a2 2 0 0 0-2-2h-6.3l1-4.6v-.3c0-.4-.2-.8-.4-1.1L13.2 1 6.6 7.6C6.2 8 6 8.5 6 9v10a2 2 0 0 0 2 2h9c.8 0 1.5-.5 1.8-1.2l3-7.1c.1-.2.2-.5.2-.7v-2z"/></svg>';
 
 function actionButton(label, cls, onclick) {
   const b = document.createElement("button");
