@@ -1,4 +1,4 @@
-"""Helpers for the serving tests: run `alignchat serve` as a real subprocess on a free 127.0.0.1 port."""
+"""Helpers for the serving tests: run `alignchat serve` as a real subprocess on a free port, reached via 127.0.0.1."""
 from __future__ import annotations
 
 import os
@@ -21,15 +21,22 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`alignchat serve` in a child process; `url` once /health says the model is loaded."""
+    """`alignchat serve` in a child process; `url` once /health says the model is loaded.
 
-    def __init__(self, model: str | Path, db_path: Path, *extra: str, env: dict | None = None):
+    `host` is what the server binds (`--host`); `url` always goes through 127.0.0.1, which a wildcard bind
+    ("0.0.0.0", "") serves too."""
+
+    def __init__(self, model: str | Path, db_path: Path, *extra: str, env: dict | None = None,
+                 host: str = "127.0.0.1"):
         self.port = free_port()
+        self.host = host
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_url = f"sqlite:///{db_path}"
         cmd = [sys.executable, "-m", "alignchat.cli", "serve", "--model", str(model), "--db", self.db_url,
-               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", *extra]
-        self.log_path = db_path.with_suffix(f".{self.port}.log")
+               "--host", host, "--port", str(self.port), "--log-level", "warning", *extra]
+        # beside the database, or in its nearest existing folder when the server is to create the database's
+        log_dir = next(d for d in db_path.parents if d.exists())
+        self.log_path = log_dir / f"{db_path.stem}.{self.port}.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})

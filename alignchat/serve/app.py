@@ -4,7 +4,9 @@ Notable choices:
 - One process serves the OpenAI-compatible API (/v1), the web UI's JSON/SSE routes (/api), the static UI
   (/, /static) and /health. Every error body, on every route, has OpenAI's shape.
 - Who a request is: an API key (`Authorization: Bearer ...`) or the UI's session cookie; without either,
-  the local user when the server runs without login (loopback only), otherwise nobody (401).
+  the local user when the server runs without login (loopback only, unless `--insecure-no-login`),
+  otherwise nobody (401). The local user is resolved per request, so deleting it does not break the server.
+- In front of every route (guard.py): the Host allow-list, the cross-site request check and the body cap.
 - The literature assistant's router (`alignchat.library.api.router`) is included when that module imports;
   the UI's Library tab mounts `/static/library.js` when it defines `window.AlignchatLibrary.mount`.
 - The model loads in the background at start-up, so the UI and /health answer at once.
@@ -19,8 +21,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from .auth import SESSION_COOKIE, Accounts, CurrentUser
+from . import guard
+from .auth import SESSION_COOKIE, Accounts, CurrentUser, LoginThrottle
 from .errors import install_handlers
+from .headers import install_security_headers
 from .runtime import ServeConfig, ServerContext
 from .store import Store
 
@@ -44,12 +48,12 @@ def resolve_user(request: Request) -> CurrentUser | None:
     if user is None and not ctx.require_login:
         # Loopback without login: one local user. An unknown key is accepted here too (as vLLM does when no
         # key is configured), because OpenAI clients insist on sending some key.
-        user = ctx.local_user
+        user = ctx.accounts.local_user()
     request.state.user = user
     return user
 
 
-def create_app(model: str | None = None, db: str | None = None, host: str = "127.0.0.1",
+def create_app(model: str | None = None, db: str | None = None, host: str | None = None,
                config: ServeConfig | None = None, **overrides) -> FastAPI:
     """Build the server. `config` (or keyword overrides of `ServeConfig` fields) selects model, DB, auth."""
     import dataclasses
@@ -57,9 +61,11 @@ def create_app(model: str | None = None, db: str | None = None, host: str = "127
     changes = {k: v for k, v in dict(model=model, db=db, host=host, **overrides).items() if v is not None}
     cfg = dataclasses.replace(cfg, **changes)
     store = Store(cfg.db)
-    accounts = Accounts(store)
+    accounts = Accounts(store, LoginThrottle(max_failures=cfg.login_max_failures, window=cfg.login_window,
+                                             lockout=cfg.login_lockout))
     ctx = ServerContext(cfg, store, accounts)
-    ctx.local_user = accounts.local_user() if not ctx.require_login else None
+    if not ctx.require_login:
+        accounts.local_user()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -72,6 +78,8 @@ def create_app(model: str | None = None, db: str | None = None, host: str = "127
     app = FastAPI(title="alignchat", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.ctx = ctx
     install_handlers(app)
+    guard.install(app, cfg)
+    install_security_headers(app)
 
     from . import openai_api, ui
     app.include_router(openai_api.router)
@@ -92,6 +100,7 @@ def create_app(model: str | None = None, db: str | None = None, host: str = "127
                            "context": engine.max_seq_len} if engine is not None else None,
                 "error": str(ctx.host.error) if ctx.host.error else None,
                 "require_login": ctx.require_login,
+                "limits": {"max_body": cfg.max_body, "max_messages": cfg.max_messages, **_library_limits()},
                 "scheduler": sched.stats() if sched is not None else None}
 
     @app.get("/", include_in_schema=False)
@@ -104,6 +113,15 @@ def create_app(model: str | None = None, db: str | None = None, host: str = "127
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def _library_limits() -> dict:
+    try:
+        from ..library.api import MAX_UPLOAD_BYTES
+        from ..library.ingest import MAX_UPLOAD_CHARS
+    except Exception:  # noqa: BLE001 - the library is optional
+        return {}
+    return {"library_upload_bytes": MAX_UPLOAD_BYTES, "library_upload_chars": MAX_UPLOAD_CHARS}
 
 
 def _version() -> str:

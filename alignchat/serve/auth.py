@@ -7,22 +7,37 @@ Notable choices:
   database does not let anyone log in. (High-entropy secrets need no slow hash.)
 - Bound to a loopback address without `--require-login`, a request with no credentials is the single local
   user `local` (an admin). Credentials, when given, still select their own user, so per-user isolation holds
-  in both modes. Bound to any other address, every request must log in or present an API key.
+  in both modes. Bound to any other address (the empty host and 0.0.0.0 included), every request must log
+  in or present an API key; only `--insecure-no-login` turns that off (`login_required`).
+- The local user is looked up on every request that acts as it and created again when it is missing, so
+  `alignchat users delete local` on a running server costs that user's data, not the server.
+- Logins are throttled per user name and per client address (`LoginThrottle`): past the limit, the key is
+  locked out for a time that doubles with each further failure, and the answer is 429 with Retry-After.
+  A success clears the user name's failures, not the address's, so logging into one's own account does not
+  reset a password spray. Attempts in flight count against the limit, so parallel guesses gain nothing.
+- Every login attempt costs one scrypt call: an unknown user name, or a user without a password, is checked
+  against a dummy hash made once per process, so the answer's timing does not tell which names exist.
 """
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import ipaddress
+import math
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import UserError
+from .hooks import user_deleted
 from .store import ApiKey, LoginSession, Store, User, utcnow
 
 LOCAL_USERNAME = "local"
@@ -60,13 +75,114 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash no password matches, made once: unknown user names pay for the same one scrypt call."""
+    return hash_password(secrets.token_urlsafe(24))
+
+
 def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
+    """Whether binding `host` serves this machine only. The empty host binds every interface, like 0.0.0.0."""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def login_required(cfg) -> bool:
+    """Whether a server with ServeConfig `cfg` makes every request log in.
+
+    Beyond loopback always, unless `cfg.insecure_no_login`; on loopback only with `cfg.require_login`."""
+    if cfg.require_login:
+        return True
+    return not is_loopback(cfg.host) and not cfg.insecure_no_login
+
+
+class LoginThrottled(Exception):
+    def __init__(self, retry_after: int):
+        super().__init__(f"Too many failed logins. Try again in {retry_after} s.")
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Failures:
+    failures: int = 0
+    in_flight: int = 0
+    last: float = 0.0
+    locked_until: float = 0.0
+
+
+class LoginThrottle:
+    """Counts failed logins per user name and per client address; past the limit, refuses that key for a while.
+
+    `max_failures` failures of a user name (`address_factor` times as many from one address) lock it out for
+    `lockout` seconds, doubled by each further failure (at most `max_lockout`). After a lockout one attempt
+    at a time is let through. A key's failures are forgotten after `window` quiet seconds (counted from the
+    end of its lockout) or, for a user name, by a successful login. At most `max_entries` keys are kept.
+    """
+
+    def __init__(self, max_failures: int = 5, window: float = 900.0, lockout: float = 30.0,
+                 max_lockout: float = 3600.0, address_factor: int = 4, max_entries: int = 10_000,
+                 clock=time.monotonic):
+        self.max_failures, self.window, self.lockout, self.max_lockout = max_failures, window, lockout, max_lockout
+        self.address_factor, self.max_entries, self.clock = address_factor, max_entries, clock
+        self._keys: OrderedDict[tuple[str, str], _Failures] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def begin(self, username: str, client: str | None) -> list[tuple[tuple[str, str], int]]:
+        """Admit one attempt (raise LoginThrottled if refused); pass the result to `end` afterwards."""
+        keys = [(("user", username), self.max_failures)]
+        if client:
+            keys.append((("address", client), self.max_failures * self.address_factor))
+        now = self.clock()
+        with self._lock:
+            wait = 0.0
+            for key, limit in keys:
+                f = self._keys.get(key)
+                if f is not None and not f.in_flight and now - max(f.last, f.locked_until) >= self.window:
+                    del self._keys[key]
+                    continue
+                if f is None:
+                    continue
+                if now < f.locked_until:
+                    wait = max(wait, f.locked_until - now)
+                elif f.in_flight and f.failures + f.in_flight >= limit:
+                    wait = max(wait, 1.0)  # the attempts in flight could reach the limit: wait for them
+            if wait > 0:
+                raise LoginThrottled(max(1, math.ceil(wait)))
+            for key, _ in keys:
+                self._keys.setdefault(key, _Failures()).in_flight += 1
+                self._keys.move_to_end(key)
+            self._prune()
+        return keys
+
+    def end(self, keys: list[tuple[tuple[str, str], int]], success: bool | None) -> None:
+        """Record the attempt's outcome: True (logged in), False (wrong name or password), None (an error)."""
+        now = self.clock()
+        with self._lock:
+            for key, limit in keys:
+                f = self._keys.get(key)
+                if f is None:
+                    continue
+                f.in_flight = max(0, f.in_flight - 1)
+                if success is False:
+                    f.failures += 1
+                    f.last = now
+                    if f.failures >= limit:
+                        f.locked_until = now + min(self.max_lockout,
+                                                   self.lockout * 2 ** min(f.failures - limit, 40))
+                elif success and key[0] == "user":
+                    f.failures, f.locked_until = 0, 0.0
+                if not f.failures and not f.in_flight:
+                    del self._keys[key]
+
+    def _prune(self) -> None:
+        for _ in range(len(self._keys) - self.max_entries):
+            key, f = self._keys.popitem(last=False)  # the least recently tried key
+            if f.in_flight:
+                self._keys[key] = f
 
 
 @dataclass
@@ -84,8 +200,9 @@ def _snapshot(u: User) -> CurrentUser:
 class Accounts:
     """User management on top of the store; used by the server and by `alignchat users`."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, throttle: LoginThrottle | None = None):
         self.store = store
+        self.throttle = throttle or LoginThrottle()
 
     def create_user(self, username: str, password: str | None, is_admin: bool = False) -> CurrentUser:
         username = username.strip()
@@ -114,7 +231,10 @@ class Accounts:
 
     def delete_user(self, username: str) -> None:
         with self.store.session() as s, s.begin():
-            s.delete(self._require(s, username))
+            u = self._require(s, username)
+            user_id = u.id
+            s.delete(u)
+        user_deleted(self.store, user_id)  # what other parts keep for the user (hooks.py)
 
     def list_users(self) -> list[dict]:
         with self.store.session() as s:
@@ -129,20 +249,17 @@ class Accounts:
         return u
 
     def local_user(self) -> CurrentUser:
+        """The local admin `local`, created (again) when missing."""
         return _snapshot(self.store.ensure_user(LOCAL_USERNAME, is_admin=True))
 
     # ---- API keys -----------------------------------------------------------------------------------------
     def create_api_key(self, username: str, name: str = "") -> str:
         """Make a key for `username` and return it; it is shown this once and only its hash is kept."""
         key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        if username == LOCAL_USERNAME:
+            self.local_user()
         with self.store.session() as s, s.begin():
-            u = self.store.get_user(s, username)
-            if u is None:
-                u = User(username=username) if username == LOCAL_USERNAME else None
-                if u is None:
-                    raise UserError(f"no user named {username!r}")
-                s.add(u)
-                s.flush()
+            u = self._require(s, username)
             s.add(ApiKey(user_id=u.id, key_hash=token_hash(key), prefix=key[:10], name=name))
         return key
 
@@ -168,19 +285,28 @@ class Accounts:
             return _snapshot(row) if row else None
 
     # ---- login sessions -----------------------------------------------------------------------------------
-    def login(self, username: str, password: str) -> str | None:
-        """Check the password; on success return a new session token (for the cookie)."""
-        with self.store.session() as s, s.begin():
-            u = self.store.get_user(s, username)
-            if u is None:
-                verify_password(password, hash_password("timing-equaliser"))  # same cost as a wrong password
-                return None
-            if not verify_password(password, u.password_hash):
-                return None
-            token = secrets.token_urlsafe(32)
-            s.add(LoginSession(token_hash=token_hash(token), user_id=u.id,
-                               expires=utcnow() + dt.timedelta(days=SESSION_DAYS)))
+    def login(self, username: str, password: str, client: str | None = None) -> str | None:
+        """Check the password; on success return a new session token (for the cookie).
+
+        `client` (the caller's address) is throttled along with the user name; raises LoginThrottled."""
+        dummy = _dummy_hash()
+        attempt = self.throttle.begin(username, client)
+        outcome = None
+        try:
+            with self.store.session() as s, s.begin():
+                u = self.store.get_user(s, username)
+                stored = u.password_hash if u is not None else None
+                matches = verify_password(password, stored or dummy)  # one scrypt call, whoever asks
+                if not (stored and matches):
+                    outcome = False
+                    return None
+                token = secrets.token_urlsafe(32)
+                s.add(LoginSession(token_hash=token_hash(token), user_id=u.id,
+                                   expires=utcnow() + dt.timedelta(days=SESSION_DAYS)))
+            outcome = True  # committed
             return token
+        finally:
+            self.throttle.end(attempt, outcome)
 
     def logout(self, token: str) -> None:
         with self.store.session() as s, s.begin():

@@ -2,8 +2,9 @@
 
 The model is pulled on first use (a registry name such as the default `smollm2-135m-instruct`, a checkpoint
 directory, a .gguf file or a Hugging Face directory) and loads in the background while the server starts.
-Bound to a loopback address the UI needs no login; bound to any other address every request must log in
-(create accounts with `alignchat users add`).
+Bound to a loopback address the UI needs no login; bound to any other address (0.0.0.0 and the empty host
+included) every request must log in (create accounts with `alignchat users add`), unless the loudly named
+`--insecure-no-login` says otherwise.
 """
 from __future__ import annotations
 
@@ -35,6 +36,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"queued requests beyond the slots before answering 429 (default: {d.max_waiting})")
     parser.add_argument("--require-login", action="store_true",
                         help="require login even on a loopback address")
+    parser.add_argument("--insecure-no-login", action="store_true",
+                        help="DANGEROUS: beyond loopback too, serve every client as the admin user `local`, "
+                             "without a password")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a host name clients use to reach the server (repeatable; any port; `*`: any name). "
+                             "Accepted anyway: the bound name, localhost/127.0.0.1/[::1] on loopback or "
+                             "0.0.0.0, and IP addresses when bound beyond loopback")
+    parser.add_argument("--max-messages", type=int, default=d.max_messages, metavar="N",
+                        help=f"most messages in one conversation sent to the model (default: {d.max_messages})")
+    parser.add_argument("--max-body", type=int, default=d.max_body, metavar="BYTES",
+                        help=f"largest request body (default: {d.max_body}; library uploads have their own limit)")
+    parser.add_argument("--login-lockout", type=float, default=d.login_lockout, metavar="SECONDS",
+                        help=f"after {d.login_max_failures} failed logins of one user name (more from one "
+                             f"address), refuse it this long, doubling with each further failure "
+                             f"(default: {d.login_lockout:g})")
+    parser.add_argument("--login-window", type=float, default=d.login_window, metavar="SECONDS",
+                        help=f"forget failed logins after this long without one (default: {d.login_window:g})")
     parser.add_argument("--device", default=d.device, help="torch device for the model (default: cpu); on cuda the "
                                                            "engine decodes with CUDA graphs")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
@@ -54,10 +72,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-batch must be at least 1")
     if args.context < 16:
         raise UserError("--context must be at least 16 tokens")
+    if args.max_messages < 1:
+        raise UserError("--max-messages must be at least 1")
+    if args.max_body < 1:
+        raise UserError("--max-body must be at least 1 byte")
+    if args.login_lockout <= 0 or args.login_window <= 0:
+        raise UserError("--login-lockout and --login-window must be positive")
     cfg = ServeConfig(model=args.model, model_id=args.model_id, host=args.host, port=args.port, db=args.db,
                       max_batch=args.max_batch, max_waiting=args.max_waiting, context=args.context,
                       require_login=True if args.require_login else None, device=args.device, dtype=args.dtype,
-                      enable_embeddings=not args.no_embeddings)
+                      enable_embeddings=not args.no_embeddings, insecure_no_login=args.insecure_no_login,
+                      allowed_hosts=tuple(args.allowed_host), max_body=args.max_body, max_messages=args.max_messages,
+                      login_lockout=args.login_lockout, login_window=args.login_window)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(config=cfg)
     ctx = app.state.ctx
@@ -69,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
         print("alignchat: login required" + ("" if users else
               "; no account can log in yet: create one with `alignchat users add NAME --admin`"), flush=True)
     elif not is_loopback(args.host):
-        print("alignchat: warning: serving without login on a public address", file=sys.stderr)
+        print(f"alignchat: WARNING: --insecure-no-login: login is OFF on {args.host or 'every interface'}: "
+              f"anyone who can reach port {args.port} acts as the admin user `local`, reads and deletes every "
+              f"conversation of that user and exports all feedback", file=sys.stderr, flush=True)
+    if not is_loopback(args.host) and not args.allowed_host:
+        print("alignchat: clients reach it by IP address (or localhost); for a host name, add --allowed-host NAME",
+              flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=3)
     return 0

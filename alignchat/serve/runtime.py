@@ -38,7 +38,14 @@ class ServeConfig:
     context: int = 2048  # tokens per slot (prompt + answer), capped by the model's own context; sizes the KV cache
     max_waiting: int = 256  # queued requests beyond the slots before answering 429
     max_n: int = 9  # most choices per request (labelling mode samples up to K = 9)
+    max_messages: int = 2048  # messages per conversation sent to the model
     require_login: bool | None = None  # None: only when bound beyond loopback
+    insecure_no_login: bool = False  # beyond loopback too, serve everyone as the admin `local` (never by default)
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides the bound and loopback ones; "*": any
+    max_body: int = 8 * 1024 * 1024  # request body cap in bytes (library uploads: library.api.MAX_UPLOAD_BYTES)
+    login_max_failures: int = 5  # failed logins of one user name before a lockout (4x that per client address)
+    login_window: float = 900.0  # seconds without a failure after which failures are forgotten
+    login_lockout: float = 30.0  # first lockout in seconds; doubles with each further failure
     device: str = "cpu"
     dtype: str | None = None  # float32 | bfloat16 | float16; default float32 on CPU, bfloat16 on CUDA
     preload: bool = True
@@ -127,10 +134,8 @@ class ServerContext:
         self.store = store
         self.accounts = accounts
         self.host = ModelHost(cfg)
-        self.require_login = cfg.require_login
-        if self.require_login is None:
-            from .auth import is_loopback
-            self.require_login = not is_loopback(cfg.host)
+        from .auth import login_required
+        self.require_login = login_required(cfg)
         self.started = time.time()
 
     def check_model(self, name: str | None) -> None:

@@ -11,12 +11,18 @@ Notable choices:
   version (the Alembic "create_all + stamp head" pattern); an older one runs each missing migration in
   order, in one transaction per step.
 - Secrets are never stored: passwords are scrypt hashes, session tokens and API keys SHA-256 hashes.
+- The SQLite file is owner-only (0600), created so before SQLite opens it; SQLite gives its -wal, -shm and
+  -journal files the database's mode, and an existing file or sibling that is more open is tightened.
+  A directory the store creates for it is 0700, and so is the default $ALIGNCHAT_HOME/serve.
 - Feedback rows are self-contained snapshots (the prompt messages and the responses as they were shown),
   so an export stays correct after a conversation is edited or deleted.
 """
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
+import stat
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -24,9 +30,13 @@ from typing import Any, Callable
 from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, create_engine, event,
                         inspect, select, text)
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from ..errors import UserError
+
+log = logging.getLogger("alignchat.serve")
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 def utcnow() -> dt.datetime:
@@ -43,6 +53,8 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
+    # ids are never reused (SQLite AUTOINCREMENT): data keyed by a deleted account's id stays unreachable
+    __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)  # None: cannot log in
@@ -192,10 +204,38 @@ def migrate(engine: Engine) -> int:
     return found
 
 
-def default_db_url() -> str:
+def default_db_path() -> Path:
     from ..fetch import alignchat_home
-    path = alignchat_home() / "serve" / "alignchat.db"
-    return f"sqlite:///{path}"
+    return alignchat_home() / "serve" / "alignchat.db"
+
+
+def default_db_url() -> str:
+    return f"sqlite:///{default_db_path()}"
+
+
+def _owner_only(path: Path, mode: int) -> None:
+    """chmod `path` to `mode` if it exists and grants more (group or others) than that."""
+    try:
+        if stat.S_IMODE(path.stat().st_mode) & ~mode:
+            os.chmod(path, mode)
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # not ours: leave it, but say so
+        log.warning("cannot make %s owner-only: %s", path, e)
+
+
+def _create_private_sqlite(path: Path) -> None:
+    """Create the database file's directory (0700) and the file itself (0600) before SQLite opens it."""
+    try:
+        path.parent.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        pass
+    if path.parent.resolve() == default_db_path().parent.resolve():
+        _owner_only(path.parent, 0o700)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        _owner_only(path, 0o600)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -213,10 +253,15 @@ class Store:
     def __init__(self, url: str | None = None):
         self.url = url or default_db_url()
         kwargs: dict[str, Any] = {}
+        file: Path | None = None
         if self.url.startswith("sqlite"):
             db_path = self.url.split("///", 1)[-1] if "///" in self.url else ""
             if db_path and db_path != ":memory:":
-                Path(db_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                file = Path(db_path).expanduser()
+                try:
+                    _create_private_sqlite(file)
+                except OSError as e:
+                    raise UserError(f"cannot create the database {file}: {e}") from e
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
         try:
             self.engine = create_engine(self.url, **kwargs)
@@ -225,6 +270,9 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         migrate(self.engine)
+        if file is not None:  # siblings left by an older, laxer version
+            for suffix in SQLITE_SIDE_FILES:
+                _owner_only(file.with_name(file.name + suffix), 0o600)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     def dispose(self) -> None:
@@ -235,12 +283,16 @@ class Store:
         return s.scalar(select(User).where(User.username == username))
 
     def ensure_user(self, username: str, is_admin: bool = False) -> User:
-        with self.session() as s, s.begin():
-            user = self.get_user(s, username)
-            if user is None:
-                user = User(username=username, is_admin=is_admin)
-                s.add(user)
-            return user
+        try:
+            with self.session() as s, s.begin():
+                user = self.get_user(s, username)
+                if user is None:
+                    user = User(username=username, is_admin=is_admin)
+                    s.add(user)
+                return user
+        except IntegrityError:  # another request created it at the same moment
+            with self.session() as s:
+                return self.get_user(s, username)
 
 
 def conversation_messages(conv: Conversation, include_hidden: bool = False) -> list[dict]:

@@ -1,7 +1,8 @@
 """`alignchat users`: accounts and API keys for `alignchat serve`.
 
 Passwords are read from the terminal (or `--password-stdin`), never from the command line, so they stay out
-of shell history and process listings. An API key is printed once; only its hash is stored.
+of shell history and process listings. Without a terminal, `add` and `passwd` need `--password-stdin` (the
+first line of standard input) and say so. An API key is printed once; only its hash is stored.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     p = sub.add_parser("passwd", help="set a user's password (ends their logins)")
     p.add_argument("username")
-    p.add_argument("--password-stdin", action="store_true")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     sub.add_parser("list", help="list users")
     k = sub.add_parser("key", help="create an API key for a user and print it (once)")
     k.add_argument("username")
@@ -39,25 +40,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _password(from_stdin: bool) -> str:
     if from_stdin:
-        pw = sys.stdin.readline().rstrip("\n")
-    else:
+        pw = sys.stdin.readline().rstrip("\r\n")
+        if not pw:
+            raise UserError("--password-stdin: standard input has no password (write it as the first line)")
+        return pw
+    if not sys.stdin.isatty():
+        raise UserError("no terminal to ask for the password on: pass --password-stdin and write the password "
+                        "as the first line of standard input")
+    try:
         pw = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != pw:
-            raise UserError("the passwords differ")
+        again = getpass.getpass("again: ")
+    except EOFError:
+        raise UserError("no password given") from None
+    if again != pw:
+        raise UserError("the passwords differ")
     return pw
 
 
 def run(args: argparse.Namespace) -> int:
     from .auth import Accounts
     from .store import Store
+    # ask before opening the database: a refused prompt leaves nothing behind
+    password = _password(args.password_stdin) if args.action in ("add", "passwd") else None
     store = Store(args.db)
     acc = Accounts(store)
     try:
         if args.action == "add":
-            acc.create_user(args.username, _password(args.password_stdin), is_admin=args.admin)
+            acc.create_user(args.username, password, is_admin=args.admin)
             print(f"created user {args.username}" + (" (admin)" if args.admin else ""))
         elif args.action == "passwd":
-            acc.set_password(args.username, _password(args.password_stdin))
+            acc.set_password(args.username, password)
             print(f"password of {args.username} changed")
         elif args.action == "list":
             for u in acc.list_users():
