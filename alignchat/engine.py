@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -69,6 +70,9 @@ class SamplingParams:
             (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be between -2 and 2"),
             (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
             (len(self.stop) <= 16, "at most 16 stop strings"),
+            # what a torch.Generator can be seeded with (an out-of-range seed would fail the whole prefill)
+            (self.seed is None or (isinstance(self.seed, numbers.Integral) and not isinstance(self.seed, bool)
+                                   and -2**63 <= int(self.seed) < 2**64), "seed must be an integer in [-2^63, 2^64)"),
         ]
         for ok, msg in checks:
             if not ok:

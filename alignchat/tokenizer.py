@@ -7,12 +7,24 @@ Notable choices:
   serving and evaluation all call it, so train and serve can never disagree on the format. It renders the
   model's own Jinja template (Hugging Face conventions) or ChatML when the model has none, and returns an
   assistant mask computed from character offsets, so the mask is right whatever the template looks like.
+- Rendering is linear in the conversation: the template is rendered a fixed number of times (the real
+  conversation, and once or twice with a unique placeholder in place of each message's content), and the
+  placeholders show where each message's content sits in the text. Content the template trims is found
+  too; a template that rewrites content in any other way is refused with a clear error.
+- Only the template produces control tokens. Message content is text: `<|im_start|>` typed in a message
+  encodes as ordinary tokens, so no one can forge a system or assistant turn. When no content holds a
+  special token's text, the ids are exactly those of encoding the rendered text (Hugging Face's
+  `apply_chat_template`); otherwise the text is cut at the template's own special tokens and the pieces
+  between them are encoded with special tokens read as text (`encode_special_tokens`). Tokens count as
+  control tokens when the tokenizer marks them special, as `tokenizers` does.
 - `StreamDecoder` turns a token stream into text deltas that never split a UTF-8 character (a Chinese
   character is often two or three byte-level tokens).
 """
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -60,6 +72,8 @@ class Tokenizer:
         self.chat_template = chat_template or CHATML_TEMPLATE
         self.add_bos = add_bos
         self._compiled_template = None
+        self._text_hf: HFTokenizer | None = None  # a copy that reads special tokens' text as plain text
+        self._special_set: frozenset[int] | None = None
 
     # --- basic properties ---------------------------------------------------------------
     @property
@@ -99,7 +113,12 @@ class Tokenizer:
 
     @property
     def special_ids(self) -> set[int]:
-        return {self.token_to_id(t.content) for t in self.hf.get_added_tokens_decoder().values() if t.special}
+        return set(self._specials())
+
+    def _specials(self) -> frozenset[int]:
+        if self._special_set is None:
+            self._special_set = frozenset(i for i, t in self.hf.get_added_tokens_decoder().items() if t.special)
+        return self._special_set
 
     # --- encode / decode ------------------------------------------------------------------
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
@@ -110,6 +129,15 @@ class Tokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
+
+    def _text_tokenizer(self) -> HFTokenizer:
+        """A copy of the tokenizer that encodes special tokens' text as ordinary text (a copy, because the
+        flag is the tokenizer's state and other threads encode with the original at the same time)."""
+        if self._text_hf is None:  # two threads racing here build two equal copies: harmless
+            hf = HFTokenizer.from_str(self.hf.to_str())
+            hf.encode_special_tokens = True
+            self._text_hf = hf
+        return self._text_hf
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special)
@@ -128,46 +156,141 @@ class Tokenizer:
         return self._compiled_template
 
     def render_text(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
+        """The template's text for a conversation. For token ids use `render_chat`: encoding this text would
+        read control-token text typed inside a message as control tokens."""
         return self._template().render(messages=list(messages), add_generation_prompt=add_generation_prompt,
                                        bos_token=self.bos_token or "", eos_token=self.eos_token or "")
 
     def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> ChatRendering:
-        """Render a conversation to token ids and an assistant-token mask (see module docstring)."""
+        """Render a conversation to token ids and an assistant-token mask (see module docstring).
+
+        The mask covers each assistant turn from the end of the generation prompt (what the model is given
+        before it answers) through its end-of-turn marker, not the whitespace after it."""
         messages = validate_messages(messages)
         text = self.render_text(messages, add_generation_prompt)
-        # Character spans of assistant turns: the template's text grows by exactly one turn per message,
-        # so the span of turn i is what rendering messages[:i+1] adds after the generation prompt of [:i].
-        spans: list[tuple[int, int]] = []
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant":
-                continue
-            prefix = self.render_text(messages[:i], add_generation_prompt=True)
-            upto = self.render_text(messages[: i + 1], add_generation_prompt=False)
-            if not text.startswith(upto) or not upto.startswith(prefix):
-                raise UserError("chat template is not prefix-stable; cannot locate assistant turns")
-            start, end = len(prefix), len(upto)
-            # train on the content and the end-of-turn marker, not on the whitespace after it
-            body = upto[start:end]
-            for marker in ("<|im_end|>", self.eos_token or "", "<|eot_id|>"):
-                if marker:
-                    cut = body.rfind(marker)
-                    if cut != -1:
-                        end = start + cut + len(marker)
-                        break
-            spans.append((start, end))
-        enc = self.hf.encode(text, add_special_tokens=False)
-        ids = list(enc.ids)
+        slots, gen = self._content_slots(messages, text, add_generation_prompt)
+        ids, offsets = self._encode_rendered(text, slots)
+        spans = self._assistant_spans(messages, text, slots, gen)
         mask = [0] * len(ids)
-        for j, (a, b) in enumerate(enc.offsets):
-            if b <= a:
-                continue
-            for s, e in spans:
-                if a >= s and b <= e:
-                    mask[j] = 1
-                    break
+        if spans and ids:
+            # a token is masked when it lies inside a span: the first span ending at or after the token's end
+            import numpy as np
+            off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+            starts, ends = np.asarray(spans, dtype=np.int64).T
+            k = np.searchsorted(ends, off[:, 1], side="left")
+            inside = k < len(spans)
+            kk = np.minimum(k, len(spans) - 1)
+            mask = (inside & (off[:, 0] >= starts[kk]) & (off[:, 1] > off[:, 0])).astype(int).tolist()
         if self.add_bos and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
             ids, mask = [self.bos_id] + ids, [0] + mask
         return ChatRendering(ids=ids, assistant_mask=mask, text=text)
+
+    def _content_slots(self, messages: list[dict], text: str, add_generation_prompt: bool
+                       ) -> tuple[list[tuple[int, int, int]], str]:
+        """Where the template put each message's content in `text`, and the template's generation prompt.
+
+        Slots are (message index, start, end), left to right; everything between them is the template's
+        own text. A message may have no slot (a template that drops it) or several (one that repeats it).
+        The generation prompt is what add_generation_prompt appends (only looked up when the conversation
+        has an assistant message)."""
+        nonce = secrets.token_hex(8)
+        placeholder = re.compile(re.escape(f"[[{nonce}:") + r"(\d+)\]\]")
+        marked_messages = [{"role": m["role"], "content": f"[[{nonce}:{i}]]"} for i, m in enumerate(messages)]
+        marked = self.render_text(marked_messages, add_generation_prompt)
+        template_text, order, last = [], [], 0
+        for m in placeholder.finditer(marked):
+            template_text.append(marked[last:m.start()])
+            order.append(int(m.group(1)))
+            last = m.end()
+        template_text.append(marked[last:])
+        # The real text must be the template's text with each placeholder replaced by that message's
+        # content, as is or trimmed; lengths come from the content, so content cannot shift a boundary.
+        refuse = UserError("the chat template rewrites message content (beyond trimming whitespace), so its "
+                           "turns cannot be located; use a template that inserts content as is")
+        if not text.startswith(template_text[0]) or any(i >= len(messages) for i in order):
+            raise refuse
+        slots = []
+        pos = len(template_text[0])
+        for k, i in enumerate(order):
+            c, after = messages[i]["content"], template_text[k + 1]
+            for cand in dict.fromkeys((c, c.strip(), c.lstrip(), c.rstrip(), c.strip("\n"), c.lstrip("\n"),
+                                       c.rstrip("\n"))):
+                if text.startswith(cand, pos) and text.startswith(after, pos + len(cand)):
+                    break
+            else:
+                raise refuse
+            slots.append((i, pos, pos + len(cand)))
+            pos += len(cand) + len(after)
+        if pos != len(text):
+            raise refuse
+        gen = ""
+        if any(m["role"] == "assistant" for m in messages):
+            other = self.render_text(marked_messages, not add_generation_prompt)
+            with_prompt, without = (marked, other) if add_generation_prompt else (other, marked)
+            gen = with_prompt[len(without):] if with_prompt.startswith(without) else ""
+        return slots, gen
+
+    def _encode_rendered(self, text: str, slots: list[tuple[int, int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and character offsets of a rendered conversation; special tokens only from the template."""
+        special = self._specials()
+        enc = self.hf.encode_batch([text], add_special_tokens=False)[0]  # the batch call releases the GIL
+        ids, offsets = enc.ids, enc.offsets
+        k = 0
+        clean = True
+        for a, b in [off for tid, off in zip(ids, offsets) if tid in special]:
+            while k < len(slots) and slots[k][2] <= a:
+                k += 1
+            if k < len(slots) and slots[k][1] < b:  # a special token overlapping a message's content
+                clean = False
+                break
+        if clean:
+            return ids, offsets
+        # cut at the template's own special tokens; encode what lies between with specials read as text
+        template = [(slots[k - 1][2] if k else 0, slots[k][1] if k < len(slots) else len(text))
+                    for k in range(len(slots) + 1)]
+        cuts = []
+        for (start, _), e in zip(template, self.hf.encode_batch([text[a:b] for a, b in template],
+                                                                add_special_tokens=False)):
+            cuts += [(start + a, start + b, tid) for tid, (a, b) in zip(e.ids, e.offsets) if tid in special]
+        bounds = [0] + [x for a, b, _ in cuts for x in (a, b)] + [len(text)]
+        chunks = [(bounds[2 * j], bounds[2 * j + 1]) for j in range(len(cuts) + 1)]
+        encs = self._text_tokenizer().encode_batch([text[a:b] for a, b in chunks], add_special_tokens=False)
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        for j, ((start, _), e) in enumerate(zip(chunks, encs)):
+            ids += e.ids
+            offsets += [(start + a, start + b) for a, b in e.offsets]
+            if j < len(cuts):
+                ids.append(cuts[j][2])
+                offsets.append(cuts[j][:2])
+        return ids, offsets
+
+    def _assistant_spans(self, messages: list[dict], text: str, slots: list[tuple[int, int, int]],
+                         gen: str) -> list[tuple[int, int]]:
+        """Character spans to train on: from the end of the generation prompt `gen` before each assistant
+        message (its content's start where the template has none) through the end-of-turn marker after it.
+        Both are searched for in the template's own text only."""
+        count: dict[int, int] = {}
+        for i, _, _ in slots:
+            count[i] = count.get(i, 0) + 1
+        for i, m in enumerate(messages):
+            if m["role"] == "assistant" and count.get(i) != 1:
+                raise UserError(f"the chat template repeats or drops assistant message {i}; cannot locate it")
+        spans = []
+        for k, (i, a, b) in enumerate(slots):
+            if messages[i]["role"] != "assistant":
+                continue
+            before = text[slots[k - 1][2] if k else 0:a]
+            cut = before.rfind(gen) if gen else -1
+            start = a - len(before) + cut + len(gen) if cut != -1 else a
+            after = text[b:slots[k + 1][1] if k + 1 < len(slots) else len(text)]
+            end = b
+            for marker in ("<|im_end|>", self.eos_token or "", "<|eot_id|>"):
+                if marker and (j := after.find(marker)) != -1:
+                    end = b + j + len(marker)
+                    break
+            spans.append((start, end))
+        return spans
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:

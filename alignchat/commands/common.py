@@ -5,6 +5,7 @@ import argparse
 
 import torch
 
+from ..client.sampling import SAMPLING_DEFAULTS
 from ..hub import DEFAULT_MODEL
 
 
@@ -20,10 +21,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--max-tokens", type=int, default=max_tokens, help=f"maximum new tokens (default {max_tokens})")
-    g.add_argument("--temperature", "-t", type=float, default=0.7, help="0 = greedy (default 0.7)")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help=">1 discourages repeats (default 1.0)")
+    d = SAMPLING_DEFAULTS
+    g.add_argument("--temperature", "-t", type=float, default=d.temperature, help=f"0 = greedy (default {d.temperature})")
+    g.add_argument("--top-k", type=int, default=d.top_k, help="keep the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling mass (default {d.top_p})")
+    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty,
+                   help=f">1 discourages repeats (default {d.repetition_penalty})")
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
 
@@ -50,7 +53,7 @@ def pick_dtype(device: str, name: str | None = None) -> torch.dtype:
 
 def load_for_inference(model: str, device: str | None = None, dtype: str | None = None):
     """(model, tokenizer, meta) on `device` (default: cuda if available) in `dtype` (see `pick_dtype`)."""
-    from ..checkpoint import load_model
+    from ..hub import load_model
     device = pick_device(device)
     return load_model(model, device=device, dtype=pick_dtype(device, dtype))
 

@@ -16,9 +16,16 @@ Notable choices:
   chunk. An error after the stream began is sent as one `data: {"error": ...}` event.
 - Embeddings use the MiniLM encoder (`alignchat.embeddings`), imported on first use; both `float` and the
   `base64` encoding (the official client's default) are supported.
+- Client text is `validation.Text` (a lone surrogate is a 400 naming the field) and `seed` is an int64; a
+  chat request carries at most `ServeConfig.max_messages` messages (`--max-messages`).
+- Rendering the chat template and tokenising run in a worker thread, never on the event loop, so one large
+  request cannot stall the others. Message content is text: control tokens come only from the template
+  (`Tokenizer.render_chat`). A /v1/completions prompt is raw model input, not a chat message: its text is
+  encoded as is, so the control tokens it spells out are control tokens, as in OpenAI's legacy API.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -30,10 +37,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from .auth import CurrentUser
+from ..client.sampling import SAMPLING_DEFAULTS
 from .errors import APIError, error_body
 from .runtime import EMBEDDING_MODEL_ID, ServerContext
+from .validation import Text
 
 router = APIRouter()
+
+SEED_MIN, SEED_MAX = -2**63, 2**63 - 1  # seeds are int64, as in OpenAI's API
 
 
 class _Strict(BaseModel):
@@ -42,14 +53,14 @@ class _Strict(BaseModel):
 
 class ContentPart(_Strict):
     model_config = ConfigDict(strict=True, extra="allow")
-    type: str
-    text: str | None = None
+    type: Text
+    text: Text | None = None
 
 
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[ContentPart], None] = None
-    name: str | None = None
+    content: Union[Text, list[ContentPart], None] = None
+    name: Text | None = None
 
 
 class StreamOptions(_Strict):
@@ -58,18 +69,18 @@ class StreamOptions(_Strict):
 
 class ResponseFormat(_Strict):
     model_config = ConfigDict(strict=True, extra="allow")
-    type: str
+    type: Text
 
 
 class _Sampling(_Strict):
-    model: str = Field(min_length=1)
+    model: Text = Field(min_length=1)
     n: int = Field(1, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)  # extension (vLLM, llama.cpp)
     max_tokens: int | None = Field(None, ge=1)
-    stop: Union[str, list[str], None] = None
-    seed: int | None = None
+    stop: Union[Text, list[Text], None] = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0, le=10)  # extension
@@ -77,7 +88,7 @@ class _Sampling(_Strict):
     logit_bias: dict[str, float] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Text | None = None
 
 
 class ChatCompletionRequest(_Sampling):
@@ -93,20 +104,20 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: Union[Text, list[Text], list[int], list[list[int]]]
     max_tokens: int | None = Field(16, ge=0)  # OpenAI's default; 0 only with echo (score the prompt)
     echo: bool = False
-    suffix: str | None = None
+    suffix: Text | None = None
     best_of: int | None = Field(None, ge=1)
     logprobs: int | None = Field(None, ge=0, le=5)
 
 
 class EmbeddingRequest(_Strict):
-    model: str = Field(min_length=1)
-    input: Union[str, list[str], list[int], list[list[int]]]
+    model: Text = Field(min_length=1)
+    input: Union[Text, list[Text], list[int], list[list[int]]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
-    user: str | None = None
+    user: Text | None = None
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
@@ -139,6 +150,20 @@ def _stop_list(stop) -> list[str]:
     return stops
 
 
+def check_message_count(ctx: ServerContext, n: int, param: str = "messages") -> None:
+    """Refuse (400) a conversation longer than the server's limit."""
+    limit = ctx.cfg.max_messages
+    if n > limit:
+        raise APIError(400, f"{param}: at most {limit} messages per request; this one has {n}.", param=param,
+                       code="too_many_messages")
+
+
+async def render_prompt(ctx: ServerContext, messages: list[dict]) -> list[int]:
+    """The chat template's token ids for a conversation, with the generation prompt (in a worker thread)."""
+    tok = ctx.host.tokenizer
+    return await asyncio.to_thread(lambda: tok.render_chat(messages, add_generation_prompt=True).ids)
+
+
 def _check_common(req: _Sampling, ctx: ServerContext) -> None:
     if req.n > ctx.cfg.max_n:
         raise APIError(400, f"n: at most {ctx.cfg.max_n} choices per request.", param="n")
@@ -153,8 +178,8 @@ def sampling_params(req: _Sampling, max_tokens: int, n: int, want_logprobs: bool
     for i in range(n):
         out.append(SamplingParams(
             max_tokens=max_tokens,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
+            temperature=SAMPLING_DEFAULTS.temperature if req.temperature is None else req.temperature,
+            top_p=SAMPLING_DEFAULTS.top_p if req.top_p is None else req.top_p,
             top_k=req.top_k or 0,
             repetition_penalty=req.repetition_penalty or 1.0,
             presence_penalty=req.presence_penalty or 0.0,
@@ -237,9 +262,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
         raise _unsupported("top_logprobs", "top_logprobs")
     if body.response_format is not None and body.response_format.type != "text":
         raise _unsupported("response_format", f"response_format type {body.response_format.type!r}")
+    check_message_count(ctx, len(body.messages))
     messages = _chat_messages(body)
     await ctx.host.ready()
-    prompt_ids = ctx.host.tokenizer.render_chat(messages, add_generation_prompt=True).ids
+    prompt_ids = await render_prompt(ctx, messages)
     max_tokens = ctx.fit_context(prompt_ids, body.max_completion_tokens or body.max_tokens)
     params = sampling_params(body, max_tokens, body.n, want_logprobs=bool(body.logprobs))
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -307,6 +333,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request, _user: CurrentUser = Depends(api_user)):
+    """A legacy completion of a raw prompt. The prompt is model input, not a chat message: its text is encoded
+    as is (special tokens it spells out are special tokens), or it is given as token ids."""
     ctx = ctx_of(request)
     ctx.check_model(body.model)
     _check_common(body, ctx)
@@ -325,23 +353,28 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
     await ctx.host.ready()
     tok = ctx.host.tokenizer
     p = body.prompt
-    if isinstance(p, str):
-        prompts = [tok.encode(p)]
-    elif p and all(isinstance(x, int) for x in p):
-        prompts = [list(p)]
-    elif p and all(isinstance(x, str) for x in p):
-        prompts = [tok.encode(x) for x in p]
-    elif p and all(isinstance(x, list) for x in p):
-        prompts = [list(x) for x in p]
-    else:
-        raise APIError(400, "prompt: must be a non-empty string, list of strings or list of token ids.",
-                       param="prompt")
-    vocab = tok.vocab_size
-    for ids in prompts:
-        if not ids:
-            raise APIError(400, "prompt: a prompt is empty.", param="prompt")
-        if any(t < 0 or t >= vocab for t in ids):
-            raise APIError(400, f"prompt: token ids must be in [0, {vocab}).", param="prompt")
+
+    def encode_prompts() -> list[list[int]]:  # CPU work on client input: runs in a worker thread
+        if isinstance(p, str):
+            out = [tok.encode(p)]
+        elif p and all(isinstance(x, int) for x in p):
+            out = [list(p)]
+        elif p and all(isinstance(x, str) for x in p):
+            out = [tok.encode(x) for x in p]
+        elif p and all(isinstance(x, list) for x in p):
+            out = [list(x) for x in p]
+        else:
+            raise APIError(400, "prompt: must be a non-empty string, list of strings or list of token ids.",
+                           param="prompt")
+        vocab = tok.vocab_size
+        for ids in out:
+            if not ids:
+                raise APIError(400, "prompt: a prompt is empty.", param="prompt")
+            if any(t < 0 or t >= vocab for t in ids):
+                raise APIError(400, f"prompt: token ids must be in [0, {vocab}).", param="prompt")
+        return out
+
+    prompts = await asyncio.to_thread(encode_prompts)
     if len(prompts) * body.n > ctx.cfg.max_n * 4:
         raise APIError(400, f"prompt: at most {ctx.cfg.max_n * 4} prompts x choices per request.", param="prompt")
     budgets = [ctx.fit_context(ids, body.max_tokens, param="prompt") if body.max_tokens != 0 else 0 for ids in prompts]
@@ -351,8 +384,6 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
     prompt_tokens = sum(len(ids) for ids in prompts)
 
     # one generate() per prompt, merged; choice index = prompt_index * n + j as in OpenAI's API
-    import asyncio
-
     async def run_prompt(pi: int, ids: list[int], out_q: asyncio.Queue, req):
         try:
             if budgets[pi] == 0:  # echo-only scoring: nothing to generate
@@ -387,7 +418,8 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
                 t.cancel()
 
     total = len(prompts) * body.n
-    echo = [tok.decode(ids) if body.echo else "" for ids in prompts]
+    echo = (await asyncio.to_thread(lambda: [tok.decode(ids) for ids in prompts]) if body.echo
+            else [""] * len(prompts))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -482,7 +514,6 @@ async def embeddings(body: EmbeddingRequest, request: Request, _user: CurrentUse
         from ..embeddings import get_embedder
     except ImportError as e:
         raise APIError(501, f"Embeddings are not available in this installation: {e}", code="not_implemented")
-    import asyncio
 
     def work():
         emb = get_embedder()

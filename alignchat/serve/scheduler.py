@@ -10,6 +10,9 @@ Notable choices:
   `engine.abort` before its next step: the slot is free at once, not when the request would have ended.
 - Requests beyond the engine's slots wait in a FIFO queue (bounded: past `max_waiting` new requests get a
   429-style `SchedulerBusy`), and join the batch as soon as a slot frees.
+- Admission isolates requests: each is validated alone, and when the batched prefill of a step's newcomers
+  fails, each is admitted again on its own, so a request that cannot be prepared fails only itself, never
+  the others admitted with it.
 - `stats()` exposes active/waiting counts, aborts and the largest batch stepped, for /health and the tests.
 """
 from __future__ import annotations
@@ -195,19 +198,34 @@ class Scheduler:
             except UserError as e:  # ContextLengthError and friends: the client's fault
                 self._finish(h, Event("error", h.index, error=e))
                 continue
+            except Exception as e:
+                log.exception("request could not be prepared")
+                self._finish(h, Event("error", h.index, error=e))
+                continue
             ready.append(h)
         if not ready:
             return
         try:
             reqs = eng.add_requests([(h.prompt_ids, h.params) for h in ready])
-        except Exception as e:
-            log.exception("engine could not take requests")
+        except Exception:  # the engine admits all or none: admit each alone, so only the culprit fails
             for h in ready:
-                self._finish(h, Event("error", h.index, error=e))
+                self._admit_alone(h)
             return
         for h, req in zip(ready, reqs):
             h.engine_request = req
             self._active[id(req)] = h
+
+    def _admit_alone(self, h: RequestHandle) -> None:
+        from ..errors import UserError
+        try:
+            req = self.engine.add_requests([(h.prompt_ids, h.params)])[0]
+        except Exception as e:
+            if not isinstance(e, UserError):
+                log.exception("engine could not take a request")
+            self._finish(h, Event("error", h.index, error=e))
+            return
+        h.engine_request = req
+        self._active[id(req)] = h
 
     def _abort(self, h: RequestHandle) -> None:
         if h.finished:

@@ -11,21 +11,28 @@ Notable choices:
 - Regenerate and edit-and-resend hide the replaced messages rather than deleting them.
 - Feedback rows snapshot the prompt and responses (see store.py). Labelling mode (sample K answers,
   demonstrations, K-way rankings) and the export download are for admins only.
+- Client text is `validation.Text` (a lone surrogate is a 400 naming the field); a prompt holds at most the
+  API's message limit. The chat template is rendered in a worker thread (with the conversation's database
+  work), never on the event loop, and message content is text: only the template makes control tokens.
 """
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
+from ..client.sampling import SAMPLING_DEFAULTS
 from .auth import SESSION_COOKIE, SESSION_DAYS, CurrentUser
 from .errors import APIError
+from .openai_api import SEED_MAX, SEED_MIN, check_message_count, render_prompt
 from .runtime import ServerContext
 from .store import Conversation, Demonstration, Feedback, Message, Ranking, iso, utcnow
+from .validation import Text, check_text
 
 router = APIRouter(prefix="/api")
 
@@ -34,9 +41,15 @@ class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
+def _bounded(max_length: int):
+    """Optional `Text` of at most max_length characters (the length is checked first, so an over-long
+    value is told its length in characters)."""
+    return Annotated[str, Field(max_length=max_length), AfterValidator(check_text)] | None
+
+
 class LoginBody(_Body):
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024)
+    username: Text = Field(min_length=1, max_length=64)
+    password: Text = Field(min_length=1, max_length=1024)
 
 
 class Settings(_Body):
@@ -44,23 +57,23 @@ class Settings(_Body):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
     max_tokens: int | None = Field(None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
 
 
 class ConversationBody(_Body):
-    title: str | None = Field(None, max_length=200)
-    system_prompt: str | None = Field(None, max_length=100_000)
+    title: _bounded(200) = None
+    system_prompt: _bounded(100_000) = None
     settings: Settings | None = None
 
 
 class ChatBody(_Body):
-    content: str | None = Field(None, max_length=1_000_000)
-    edit_of: str | None = None  # id of a user message: hide it and what follows, send `content` instead
+    content: _bounded(1_000_000) = None
+    edit_of: Text | None = None  # id of a user message: hide it and what follows, send `content` instead
     regenerate: bool = False  # hide the last answer and answer again
     compare: bool = False  # two answers side by side; the user picks one
     settings: Settings | None = None
-    system_prompt: str | None = Field(None, max_length=100_000)
+    system_prompt: _bounded(100_000) = None
 
 
 class ThumbBody(_Body):
@@ -68,7 +81,7 @@ class ThumbBody(_Body):
 
 
 class EditBody(_Body):
-    content: str = Field(max_length=1_000_000)
+    content: Text = Field(max_length=1_000_000)
 
 
 class ChooseBody(_Body):
@@ -77,7 +90,7 @@ class ChooseBody(_Body):
 
 class ChatMsg(_Body):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class SampleBody(_Body):
@@ -88,14 +101,14 @@ class SampleBody(_Body):
 
 class DemonstrationBody(_Body):
     prompt: list[ChatMsg] = Field(min_length=1)
-    response: str = Field(min_length=1, max_length=1_000_000)
+    response: Text = Field(min_length=1, max_length=1_000_000)
 
 
 class RankingBody(_Body):
     prompt: list[ChatMsg] = Field(min_length=1)
-    responses: list[str] = Field(min_length=2, max_length=9)
+    responses: list[Text] = Field(min_length=2, max_length=9)
     ranking: list[int] = Field(min_length=2, max_length=9)
-    criteria: list[str] = Field(default_factory=lambda: ["helpful", "honest", "harmless"], max_length=10)
+    criteria: list[Text] = Field(default_factory=lambda: ["helpful", "honest", "harmless"], max_length=10)
 
 
 # ---- dependencies -------------------------------------------------------------------------------------------
@@ -157,8 +170,8 @@ def _settings_params(ctx: ServerContext, prompt_ids: list[int], st: Settings | N
     # the UI clamps the answer length to what is left of the context (an API client gets a 400 instead)
     room = ctx.fit_context(prompt_ids, None)
     budget = min(st.max_tokens, room) if st.max_tokens else room
-    return [SamplingParams(max_tokens=budget, temperature=0.7 if st.temperature is None else st.temperature,
-                           top_p=1.0 if st.top_p is None else st.top_p, top_k=st.top_k or 0,
+    return [SamplingParams(max_tokens=budget, temperature=SAMPLING_DEFAULTS.temperature if st.temperature is None else st.temperature,
+                           top_p=SAMPLING_DEFAULTS.top_p if st.top_p is None else st.top_p, top_k=st.top_k or 0,
                            repetition_penalty=st.repetition_penalty or 1.0,
                            seed=None if st.seed is None else st.seed + i) for i in range(n)]
 
@@ -180,11 +193,19 @@ async def me(request: Request):
 @router.post("/login")
 async def login(body: LoginBody, request: Request, response: Response):
     import asyncio
+
+    from .auth import LoginThrottled
+    from .errors import error_response
     ctx = ctx_of(request)
-    token = await asyncio.to_thread(ctx.accounts.login, body.username, body.password)
+    client = request.client.host if request.client else None
+    try:
+        token = await asyncio.to_thread(ctx.accounts.login, body.username, body.password, client)
+    except LoginThrottled as e:
+        return error_response(429, str(e), code="too_many_attempts", headers={"Retry-After": str(e.retry_after)})
     if token is None:
         raise APIError(401, "Wrong user name or password.", code="bad_credentials")
-    response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_DAYS * 86400, httponly=True, samesite="lax",
+    # Strict: no cross-site request, not even a top-level navigation, carries the session
+    response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_DAYS * 86400, httponly=True, samesite="strict",
                         secure=request.url.scheme == "https", path="/")
     return {"ok": True}
 
@@ -193,7 +214,8 @@ async def login(body: LoginBody, request: Request, response: Response):
 async def logout(request: Request, response: Response):
     if token := request.cookies.get(SESSION_COOKIE):
         ctx_of(request).accounts.logout(token)
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                           secure=request.url.scheme == "https")
     return {"ok": True}
 
 
@@ -298,6 +320,7 @@ def _prepare_turn(ctx: ServerContext, user: CurrentUser, cid: str, body: ChatBod
         conv.updated = utcnow()
         prompt = ([{"role": "system", "content": conv.system_prompt}] if conv.system_prompt else []) + \
                  [{"role": m.role, "content": m.content} for m in visible]
+        check_message_count(ctx, len(prompt))  # raised inside the transaction: nothing is committed
         return prompt, user_msg
 
 
@@ -318,8 +341,13 @@ def _save_answer(ctx: ServerContext, cid: str, text: str, finish_reason: str, me
 async def chat(cid: str, body: ChatBody, request: Request, user: CurrentUser = Depends(ui_user)):
     ctx = ctx_of(request)
     await ctx.host.ready()
-    prompt, user_msg = _prepare_turn(ctx, user, cid, body)
-    prompt_ids = ctx.host.tokenizer.render_chat(prompt, add_generation_prompt=True).ids
+    tok = ctx.host.tokenizer
+
+    def prepare():  # database work and the chat template: in a worker thread, not on the event loop
+        prompt, user_msg = _prepare_turn(ctx, user, cid, body)
+        return prompt, user_msg, tok.render_chat(prompt, add_generation_prompt=True).ids
+
+    prompt, user_msg, prompt_ids = await asyncio.to_thread(prepare)
     n = 2 if body.compare else 1
     params = _settings_params(ctx, prompt_ids, body.settings, n)
     group = await ctx.generate(prompt_ids, params)
@@ -443,7 +471,8 @@ async def label_sample(body: SampleBody, request: Request, _admin: CurrentUser =
     ctx = ctx_of(request)
     await ctx.host.ready()
     prompt = _prompt_list(body.prompt)
-    ids = ctx.host.tokenizer.render_chat(prompt, add_generation_prompt=True).ids
+    check_message_count(ctx, len(prompt), "prompt")
+    ids = await render_prompt(ctx, prompt)
     st = body.settings or Settings(temperature=1.0)
     texts = [""] * body.k
     async for ev in await ctx.generate(ids, _settings_params(ctx, ids, st, body.k), request=request):
@@ -455,6 +484,7 @@ async def label_sample(body: SampleBody, request: Request, _admin: CurrentUser =
 @router.post("/label/demonstrations")
 def label_demonstration(body: DemonstrationBody, request: Request, admin: CurrentUser = Depends(admin_user)):
     ctx = ctx_of(request)
+    check_message_count(ctx, len(body.prompt), "prompt")
     with ctx.store.session() as s, s.begin():
         d = Demonstration(user_id=admin.id, prompt=_prompt_list(body.prompt), response=body.response)
         s.add(d)
@@ -465,6 +495,7 @@ def label_demonstration(body: DemonstrationBody, request: Request, admin: Curren
 @router.post("/label/rankings")
 def label_ranking(body: RankingBody, request: Request, admin: CurrentUser = Depends(admin_user)):
     ctx = ctx_of(request)
+    check_message_count(ctx, len(body.prompt), "prompt")
     k = len(body.responses)
     if sorted(body.ranking) != list(range(k)):
         raise APIError(400, f"ranking: must order all {k} responses, each index 0..{k - 1} exactly once.",
