@@ -244,6 +244,22 @@ def test_index_persists_and_repairs_lost_embeddings(lib):
     lib._emb = None  # the module's shared library re-reads the repaired file
 
 
+def test_removed_documents_leave_no_vectors_and_stray_vectors_are_zeroed(tmp_path, corpus):
+    import numpy as np
+    library = Library(tmp_path / "own")
+    [coral] = library.add_file(corpus["coral"])
+    [printing] = library.add_file(corpus["printing"])
+    gone = [p.emb_row for p in library.passages(doc_id=coral.doc_id)]
+    assert library.remove(coral.doc_id) and library.document(coral.doc_id) is None
+    emb = np.load(library.emb_path)
+    assert not emb[gone].any() and emb[[p.emb_row for p in library.passages()]].all(axis=1).any()
+    # vectors written without their rows (the process died before the commit) are zeroed on the next open
+    np.save(library.emb_path, np.concatenate([emb, np.ones((2, emb.shape[1]), np.float32)]))
+    reopened = Library(library.root)
+    assert not np.load(library.emb_path)[-2:].any()
+    assert reopened.retriever().search("Who built a press with movable type?", k=1)[0].document.id == printing.doc_id
+
+
 def test_per_user_libraries_are_separate(lib, corpus):
     lib.add_file(corpus["printing"], user="alice")
     assert [d.title for d in lib.documents("alice")] == ["The Printing Press in Europe"]
@@ -308,9 +324,12 @@ def test_http_api_upload_ask_passage(tmp_path, corpus, tiny_ckpt):
     try:
         base = f"http://127.0.0.1:{port}/v1/library"
         with httpx.Client(timeout=120) as c:
-            r = c.post(f"{base}/documents", params={"filename": "大熊猫.txt"}, content=corpus["panda"].read_bytes())
+            raw = {"Content-Type": "application/octet-stream"}  # a form's types are refused (415)
+            r = c.post(f"{base}/documents", params={"filename": "大熊猫.txt"}, content=corpus["panda"].read_bytes(),
+                       headers=raw)
             assert r.status_code == 200 and r.json()["results"][0]["status"] == "added"
-            r = c.post(f"{base}/documents", params={"filename": "scan.pdf"}, content=make_pdf(["x"], draw_only=True))
+            r = c.post(f"{base}/documents", params={"filename": "scan.pdf"}, content=make_pdf(["x"], draw_only=True),
+                       headers={"Content-Type": "application/pdf"})
             assert r.status_code == 400 and "OCR" in r.text
             assert len(c.get(f"{base}/documents").json()["data"]) == 1
             r = c.post(f"{base}/ask", json={"question": "大熊猫的食物主要是什么？", "strategy": "extractive"})

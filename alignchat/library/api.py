@@ -2,7 +2,7 @@
 
 Routes (JSON; errors have the server's OpenAI-shaped bodies):
     POST   /v1/library/documents?filename=NAME   body = the file's bytes -> {"results": [...]}
-    GET    /v1/library/documents          -> {"data": [document, ...]}
+    GET    /v1/library/documents          -> {"data": [document, ...], "indexing": [upload in progress, ...]}
     DELETE /v1/library/documents/{id}
     GET    /v1/library/passages/{id}      -> passage + its document's reference
     POST   /v1/library/ask                {"question", "mode": strict|creative, "strategy": auto|model|extractive,
@@ -13,60 +13,103 @@ Routes (JSON; errors have the server's OpenAI-shaped bodies):
     POST   /v1/library/boolean            {"question"}
 
 Notable choices:
-- Each user of the server has their own library (`user_id` = the server's user name); nobody sees another
-  user's documents or passages.
+- Each user of the server has their own library, keyed by the account's id (`store.server_user_key`), never
+  by its name: an account created again under a deleted account's name starts empty, and deleting an
+  account deletes its library (`store.forget_server_user`, called through `serve/hooks.py`). Nobody sees
+  another user's documents or passages. When the library is first opened, documents keyed by account name
+  (older versions) move to the account's id (`Library.adopt_server_users`).
 - The library's tables live in the server's own SQLite database when it has one (sqlite:///PATH), and the
   embeddings file beside it; otherwise in $ALIGNCHAT_HOME/library.
+- Uploads: the body is the file's bytes, with any Content-Type but the three an HTML form can send to
+  another site without a CORS preflight (`FORM_TYPES`: refused with 415), so a page elsewhere cannot post
+  into a logged-in user's library. At most `MAX_UPLOAD_BYTES`, and the readers' limits on characters,
+  pages and passages (413, naming the limit). Ingestion runs on a small pool of its own
+  (`INGEST_WORKERS`), one upload per user at a time, and locks only that user's part of the library, so
+  a large upload delays neither other users nor any other request; its progress is listed under
+  `indexing` in `GET /documents`.
 - Answers come from the server's loaded model through its scheduler (continuous batching, the one engine),
-  so asking the library never competes with chat for a second copy of the model. Blocking work (retrieval,
-  verification, embedding) runs in a worker thread, off the event loop.
+  so asking the library never competes with chat for a second copy of the model. All blocking work
+  (opening the library, SQLite, retrieval, verification, embedding) runs in worker threads, off the event
+  loop.
+- Client text fields are `serve.validation.Text`: a lone surrogate is a 400 naming the field.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
+import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from ..errors import UserError
-from .store import Library
+from ..serve.errors import APIError
+from ..serve.validation import Text
+from .ingest import UploadTooLarge
+from .store import DEFAULT_USER, Library, server_library_paths, server_user_key
 
 router = APIRouter(prefix="/v1/library", tags=["library"])
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+UPLOAD_TYPES = ("application/octet-stream", "application/pdf", "application/x-bibtex",
+                "application/x-research-info-systems", "text/markdown")  # examples named in the 415
+INGEST_WORKERS = 2
 
 _libraries: dict[str, Library] = {}
 _lock = threading.Lock()
+_ingest_pool = ThreadPoolExecutor(INGEST_WORKERS, thread_name_prefix="library-ingest")
+_upload_ids = itertools.count(1)
+
+
+def _server_users(store) -> list[tuple[int, str, str]]:
+    from sqlalchemy import select
+
+    from ..serve.store import User
+    with store.session() as s:
+        return [(u.id, u.username, (u.created.strftime("%Y-%m-%dT%H:%M:%SZ") if u.created else ""))
+                for u in s.scalars(select(User))]
+
+
+def _location(request: Request):
+    store = getattr(getattr(request.app.state, "ctx", None), "store", None)
+    root, db_path = server_library_paths(store.url) if store is not None else (None, None)
+    return store, root, db_path, str(db_path or root or "default")
 
 
 def library_for(request: Request) -> Library:
-    """The Library that belongs to this server (one per database)."""
-    ctx = getattr(request.app.state, "ctx", None)
-    db_url = getattr(getattr(ctx, "cfg", None), "db", None)
-    root = db_path = None
-    if db_url is None and ctx is not None:
-        from ..fetch import alignchat_home
-        db_path = alignchat_home() / "serve" / "alignchat.db"
-    elif isinstance(db_url, str) and db_url.startswith("sqlite:///") and db_url != "sqlite:///:memory:":
-        db_path = Path(db_url[len("sqlite:///"):])
-    if db_path is not None:
-        root = db_path.parent / "library"
-    key = str(db_path or "default")
+    """The Library that belongs to this server (one per database); opening it may take a while."""
+    store, root, db_path, key = _location(request)
     with _lock:
-        if key not in _libraries:
-            _libraries[key] = Library(root, db_path=db_path)
-        return _libraries[key]
+        lib = _libraries.get(key)
+        if lib is None:
+            lib = Library(root, db_path=db_path)
+            if store is not None:
+                # the server's own database may purge what deleted accounts left; a library shared with
+                # the CLI ($ALIGNCHAT_HOME/library) is only adopted from
+                lib.adopt_server_users(_server_users(store), purge_replaced=db_path is not None)
+            _libraries[key] = lib
+        return lib
+
+
+async def _library(request: Request) -> Library:
+    lib = _libraries.get(_location(request)[3])
+    return lib if lib is not None else await asyncio.to_thread(library_for, request)
 
 
 def user_of(request: Request) -> str:
+    """The library owner of this request: the server account's id key (or "local" outside the server)."""
     if getattr(request.app.state, "ctx", None) is None:  # mounted outside `alignchat serve`: one local user
-        return "local"
+        return DEFAULT_USER
     from ..serve.app import resolve_user
     user = resolve_user(request)
     if user is None:
         raise HTTPException(401, "You must log in or pass an API key to use the library.")
-    return user.username
+    return server_user_key(user.id)
 
 
 class SchedulerBackend:
@@ -121,80 +164,148 @@ async def _backend(request: Request, strategy: str):
     return SchedulerBackend(host, asyncio.get_running_loop())
 
 
-def _user_error(e: UserError) -> HTTPException:
+def _user_error(e: UserError) -> Exception:
+    if isinstance(e, UploadTooLarge):
+        return APIError(413, str(e), code="upload_too_large")
     return HTTPException(400, str(e))
 
 
+DocId = Annotated[Text, Field(min_length=1, max_length=100)]
+DocIds = Annotated[list[DocId] | None, Field(max_length=10_000)]
+
+
 class AskRequest(BaseModel):
-    question: str = Field(min_length=1, max_length=4000)
-    mode: str = Field("strict", pattern="^(strict|creative)$")
-    strategy: str = Field("auto", pattern="^(auto|model|extractive)$")
+    question: Text = Field(min_length=1, max_length=4000)
+    mode: Text = Field("strict", pattern="^(strict|creative)$")
+    strategy: Text = Field("auto", pattern="^(auto|model|extractive)$")
     k: int = Field(5, ge=1, le=20)
-    doc_ids: list[str] | None = None
+    doc_ids: DocIds = None
 
 
 class ReviewRequest(BaseModel):
-    doc_ids: list[str] | None = None
-    topic: str | None = None
+    doc_ids: DocIds = None
+    topic: Text | None = Field(None, max_length=4000)
 
 
 class ExtractRequest(BaseModel):
-    doc_ids: list[str] | None = None
+    doc_ids: DocIds = None
 
 
 class BooleanRequest(BaseModel):
-    question: str = Field(min_length=1, max_length=2000)
+    question: Text = Field(min_length=1, max_length=2000)
+
+
+def _check_upload_type(request: Request) -> None:
+    """Refuse the bodies an HTML form on another site could send here without a CORS preflight."""
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype in FORM_TYPES:
+        raise APIError(415, f"Content-Type {ctype} is not accepted for uploads. Send the file's bytes as the "
+                            f"request body with Content-Type {UPLOAD_TYPES[0]} (or the file's own type, such as "
+                            f"{', '.join(UPLOAD_TYPES[1:])}). {', '.join(FORM_TYPES)} are refused because a page "
+                            f"on another site can send those.", param="Content-Type", code="unsupported_media_type")
+
+
+async def _read_upload(request: Request) -> bytes:
+    """The request body, refused with 413 as soon as it is over MAX_UPLOAD_BYTES."""
+    too_large = APIError(413, f"File larger than {MAX_UPLOAD_BYTES // 2 ** 20} MiB ({MAX_UPLOAD_BYTES} bytes), "
+                              f"the most one upload may be.", code="upload_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+        raise too_large
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_UPLOAD_BYTES:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _app_state(app, name: str, factory):
+    value = getattr(app.state, name, None)
+    if value is None:
+        value = factory()
+        setattr(app.state, name, value)
+    return value
 
 
 @router.post("/documents")
-async def upload(request: Request, filename: str):
+async def upload(request: Request, filename: Annotated[Text, Query(min_length=1, max_length=255)]):
     """The request body is the file's bytes; `?filename=` names it (its extension picks the reader)."""
-    lib, user = library_for(request), user_of(request)
-    data = await request.body()
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise HTTPException(413, "File larger than 64 MiB.")
+    _check_upload_type(request)
+    user = user_of(request)
+    lib = await _library(request)
+    data = await _read_upload(request)
     if not data:
         raise HTTPException(400, "Empty upload: send the file's bytes as the request body.")
-    name = Path(filename).name or "upload.txt"
-    try:
-        added = await asyncio.to_thread(lib.add_file, name, user, data, name)
-    except UserError as e:
-        raise _user_error(e) from e
+    name = re.sub(r"[\x00-\x1f\x7f]", "", Path(filename.replace("\\", "/")).name) or "upload.txt"
+    slots: dict[str, asyncio.Lock] = _app_state(request.app, "library_upload_slots", dict)
+    indexing: dict[str, dict[int, dict]] = _app_state(request.app, "library_indexing", dict)
+    async with slots.setdefault(user, asyncio.Lock()):  # one upload per user at a time
+        entry = {"filename": name, "stage": "reading", "done": 0, "total": 0}
+        token = next(_upload_ids)
+        indexing.setdefault(user, {})[token] = entry
+
+        def progress(stage: str, done: int, total: int) -> None:
+            entry.update(stage=stage, done=done, total=total)
+
+        try:
+            added = await asyncio.get_running_loop().run_in_executor(
+                _ingest_pool, functools.partial(lib.add_file, name, user, data, name, progress=progress,
+                                                limited=True))
+        except UserError as e:
+            raise _user_error(e) from e
+        finally:
+            mine = indexing.get(user, {})
+            mine.pop(token, None)
+            if not mine:
+                indexing.pop(user, None)
     return {"results": [r.__dict__ for r in added]}
 
 
 @router.get("/documents")
 async def list_documents(request: Request):
-    lib, user = library_for(request), user_of(request)
-    return {"object": "list", "data": [d.to_dict() for d in lib.documents(user)]}
+    user = user_of(request)
+    lib = await _library(request)
+    docs = await asyncio.to_thread(lib.documents, user)
+    busy = getattr(request.app.state, "library_indexing", None) or {}
+    return {"object": "list", "data": [d.to_dict() for d in docs],
+            "indexing": [dict(e) for e in list(busy.get(user, {}).values())]}
 
 
 @router.delete("/documents/{doc_id}")
 async def delete_document(doc_id: str, request: Request):
-    lib, user = library_for(request), user_of(request)
-    if not lib.remove(doc_id, user):
+    user = user_of(request)
+    lib = await _library(request)
+    if not await asyncio.to_thread(lib.remove, doc_id, user):
         raise HTTPException(404, f"No document {doc_id!r} in your library.")
     return {"id": doc_id, "deleted": True}
 
 
 @router.get("/passages/{passage_id}")
 async def get_passage(passage_id: str, request: Request):
-    lib, user = library_for(request), user_of(request)
-    p = lib.passage(passage_id, user)
-    if p is None:
+    user = user_of(request)
+    lib = await _library(request)
+
+    def find():
+        p = lib.passage(passage_id, user)
+        return (p, lib.document(p.doc_id, user)) if p is not None else (None, None)
+
+    p, d = await asyncio.to_thread(find)
+    if p is None or d is None:
         raise HTTPException(404, f"No passage {passage_id!r} in your library.")
-    d = lib.document(p.doc_id, user)
     return {**p.to_dict(), "title": d.title, "reference": d.reference(), "document": d.to_dict()}
 
 
 @router.post("/ask")
 async def ask(body: AskRequest, request: Request):
     from .answer import Answerer
-    lib, user = library_for(request), user_of(request)
+    user = user_of(request)
+    lib = await _library(request)
     backend = await _backend(request, body.strategy)
     try:
-        ans = await asyncio.to_thread(Answerer(lib, user, backend=backend, k=body.k).ask, body.question,
-                                      mode=body.mode, strategy=body.strategy, doc_ids=body.doc_ids)
+        ans = await asyncio.to_thread(lambda: Answerer(lib, user, backend=backend, k=body.k).ask(
+            body.question, mode=body.mode, strategy=body.strategy, doc_ids=body.doc_ids))
     except UserError as e:
         raise _user_error(e) from e
     return ans.to_dict()
@@ -203,7 +314,8 @@ async def ask(body: AskRequest, request: Request):
 @router.post("/review")
 async def review(body: ReviewRequest, request: Request):
     from .tasks import review as do_review
-    lib, user = library_for(request), user_of(request)
+    user = user_of(request)
+    lib = await _library(request)
     try:
         rv = await asyncio.to_thread(do_review, lib, user, body.doc_ids, body.topic, None)
     except UserError as e:
@@ -214,10 +326,15 @@ async def review(body: ReviewRequest, request: Request):
 @router.post("/extract")
 async def extract(body: ExtractRequest, request: Request):
     from .tasks import extract_units
-    lib, user = library_for(request), user_of(request)
-    ids = body.doc_ids or [d.id for d in lib.documents(user)]
+    user = user_of(request)
+    lib = await _library(request)
+
+    def run():
+        ids = body.doc_ids or [d.id for d in lib.documents(user)]
+        return [extract_units(lib, i, user).to_dict() for i in ids]
+
     try:
-        units = await asyncio.to_thread(lambda: [extract_units(lib, i, user).to_dict() for i in ids])
+        units = await asyncio.to_thread(run)
     except UserError as e:
         raise _user_error(e) from e
     return {"data": units}
@@ -226,7 +343,8 @@ async def extract(body: ExtractRequest, request: Request):
 @router.post("/boolean")
 async def boolean(body: BooleanRequest, request: Request):
     from .tasks import boolean_query
-    lib, user = library_for(request), user_of(request)
+    user = user_of(request)
+    lib = await _library(request)
     try:
         bq = await asyncio.to_thread(boolean_query, body.question, lib, user)
     except UserError as e:

@@ -11,9 +11,20 @@ Notable choices:
   imported bibliography never looks complete.
 - Every document carries two fingerprints for duplicate detection: the SHA-256 of the source bytes (or,
   for a record, of its DOI or normalised title and year) and the SHA-256 of its normalised text.
+- Uploads are hostile input, so the work one upload (`limited=True`) may cause is bounded: `MAX_UPLOAD_CHARS`
+  characters of text and `MAX_PDF_PAGES` pages (`UploadTooLarge`, which the server answers with 413), and
+  pypdf's own limits (`pypdf.apply_configuration`) cap what one PDF stream may decompress to,
+  `PDF_STREAM_LIMIT`, while the sum over the page contents is capped at `PDF_CONTENT_LIMIT`, so a
+  decompression bomb costs a bounded amount of memory and is refused with a plain error. Files the local
+  user adds with the CLI keep pypdf's defaults and no size limits. Any failure inside the PDF reader is an
+  unreadable PDF (a UserError), never a crash: the reader is a parser of untrusted bytes.
+- An encrypted PDF that opens with the empty password (owner-password-only protection) is read; any other,
+  or one whose cipher this installation cannot decrypt (AES needs the `cryptography` package), is refused as
+  a "password-protected PDF".
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import logging
@@ -30,7 +41,22 @@ MARKDOWN_SUFFIXES = {".md", ".markdown"}
 TEXT_SUFFIXES = {".txt", ".text", ".rst", ""}
 SUPPORTED = sorted(PDF_SUFFIXES | BIBTEX_SUFFIXES | RIS_SUFFIXES | MARKDOWN_SUFFIXES | TEXT_SUFFIXES - {""})
 
+MAX_UPLOAD_CHARS = 2_000_000  # characters of text one upload may carry
+MAX_PDF_PAGES = 1_000
+PDF_STREAM_LIMIT = 16 * 2 ** 20  # bytes one PDF stream may decompress to
+PDF_CONTENT_LIMIT = 64 * 2 ** 20  # bytes all page content streams of one PDF may decompress to
+
 DOI_RE = re.compile(r"\b(10\.\d{4,9}/[^\s\"<>,;]+[^\s\"<>,;.)\]])", re.IGNORECASE)
+
+
+class UploadTooLarge(UserError):
+    """A file over one of the per-upload limits (characters, pages, passages); the message names the limit."""
+
+
+def _check_chars(n: int, name: str) -> None:
+    if n > MAX_UPLOAD_CHARS:
+        raise UploadTooLarge(f"{name}: more than {MAX_UPLOAD_CHARS:,} characters of text, the most one upload may "
+                             f"carry; split the file and add the parts")
 
 
 @dataclass
@@ -49,12 +75,27 @@ class ParsedDocument:
     meta: dict = field(default_factory=dict)
 
     def finish(self) -> "ParsedDocument":
+        # text out of a PDF may hold lone UTF-16 surrogates, which no database or JSON encoder accepts
+        self.pages = [(p, _valid_unicode(t)) for p, t in self.pages]
+        self.authors = [_valid_unicode(a) for a in self.authors]
+        self.title, self.venue, self.doi, self.citekey = (
+            _valid_unicode(x) if isinstance(x, str) else x for x in (self.title, self.venue, self.doi, self.citekey))
+        self.meta = {k: _valid_unicode(v) if isinstance(v, str) else v for k, v in self.meta.items()}
         self.title = _clean(self.title) or "(untitled)"
         self.doi = normalize_doi(self.doi)
         if not self.text_sha256:
             joined = "\n".join(t for _, t in self.pages)
             self.text_sha256 = hashlib.sha256(re.sub(r"\s+", " ", joined).strip().lower().encode()).hexdigest()
         return self
+
+
+def _valid_unicode(s: str) -> str:
+    """`s` with any lone surrogate replaced by U+FFFD."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def normalize_doi(doi: str | None) -> str | None:
@@ -90,8 +131,11 @@ def _split_authors(value: str | None) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def parse_path(path: str | Path, data: bytes | None = None, name: str | None = None) -> list[ParsedDocument]:
-    """Read one file (or its uploaded bytes) into documents; a BibTeX/RIS file may hold many records."""
+def parse_path(path: str | Path, data: bytes | None = None, name: str | None = None,
+               limited: bool = False) -> list[ParsedDocument]:
+    """Read one file (or its uploaded bytes) into documents; a BibTeX/RIS file may hold many records.
+
+    `limited` (a client's upload) applies the per-upload limits of the module notes."""
     path = Path(path)
     name = name or path.name
     if data is None:
@@ -100,15 +144,15 @@ def parse_path(path: str | Path, data: bytes | None = None, name: str | None = N
         data = path.read_bytes()
     suffix = Path(name).suffix.lower()
     if data[:5] == b"%PDF-" or suffix in PDF_SUFFIXES:
-        docs = [parse_pdf(data, name)]
+        docs = [parse_pdf(data, name, limited)]
     elif suffix in BIBTEX_SUFFIXES:
-        docs = parse_bibtex(_decode(data, name), name)
+        docs = parse_bibtex(_decode(data, name, limited), name)
     elif suffix in RIS_SUFFIXES:
-        docs = parse_ris(_decode(data, name), name)
+        docs = parse_ris(_decode(data, name, limited), name)
     elif suffix in MARKDOWN_SUFFIXES:
-        docs = [parse_markdown(_decode(data, name), name)]
+        docs = [parse_markdown(_decode(data, name, limited), name)]
     elif suffix in TEXT_SUFFIXES:
-        docs = [parse_text(_decode(data, name), name)]
+        docs = [parse_text(_decode(data, name, limited), name)]
     else:
         raise UserError(f"{name}: unsupported file type {suffix!r}; supported: {', '.join(SUPPORTED)}")
     file_hash = hashlib.sha256(data).hexdigest()
@@ -120,46 +164,105 @@ def parse_path(path: str | Path, data: bytes | None = None, name: str | None = N
     return docs
 
 
-def _decode(data: bytes, name: str) -> str:
+def _decode(data: bytes, name: str, limited: bool = False) -> str:
+    if limited:  # both encodings take at most 4 bytes per character: refuse what must be over the limit
+        _check_chars(len(data) // 4, name)
     for enc in ("utf-8-sig", "gb18030"):
         try:
-            return data.decode(enc)
+            text = data.decode(enc)
         except UnicodeDecodeError:
             continue
+        if limited:
+            _check_chars(len(text), name)
+        return text
     raise UserError(f"{name}: not UTF-8 or GB18030 text; convert it to UTF-8 and add it again")
 
 
-def parse_pdf(data: bytes, name: str) -> ParsedDocument:
+def _pdf_limits() -> dict:
+    """pypdf's resource limits for one upload (the `pypdf.Configuration` fields)."""
+    return dict(zlib_maximum_output_length=PDF_STREAM_LIMIT, lzw_maximum_output_length=PDF_STREAM_LIMIT,
+                run_length_maximum_output_length=PDF_STREAM_LIMIT, brotli_maximum_output_length=PDF_STREAM_LIMIT,
+                jbig2_maximum_output_length=PDF_STREAM_LIMIT,
+                array_based_stream_maximum_output_length=PDF_STREAM_LIMIT,
+                stream_decoding_work_maximum_length=PDF_STREAM_LIMIT, image_maximum_buffer_size=PDF_STREAM_LIMIT,
+                page_tree_maximum_entries=MAX_PDF_PAGES * 10)
+
+
+def _content_bytes(page) -> int:
+    """Decompressed size of a page's content streams (pypdf keeps the decoded data for text extraction)."""
+    from pypdf.generic import ArrayObject
+    contents = page.get("/Contents")
+    if contents is None:
+        return 0
+    obj = contents.get_object()
+    streams = list(obj) if isinstance(obj, ArrayObject) else [obj]
+    return sum(len(s.get_object().get_data()) for s in streams if hasattr(s.get_object(), "get_data"))
+
+
+def parse_pdf(data: bytes, name: str, limited: bool = False) -> ParsedDocument:
     import pypdf
-    from pypdf.errors import PdfReadError
+    from pypdf import get_configuration
+    from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError
 
     logging.getLogger("pypdf").setLevel(logging.ERROR)
+    protected = (f"{name}: password-protected PDF; the library cannot read it. Save an unprotected copy "
+                 f"(print to PDF, or `qpdf --decrypt`) and add that")
     try:
-        reader = pypdf.PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise UserError(f"{name}: the PDF is password-protected; save an unprotected copy and add that")
-        raw_pages = [p.extract_text() or "" for p in reader.pages]
-        pages = [(i + 1, _tidy_pdf_text(t)) for i, t in enumerate(raw_pages)]
-        info = reader.metadata or {}
+        with pypdf.apply_configuration(**(_pdf_limits() if limited else {})):
+            reader = pypdf.PdfReader(io.BytesIO(data))
+            if reader.is_encrypted and not reader.decrypt(""):
+                raise UserError(protected)
+            n_pages = len(reader.pages)
+            if limited and n_pages > MAX_PDF_PAGES:
+                raise UploadTooLarge(f"{name}: {n_pages:,} pages; the library reads at most {MAX_PDF_PAGES:,} "
+                                     f"pages per PDF. Split the file and add the parts")
+            raw_pages: list[str] = []
+            content = chars = 0
+            for page in reader.pages:
+                content += _content_bytes(page) if limited else 0
+                if content > PDF_CONTENT_LIMIT:
+                    raise UserError(f"{name}: the PDF's pages decompress to more than "
+                                    f"{PDF_CONTENT_LIMIT // 2 ** 20} MiB, the most the library reads from one "
+                                    f"PDF; it is refused (a decompression bomb, or not a text document)")
+                text = page.extract_text() or ""
+                chars += len(text)
+                if limited:
+                    _check_chars(chars, name)
+                raw_pages.append(text)
+            info = reader.metadata or {}
+            title_meta = str(info.get("/Title") or "").strip()
+            author_meta = str(info.get("/Author") or "")
+            year_meta = info.get("/Year")
+            subject_meta = str(info.get("/Subject") or "").strip()
+            doi_meta = info.get("/doi")
     except UserError:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{name}: not a readable PDF ({e})") from e
+    except (FileNotDecryptedError, DependencyError) as e:  # DependencyError: AES without `cryptography`
+        raise UserError(protected) from e
+    except LimitReachedError as e:
+        cap = PDF_STREAM_LIMIT if limited else get_configuration().zlib_maximum_output_length
+        raise UserError(f"{name}: a stream in the PDF decompresses to more than {cap // 2 ** 20} MiB "
+                        f"(or is otherwise over the reader's limits), the most the library reads; it is refused "
+                        f"(a decompression bomb, or not a text document)") from e
+    except RecursionError as e:
+        raise UserError(f"{name}: not a readable PDF (its objects nest too deeply)") from e
+    except Exception as e:  # noqa: BLE001 - any failure of the parser on these bytes means an unreadable PDF
+        raise UserError(f"{name}: not a readable PDF ({type(e).__name__})") from e
+    pages = [(i + 1, _tidy_pdf_text(t)) for i, t in enumerate(raw_pages)]
     if not pages:
         raise UserError(f"{name}: the PDF has no pages")
     if sum(len(t.strip()) for _, t in pages) < 20:
         raise UserError(f"{name}: the PDF has no text layer (it looks like a scanned image). Run OCR on it "
                         f"first (for example `ocrmypdf in.pdf out.pdf`) and add the OCR'd file")
     first = raw_pages[0]  # before line joining, so the first line is still the title line
-    title = str(info.get("/Title") or "").strip()
+    title = title_meta
     if not title or title.lower() in ("untitled", "microsoft word") or title.endswith((".doc", ".docx", ".pdf")):
         first_line = next((ln.strip() for ln in first.splitlines() if ln.strip()), "")
         title = first_line if 0 < len(first_line) <= 200 else Path(name).stem
-    doi = info.get("/doi") or (DOI_RE.search(" ".join(t for _, t in pages[:2])) or [None, None])[1]
-    return ParsedDocument(title=title, kind="pdf", pages=pages, authors=_split_authors(str(info.get("/Author") or "")),
-                          year=_year(info.get("/Year") or info.get("/CreationDate")) if info.get("/Year") else None,
-                          venue=str(info.get("/Subject") or "").strip() or None, doi=doi,
-                          meta={"n_pages": len(pages)})
+    doi = doi_meta or (DOI_RE.search(" ".join(t for _, t in pages[:2])) or [None, None])[1]
+    return ParsedDocument(title=title, kind="pdf", pages=pages, authors=_split_authors(author_meta),
+                          year=_year(year_meta) if year_meta else None, venue=subject_meta or None,
+                          doi=str(doi) if doi else None, meta={"n_pages": len(pages)})
 
 
 def _tidy_pdf_text(text: str) -> str:
@@ -184,7 +287,8 @@ def _tidy_pdf_text(text: str) -> str:
         if len(ln) < 0.6 * typical:
             out.append("\n\n")
     text = "".join(out)
-    return re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]*\n\n[ \t]*", "\n\n", text)).strip()
+    # blanks around a paragraph break are matched from the first blank of a run only (linear time)
+    return re.sub(r"\n{3,}", "\n\n", re.sub(r"(?<![ \t])[ \t]*\n\n[ \t]*", "\n\n", text)).strip()
 
 
 def _record_text(title: str, authors: list[str], year, venue, abstract: str | None, keywords) -> str:
@@ -210,7 +314,10 @@ def parse_bibtex(text: str, name: str) -> list[ParsedDocument]:
     import bibtexparser
 
     logging.getLogger("bibtexparser").setLevel(logging.CRITICAL)
-    lib = bibtexparser.parse_string(text)
+    try:
+        lib = bibtexparser.parse_string(text)
+    except Exception as e:  # noqa: BLE001 - the parser's own failure on these bytes: a malformed file
+        raise UserError(f"{name}: malformed BibTeX file ({type(e).__name__}); nothing was imported") from e
     if lib.failed_blocks:
         bad = lib.failed_blocks[0]
         raise UserError(f"{name}:{bad.start_line + 1}: malformed BibTeX record ({len(lib.failed_blocks)} bad "
@@ -272,16 +379,24 @@ def parse_markdown(text: str, name: str) -> ParsedDocument:
         except yaml.YAMLError as e:
             line = getattr(getattr(e, "problem_mark", None), "line", 0) + 2
             raise UserError(f"{name}:{line}: bad YAML front matter ({e.__class__.__name__})") from e
+        except RecursionError as e:
+            raise UserError(f"{name}: bad YAML front matter (nested too deeply)") from e
         if not isinstance(meta, dict):
             meta = {}
+        # only plain values are metadata: str() of an aliased YAML structure can be exponentially long
+        listed = meta.get("authors") or meta.get("author")
+        meta = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, dt.date)) and not isinstance(v, bool)}
+        if isinstance(listed, list):
+            meta["authors"] = [a for a in listed if isinstance(a, str)]
         body = text[m.end():]
     heading = re.search(r"^#\s+(.+)$", body, re.MULTILINE)
     title = str(meta.get("title") or (heading.group(1) if heading else "") or _first_line(body) or Path(name).stem)
     authors = meta.get("authors") or meta.get("author") or []
     authors = authors if isinstance(authors, list) else _split_authors(str(authors))
+    venue, doi = meta.get("venue"), meta.get("doi")
     return ParsedDocument(title=title, kind="markdown", pages=[(None, body)], authors=[str(a) for a in authors],
-                          year=_year(meta.get("year") or meta.get("date")), venue=meta.get("venue"),
-                          doi=meta.get("doi") or _find_doi(body))
+                          year=_year(meta.get("year") or meta.get("date")), venue=str(venue) if venue else None,
+                          doi=str(doi) if doi else _find_doi(body))
 
 
 def _first_line(text: str) -> str:

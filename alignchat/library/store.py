@@ -1,39 +1,66 @@
 """The persistent library: documents and passages in SQLite, passage embeddings in a numpy file.
 
-Layout of a library directory (default `$ALIGNCHAT_HOME/library`):
+Layout of a library directory (default `$ALIGNCHAT_HOME/library`; 0700, every file in it 0600):
 
     library.sqlite     tables library_documents, library_passages, library_state (or the server's own
                        database file: every table is prefixed `library_`, so they sit beside the server's)
     embeddings.npy     float32 (rows, 384): row `emb_row` of each passage, unit length (all-MiniLM-L6-v2)
+    .lock              advisory lock (flock) held while the index is written
 
 Notable choices:
-- A document and all its passages are inserted in one SQLite transaction, so a crash never leaves half a
-  document. The embeddings file is rewritten through a temporary file and a rename. If the process dies
-  between the two, the next open finds passages whose `emb_row` is past the end of the array and embeds
-  them again: ingestion resumes rather than corrupting the index.
-- Every user has their own documents (`user_id`); the default user is "local". Retrieval only ever sees
-  the asking user's passages.
-- Duplicates are recognised by the source fingerprint, the text fingerprint or the DOI (per user).
+- A file's documents and all their passages are inserted in one SQLite transaction, so a crash never leaves
+  half a document. The embeddings file is rewritten through an owner-only temporary file, fsync and a
+  rename, *before* that transaction commits, so whoever can see a passage can also see its vector. A crash
+  in between leaves vectors no passage refers to, which the next open zeroes; passages whose `emb_row` is
+  past the end of the array (libraries written by older versions) are embedded again on open.
+- Every owner has their own documents (`user_id`). Outside the server the owner is a name (default
+  "local"); the server's users are keyed by their account id, `server_user_key(id)` = "user <id>" (a
+  space, which no account name has, so a key never collides with a name): a user created again under a
+  deleted user's name is a new owner. `adopt_server_users` moves documents keyed by account name (written
+  by older versions or by the CLI) to the id of the account of that name, when it was added after that
+  account was created, and deletes what belongs to deleted accounts. `forget_server_user` (called when an
+  account is deleted) deletes an owner's rows and zeroes their vectors; deleted rows are overwritten in
+  the database (`secure_delete`).
+- Writes lock per owner: the slow part of adding a file (chunking, embedding) holds only the owner's
+  lock; the shared index is locked (in-process lock plus `flock`, so the CLI and the server can share a
+  library) only to append the finished vectors and commit. Reading takes no lock: each thread has its own
+  SQLite connection and the in-memory vectors are reloaded when the library's version changes.
+- A client's upload (`add_file(..., limited=True)`) is bounded: `MAX_UPLOAD_PASSAGES` passages in all
+  (`UploadTooLarge`), besides the readers' limits in `ingest`.
+- Retrieval only ever sees the asking owner's passages.
+- Duplicates are recognised by the source fingerprint, the text fingerprint or the DOI (per owner).
 - Passage ids are stable and human-readable: `<doc_id>:p<ordinal>`.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 
 from ..errors import UserError
 from ..fetch import alignchat_home
-from .ingest import ParsedDocument, normalize_title, parse_path
-from .text import chunk_pages
+from .ingest import ParsedDocument, UploadTooLarge, normalize_title, parse_path
+from .text import Chunk, chunk_pages
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the in-process lock still serialises this process's writers
+    fcntl = None
+
+log = logging.getLogger("alignchat.library")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS library_documents (
@@ -51,10 +78,111 @@ CREATE TABLE IF NOT EXISTS library_state (key TEXT PRIMARY KEY, value TEXT NOT N
 """
 
 DEFAULT_USER = "local"
+MAX_UPLOAD_PASSAGES = 3_000  # passages one upload may add (each is embedded: the costly part)
+EMBED_BATCH = 64  # passages embedded between progress reports
+_SERVER_KEY = re.compile(r"user \d+")
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 def default_library_dir() -> Path:
     return alignchat_home() / "library"
+
+
+def server_user_key(user_id: int) -> str:
+    """The owner key of the server's account `user_id` (see the module notes)."""
+    return f"user {int(user_id)}"
+
+
+def is_server_key(owner: str) -> bool:
+    return bool(_SERVER_KEY.fullmatch(owner))
+
+
+def server_library_paths(db_url: str) -> tuple[Path, Path | None]:
+    """(index directory, SQLite file) of the library of the server whose database is `db_url`.
+
+    A server on a SQLite file keeps the library's tables in that file and its index in `library/` beside it;
+    any other server (PostgreSQL, in-memory SQLite) uses $ALIGNCHAT_HOME/library with its own library.sqlite
+    (the second element is then None)."""
+    from sqlalchemy.engine import make_url
+    try:
+        url = make_url(db_url)
+    except Exception:  # noqa: BLE001 - not a URL the store would open either: the default library
+        return default_library_dir(), None
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and database and database != ":memory:" and not database.startswith("file:"):
+        path = Path(database).expanduser()
+        return path.parent / "library", path
+    return default_library_dir(), None
+
+
+def forget_server_user(store, user_id: int) -> int:
+    """Delete everything the library keeps for the server's account `user_id` (after the account is deleted).
+
+    `store` is the server's `serve.store.Store`. Opens nothing that does not exist yet; returns the number of
+    documents deleted."""
+    root, db_path = server_library_paths(store.url)
+    db = db_path if db_path is not None else root / "library.sqlite"
+    if not db.is_file():
+        return 0
+    try:
+        probe = sqlite3.connect(db, timeout=30)
+        try:
+            has_tables = probe.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                                       "name='library_documents'").fetchone() is not None
+        finally:
+            probe.close()
+    except sqlite3.Error as e:
+        raise UserError(f"{db}: cannot read the library to delete the user's documents ({e})") from e
+    if not has_tables:
+        return 0
+    lib = Library(root, db_path=db_path, repair=False)
+    try:
+        return lib.delete_owner(server_user_key(user_id))
+    finally:
+        lib.close()
+
+
+def _private_dir(path: Path) -> None:
+    """Create `path` (0700) or tighten it to 0700 if it grants group or others anything."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _tighten(path, 0o700)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    try:
+        if stat.S_IMODE(path.stat().st_mode) & ~mode:
+            os.chmod(path, mode)
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # not ours: leave it, but say so
+        log.warning("cannot make %s owner-only: %s", path, e)
+
+
+def _private_file(path: Path, tighten: bool = True) -> None:
+    """Create `path` empty and 0600 unless it exists (then tighten it to 0600 when `tighten`)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        if tighten:
+            _tighten(path, 0o600)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _stamp(t: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 @dataclass
@@ -128,27 +256,69 @@ def _passage_from_row(r: sqlite3.Row) -> Passage:
 
 
 class Library:
-    """One library directory (or a server database plus an index directory); many users inside it."""
+    """One library directory (or a server database plus an index directory); many owners inside it."""
 
     def __init__(self, root: str | os.PathLike | None = None, db_path: str | os.PathLike | None = None,
-                 embedder=None, chunk_target: int = 120):
+                 embedder=None, chunk_target: int = 120, repair: bool = True):
         self.root = Path(root) if root is not None else default_library_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
+        _private_dir(self.root)
+        own_db = db_path is None
         self.db_path = Path(db_path) if db_path is not None else self.root / "library.sqlite"
+        # SQLite gives its journal files the database file's mode; a file that exists already is only
+        # tightened when it is the library's own (a server's database belongs to the server's store)
+        _private_file(self.db_path, tighten=own_db)
         self.emb_path = self.root / "embeddings.npy"
+        self.lock_path = self.root / ".lock"
         self.chunk_target = chunk_target
         self._embedder = embedder
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA foreign_keys = ON")
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # this process's writer of the shared index (with the flock)
+        self._owner_locks: dict[str, threading.Lock] = {}
+        self._owner_locks_lock = threading.Lock()
+        self._emb: np.ndarray | None = None
+        self._emb_version: int | None = None
+        self._emb_lock = threading.Lock()
+        self._retrievers: dict[tuple[str, int], object] = {}
+        self._retrievers_lock = threading.Lock()
         try:
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as e:
             raise UserError(f"{self.db_path}: not a usable SQLite database ({e})") from e
-        self._emb: np.ndarray | None = None
-        self._retrievers: dict[str, object] = {}
-        self._repair_embeddings()
+        if repair:
+            self._repair_embeddings()
+
+    # ---- connections and locks ----------------------------------------------------------------------
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (one per thread: transactions of different threads never mix)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA secure_delete = ON")  # deleted rows are overwritten, not left in free pages
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _owner_lock(self, user: str) -> threading.Lock:
+        with self._owner_locks_lock:
+            return self._owner_locks.setdefault(user, threading.Lock())
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """The right to change the shared index: this process's writer lock and an flock on DIR/.lock."""
+        with self._write_lock:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
 
     # ---- embeddings -------------------------------------------------------------------------------
     @property
@@ -159,16 +329,26 @@ class Library:
         return self._embedder
 
     def embeddings(self) -> np.ndarray:
-        with self._lock:
-            if self._emb is None:
-                if self.emb_path.exists():
-                    self._emb = np.load(self.emb_path)
-                else:
-                    self._emb = np.zeros((0, 384), dtype=np.float32)
+        """The vectors of every passage (row `emb_row`), as of the library's current version."""
+        v = self.version()
+        with self._emb_lock:
+            if self._emb is None or self._emb_version != v:
+                self._emb = np.load(self.emb_path) if self.emb_path.exists() else np.zeros((0, 384), np.float32)
+                self._emb_version = v
             return self._emb
 
+    def _embed(self, texts: list[str], progress: Progress | None = None) -> np.ndarray:
+        parts = []
+        for i in range(0, len(texts), EMBED_BATCH):
+            if progress:
+                progress("embedding", i, len(texts))
+            parts.append(np.asarray(self.embedder.embed(texts[i:i + EMBED_BATCH]), dtype=np.float32))
+        if progress:
+            progress("embedding", len(texts), len(texts))
+        return np.concatenate(parts) if parts else np.zeros((0, 384), np.float32)
+
     def _save_embeddings(self, emb: np.ndarray) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".embeddings.", suffix=".npy")
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".embeddings.", suffix=".npy")  # 0600
         try:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, emb)
@@ -178,35 +358,62 @@ class Library:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._emb = emb
+        _fsync_dir(self.root)
+
+    def _set_embeddings(self, emb: np.ndarray, version: int) -> None:
+        with self._emb_lock:
+            self._emb, self._emb_version = emb, version
+
+    def _zero_rows(self, rows: list[int]) -> None:
+        """Overwrite the vectors of deleted passages (caller holds `_writing`)."""
+        emb = self.embeddings()
+        rows = [r for r in rows if 0 <= r < len(emb)]
+        if not rows:
+            return
+        emb = emb.copy()
+        emb[rows] = 0.0
+        self._save_embeddings(emb)
+        with self._db as conn:
+            v = self._bump_version(conn)
+        self._set_embeddings(emb, v)
 
     def _repair_embeddings(self) -> None:
-        """Embed passages whose vectors were lost (a crash between the SQLite commit and the npy write)."""
-        with self._lock:
-            n = len(self.embeddings())
-            rows = self._db.execute("SELECT * FROM library_passages WHERE emb_row >= ? ORDER BY emb_row",
-                                    (n,)).fetchall()
-            if not rows:
+        """Embed passages whose vectors were lost, and zero vectors that no passage refers to."""
+        with self._writing():
+            emb = self.embeddings()
+            n = len(emb)
+            missing = self._db.execute("SELECT * FROM library_passages WHERE emb_row >= ? ORDER BY emb_row",
+                                       (n,)).fetchall()
+            used = {r[0] for r in self._db.execute("SELECT emb_row FROM library_passages")}
+            stray = [i for i in np.flatnonzero(np.any(emb != 0, axis=1)).tolist() if i not in used] if n else []
+            if not missing and not stray:
                 return
-            top = max(r["emb_row"] for r in rows) + 1
-            vecs = self.embedder.embed([r["text"] for r in rows])
-            emb = np.zeros((top, vecs.shape[1]), dtype=np.float32)
-            emb[:n] = self.embeddings()
-            for r, v in zip(rows, vecs):
-                emb[r["emb_row"]] = v
+            if missing:
+                top = max(r["emb_row"] for r in missing) + 1
+                vecs = self._embed([r["text"] for r in missing])
+                grown = np.zeros((top, vecs.shape[1]), dtype=np.float32)
+                grown[:n] = emb
+                for r, v in zip(missing, vecs):
+                    grown[r["emb_row"]] = v
+                emb = grown
+            else:
+                emb = emb.copy()
+            emb[stray] = 0.0
             self._save_embeddings(emb)
-            self._bump_version()
+            with self._db as conn:
+                v = self._bump_version(conn)
+            self._set_embeddings(emb, v)
 
     # ---- state ------------------------------------------------------------------------------------
     def version(self) -> int:
         r = self._db.execute("SELECT value FROM library_state WHERE key='version'").fetchone()
         return int(r["value"]) if r else 0
 
-    def _bump_version(self) -> None:
-        with self._db:
-            self._db.execute("INSERT INTO library_state(key, value) VALUES('version', '1') ON CONFLICT(key) "
-                             "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
-        self._retrievers.clear()
+    def _bump_version(self, conn: sqlite3.Connection) -> int:
+        """Count a change (inside the caller's transaction); returns the new version."""
+        conn.execute("INSERT INTO library_state(key, value) VALUES('version', '1') ON CONFLICT(key) "
+                     "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+        return int(conn.execute("SELECT value FROM library_state WHERE key='version'").fetchone()[0])
 
     # ---- adding -----------------------------------------------------------------------------------
     def _find_duplicate(self, doc: ParsedDocument, user: str) -> sqlite3.Row | None:
@@ -225,64 +432,179 @@ class Library:
             return None
         want = normalize_title(doc.title)
         for r in self._db.execute("SELECT * FROM library_documents WHERE user_id=? AND kind IN ('bibtex','ris')",
-                                  (user,)):
+                                  (user,)).fetchall():
             if (doc.doi and r["doi"] == doc.doi) or (want and normalize_title(r["title"]) == want):
                 return r
         return None
 
+    def _check_passages(self, n: int, source: str) -> None:
+        if n > MAX_UPLOAD_PASSAGES:
+            raise UploadTooLarge(f"{source}: {n:,} passages; one upload may add at most {MAX_UPLOAD_PASSAGES:,} "
+                                 f"passages. Split the file and add the parts")
+
     def add_file(self, path: str | os.PathLike, user: str = DEFAULT_USER, data: bytes | None = None,
-                 name: str | None = None) -> list[AddResult]:
-        docs = parse_path(path, data=data, name=name)
-        return [self.add_document(d, user) for d in docs]
+                 name: str | None = None, progress: Progress | None = None,
+                 limited: bool = False) -> list[AddResult]:
+        """Read a file (or its bytes) and add its documents; `progress(stage, done, total)` is told how far.
+
+        `limited` (a client's upload): the per-upload limits apply (`ingest`, `MAX_UPLOAD_PASSAGES`)."""
+        if progress:
+            progress("reading", 0, 0)
+        docs = parse_path(path, data=data, name=name, limited=limited)
+        items = [(d, chunk_pages(d.pages, target=self.chunk_target)) for d in docs]
+        if limited:
+            self._check_passages(sum(len(c) for _, c in items), name or Path(path).name)
+        return self._add(items, user, progress)
 
     def add_document(self, doc: ParsedDocument, user: str = DEFAULT_USER) -> AddResult:
-        with self._lock:
-            dup = self._find_duplicate(doc, user)
-            if dup is not None:
-                return AddResult(doc.source, "duplicate", dup["id"], dup["title"],
-                                 note=f"already in the library as {dup['id']} ({dup['source']})")
-            status, note = "added", ""
-            ref = self._matching_reference(doc, user)
-            if ref is not None:  # the bibliography's metadata is better than what a PDF carries
-                doc.authors = doc.authors or json.loads(ref["authors"])
-                doc.year = doc.year or ref["year"]
-                doc.venue = doc.venue or ref["venue"]
-                doc.doi = doc.doi or ref["doi"]
-                doc.citekey = doc.citekey or ref["citekey"]
-                doc.title = ref["title"]
-                doc.meta["reference_entry"] = ref["id"]
-                status, note = "merged", f"metadata taken from reference entry {ref['id']}"
-            doc_id = "doc-" + hashlib.sha256(f"{user}\0{doc.source_sha256}\0{doc.text_sha256}".encode()).hexdigest()[:10]
-            chunks = chunk_pages(doc.pages, target=self.chunk_target)
-            if not chunks:
-                raise UserError(f"{doc.source}: no text to index")
-            vecs = self.embedder.embed([c.text for c in chunks])
-            emb = self.embeddings()
-            base = len(emb)
-            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            with self._db:
-                self._db.execute(
-                    "INSERT INTO library_documents(id, user_id, kind, title, authors, year, venue, doi, citekey, source,"
-                    " source_sha256, text_sha256, added, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (doc_id, user, doc.kind, doc.title, json.dumps(doc.authors, ensure_ascii=False), doc.year,
-                     doc.venue, doc.doi, doc.citekey, doc.source, doc.source_sha256, doc.text_sha256, now,
-                     json.dumps(doc.meta, ensure_ascii=False)))
-                self._db.executemany(
-                    "INSERT INTO library_passages(id, doc_id, user_id, ordinal, page, char_start, char_end, text, emb_row)"
-                    " VALUES (?,?,?,?,?,?,?,?,?)",
-                    [(f"{doc_id}:p{i}", doc_id, user, i, c.page, c.char_start, c.char_end, c.text, base + i)
-                     for i, c in enumerate(chunks)])
-            self._save_embeddings(np.concatenate([emb, vecs.astype(np.float32)]))
-            self._bump_version()
-            return AddResult(doc.source, status, doc_id, doc.title, len(chunks), note)
+        return self._add([(doc, chunk_pages(doc.pages, target=self.chunk_target))], user)[0]
+
+    def _add(self, items: list[tuple[ParsedDocument, list[Chunk]]], user: str,
+             progress: Progress | None = None) -> list[AddResult]:
+        """Add documents with their passages: embedded under the owner's lock, written in one transaction."""
+        with self._owner_lock(user):
+            results: list[AddResult | None] = []
+            new: list[tuple[ParsedDocument, str, list[Chunk], int]] = []  # doc, id, chunks, index in results
+            seen: dict[str, tuple[str, str]] = {}  # fingerprints of this batch -> (doc id, source)
+            for doc, chunks in items:
+                dup = self._find_duplicate(doc, user)
+                if dup is not None:
+                    results.append(AddResult(doc.source, "duplicate", dup["id"], dup["title"],
+                                             note=f"already in the library as {dup['id']} ({dup['source']})"))
+                    continue
+                marks = [doc.source_sha256, doc.text_sha256] + ([f"{doc.kind in ('bibtex', 'ris')}|{doc.doi}"]
+                                                                if doc.doi else [])
+                twin = next((seen[m] for m in marks if m in seen), None)
+                if twin is not None:
+                    results.append(AddResult(doc.source, "duplicate", twin[0], doc.title,
+                                             note=f"appears twice in {twin[1]}"))
+                    continue
+                status, note = "added", ""
+                ref = self._matching_reference(doc, user)
+                if ref is not None:  # the bibliography's metadata is better than what a PDF carries
+                    doc.authors = doc.authors or json.loads(ref["authors"])
+                    doc.year = doc.year or ref["year"]
+                    doc.venue = doc.venue or ref["venue"]
+                    doc.doi = doc.doi or ref["doi"]
+                    doc.citekey = doc.citekey or ref["citekey"]
+                    doc.title = ref["title"]
+                    doc.meta["reference_entry"] = ref["id"]
+                    status, note = "merged", f"metadata taken from reference entry {ref['id']}"
+                if not chunks:
+                    raise UserError(f"{doc.source}: no text to index")
+                doc_id = "doc-" + hashlib.sha256(
+                    f"{user}\0{doc.source_sha256}\0{doc.text_sha256}".encode()).hexdigest()[:10]
+                for m in marks:
+                    seen[m] = (doc_id, doc.source)
+                results.append(AddResult(doc.source, status, doc_id, doc.title, len(chunks), note))
+                new.append((doc, doc_id, chunks, len(results) - 1))
+            if not new:
+                return results
+            texts = [c.text for _, _, chunks, _ in new for c in chunks]
+            vecs = self._embed(texts, progress)
+            if progress:
+                progress("saving", len(texts), len(texts))
+            now = _stamp()
+            with self._writing():
+                emb = self.embeddings()
+                if emb.shape[1:] != vecs.shape[1:] and len(emb) == 0:
+                    emb = np.zeros((0, vecs.shape[1]), np.float32)
+                base = len(emb)
+                grown = np.concatenate([emb, vecs])
+                self._save_embeddings(grown)  # before the rows: whoever sees a passage finds its vector
+                rows, docs = [], []
+                for doc, doc_id, chunks, _ in new:
+                    docs.append((doc_id, user, doc.kind, doc.title, json.dumps(doc.authors, ensure_ascii=False),
+                                 doc.year, doc.venue, doc.doi, doc.citekey, doc.source, doc.source_sha256,
+                                 doc.text_sha256, now, json.dumps(doc.meta, ensure_ascii=False)))
+                    for i, c in enumerate(chunks):
+                        rows.append((f"{doc_id}:p{i}", doc_id, user, i, c.page, c.char_start, c.char_end, c.text,
+                                     base + len(rows)))
+                with self._db as conn:
+                    conn.executemany(
+                        "INSERT INTO library_documents(id, user_id, kind, title, authors, year, venue, doi, citekey,"
+                        " source, source_sha256, text_sha256, added, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        docs)
+                    conn.executemany(
+                        "INSERT INTO library_passages(id, doc_id, user_id, ordinal, page, char_start, char_end,"
+                        " text, emb_row) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                    v = self._bump_version(conn)
+                self._set_embeddings(grown, v)
+            return results
+
+    # ---- deleting ---------------------------------------------------------------------------------
+    def _delete_documents(self, where: str, args: tuple) -> int:
+        """Delete the documents matching `where` with their passages and zero their vectors (caller holds
+        `_writing`). Returns how many documents went."""
+        conn = self._db
+        with conn:
+            ids = [r[0] for r in conn.execute(f"SELECT id FROM library_documents WHERE {where}", args)]
+            if not ids:
+                return 0
+            marks = ",".join("?" * len(ids))
+            rows = [r[0] for r in conn.execute(f"SELECT emb_row FROM library_passages WHERE doc_id IN ({marks})",
+                                               ids)]
+            conn.execute(f"DELETE FROM library_passages WHERE doc_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM library_documents WHERE id IN ({marks})", ids)
+            v = self._bump_version(conn)
+        with self._emb_lock:
+            if self._emb_version is not None and self._emb_version == v - 1:
+                self._emb_version = v  # the cached vectors are still right for the rows that remain
+        self._zero_rows(rows)
+        return len(ids)
 
     def remove(self, doc_id: str, user: str = DEFAULT_USER) -> bool:
-        """Delete a document and its passages (their embedding rows become unused)."""
-        with self._lock, self._db:
-            cur = self._db.execute("DELETE FROM library_documents WHERE id=? AND user_id=?", (doc_id, user))
-        if cur.rowcount:
-            self._bump_version()
-        return bool(cur.rowcount)
+        """Delete a document, its passages and their vectors."""
+        with self._owner_lock(user), self._writing():
+            return bool(self._delete_documents("id=? AND user_id=?", (doc_id, user)))
+
+    def delete_owner(self, user: str) -> int:
+        """Delete every document, passage and vector of one owner; returns the number of documents."""
+        with self._owner_lock(user), self._writing():
+            n = self._delete_documents("user_id=?", (user,))
+            with self._db as conn:  # passages whose document row went by another way
+                stray = [r[0] for r in conn.execute("SELECT emb_row FROM library_passages WHERE user_id=?", (user,))]
+                if stray:
+                    conn.execute("DELETE FROM library_passages WHERE user_id=?", (user,))
+            self._zero_rows(stray)
+        with self._retrievers_lock:
+            self._retrievers = {k: r for k, r in self._retrievers.items() if k[0] != user}
+        return n
+
+    def owners(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT user_id FROM library_documents ORDER BY user_id")]
+
+    def adopt_server_users(self, users: Iterable[tuple[int, str, str]], purge_replaced: bool = True) -> None:
+        """Bring the owners in line with the server's accounts, given as (id, name, created "%Y-%m-%dT%H:%M:%SZ").
+
+        - Documents keyed by an account's name and added at or after that account's creation move to its id.
+        - Documents keyed by a name, added before the current account of that name was created, belonged to
+          an earlier, deleted account of that name: deleted when `purge_replaced` (a library in the server's
+          own database); otherwise (a library shared with the CLI) kept under the name.
+        - Documents of ids that are no account any more are deleted; names that are no account are kept
+          (the CLI's owners), and no server user can reach them.
+        """
+        users = list(users)
+        by_name = {name: (server_user_key(uid), created) for uid, name, created in users}
+        live = {server_user_key(uid) for uid, _, _ in users}
+        for owner in self.owners():
+            if is_server_key(owner):
+                if owner not in live:
+                    self.delete_owner(owner)
+                continue
+            if owner not in by_name:
+                continue
+            key, created = by_name[owner]
+            with self._owner_lock(owner), self._owner_lock(key), self._writing():
+                with self._db as conn:
+                    moved = conn.execute("UPDATE library_documents SET user_id=? WHERE user_id=? AND added >= ?",
+                                         (key, owner, created)).rowcount
+                    conn.execute("UPDATE library_passages SET user_id=? WHERE user_id=? AND doc_id IN "
+                                 "(SELECT id FROM library_documents WHERE user_id=?)", (key, owner, key))
+                    if moved:
+                        self._bump_version(conn)
+                if purge_replaced:
+                    self._delete_documents("user_id=? AND added < ?", (owner, created))
 
     # ---- reading ----------------------------------------------------------------------------------
     def documents(self, user: str = DEFAULT_USER) -> list[Document]:
@@ -304,21 +626,29 @@ class Library:
 
     def passages(self, user: str = DEFAULT_USER, doc_id: str | None = None) -> list[Passage]:
         if doc_id is None:
-            rows = self._db.execute("SELECT * FROM library_passages WHERE user_id=? ORDER BY doc_id, ordinal", (user,))
+            rows = self._db.execute("SELECT * FROM library_passages WHERE user_id=? ORDER BY doc_id, ordinal",
+                                    (user,)).fetchall()
         else:
             rows = self._db.execute("SELECT * FROM library_passages WHERE user_id=? AND doc_id=? ORDER BY ordinal",
-                                    (user, doc_id))
+                                    (user, doc_id)).fetchall()
         return [_passage_from_row(r) for r in rows]
 
     def retriever(self, user: str = DEFAULT_USER):
-        """The hybrid BM25 + dense retriever over this user's passages, rebuilt after any change."""
+        """The hybrid BM25 + dense retriever over this owner's passages, rebuilt after any change."""
         from .retrieve import HybridRetriever
-        with self._lock:
-            key = f"{user}@{self.version()}"
-            if key not in self._retrievers:
-                self._retrievers = {k: v for k, v in self._retrievers.items() if not k.startswith(user + "@")}
-                self._retrievers[key] = HybridRetriever(self, user)
-            return self._retrievers[key]
+        v = self.version()
+        with self._retrievers_lock:
+            self._retrievers = {k: r for k, r in self._retrievers.items() if k[1] == v}
+            found = self._retrievers.get((user, v))
+        if found is None:
+            found = HybridRetriever(self, user)
+            with self._retrievers_lock:
+                self._retrievers[(user, v)] = found
+        return found
 
     def close(self) -> None:
-        self._db.close()
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()

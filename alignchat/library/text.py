@@ -6,7 +6,7 @@ Notable choices:
   words with a light English suffix stripper, so "citations" matches "citation" and "retrieved" matches
   "retrieve" without a stemming library.
 - Sentences split on Western and Chinese end punctuation; abbreviations such as "e.g." and "et al." do
-  not end a sentence.
+  not end a sentence. Documents are hostile input: every pattern here runs in time linear in the text.
 - Passages are built from whole sentences, about `target` units long (a unit is a Latin word or a Han
   character), and each keeps its page and character offsets in the page text, so a citation can point
   at the exact place.
@@ -114,7 +114,10 @@ def numbers(text: str) -> set[str]:
 
 _ABBREV = re.compile(r"(?:\b(?:e\.g|i\.e|et al|etc|vs|cf|fig|figs|eq|no|vol|pp|p|dr|mr|mrs|ms|prof|st|jr|sr)"
                      r"|\b[A-Z])\.$", re.IGNORECASE)
-_SENT_END = re.compile(r"[。！？；!?]+[”’\"')）]*|\.+[”’\"')）]*(?=\s|$)|\n\s*\n")
+# A run of full stops is tried from its first stop only (the lookbehind): tried from every stop of a long run,
+# the backtracking `\.+` made a text of dots cost time quadratic in its length.
+_SENT_END = re.compile(r"[。！？；!?]+[”’\"')）]*|(?<!\.)\.+[”’\"')）]*(?=\s|$)|\n\s*\n")
+_CITATION_TAIL = re.compile(r"(?:\s*\[\s*\d+(?:\s*[,，;]\s*\d+)*\s*\])+")
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -126,9 +129,9 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
         if m.group().startswith(".") and _ABBREV.search(text[max(0, m.start() - 8):m.start() + 1]):
             continue
         # a citation marker right after the full stop ("... retrieval. [2]") belongs to this sentence
-        tail = re.match(r"(?:\s*\[\s*\d+(?:\s*[,，;]\s*\d+)*\s*\])+", text[end:])
-        if tail:
-            end += tail.end()
+        tail = _CITATION_TAIL.match(text, end)  # matched in place: slicing the rest of the text per sentence
+        if tail:                                 # was quadratic
+            end = tail.end()
         spans.append((start, end))
         start = end
     spans.append((start, len(text)))
