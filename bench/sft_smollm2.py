@@ -43,7 +43,7 @@ def _write(path: Path, records: list[dict]) -> None:
 
 
 def prepare(args) -> None:
-    from alignchat.checkpoint import load_model
+    from alignchat.hub import load_model
 
     _, tok, _ = load_model(args.model)
     instr = Path(args.instr)
@@ -80,7 +80,7 @@ def prepare(args) -> None:
 def evaluate(args) -> None:
     import time
 
-    from alignchat.checkpoint import load_model
+    from alignchat.hub import load_model
     from alignchat.data.sft_data import read_sft_jsonl
     from alignchat.train.sft import exact_match, write_eval_items
 
@@ -100,7 +100,7 @@ CHAT_PROMPTS = ["What is the capital of France?", "Hello, how are you?", "用一
 
 
 def chat(args) -> None:
-    from alignchat.checkpoint import load_model
+    from alignchat.hub import load_model
     from alignchat.engine import Engine, SamplingParams
 
     results = {}

@@ -66,7 +66,7 @@ def smollm2() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_loaded(smollm2):
-    from alignchat.checkpoint import load_model
+    from alignchat.hub import load_model
     from alignchat.hub import DEFAULT_MODEL
     return load_model(DEFAULT_MODEL)
 

@@ -121,9 +121,10 @@ def test_hhh_alignment_import_from_bigbench_sdist(tmp_path):
 # --- the stages through the CLI ----------------------------------------------------------------------------
 
 def test_compare_rm_dpo_ppo_pipeline(tiny_ckpt, tmp_path):
-    from alignchat.checkpoint import load_extra_tensors, load_model
-    from alignchat.train.compare_cli import ModelJudge
-    from alignchat.train.reward import load_scored_model
+    from alignchat.checkpoint import load_extra_tensors
+    from alignchat.hub import load_model
+    from alignchat.train.compare import ModelJudge
+    from alignchat.hub import load_scored_model
 
     rm_prompts = write_lines(tmp_path / "rm_prompts.jsonl",
                              [{"prompt": user(f"Tell me about item {i}.")} for i in range(8)])
@@ -159,9 +160,9 @@ def test_compare_rm_dpo_ppo_pipeline(tiny_ckpt, tmp_path):
     assert all("!" in c.responses[c.ranking[0]] and "!" not in c.responses[c.ranking[1]] for c in pair_recs)
 
     rm_dir = tmp_path / "rm"
-    assert cli(["rm", "--model", str(tiny_ckpt), "--data", str(pairs), "--out", str(rm_dir), "--steps", "4",
+    assert cli(["rm", "--model", str(tiny_ckpt), "--data", str(pairs), "--out", str(rm_dir), "--max-steps", "4",
                 "--lr", "1e-3", "--held-out", "0.25", "--hhh", "no", "--rankings-per-batch", "4",
-                "--set", "warmup_steps=1", "eval_every=2", "save_every=2", "progress=false"]) == 0
+                "warmup_steps=1", "eval_every=2", "save_every=2", "progress=false"]) == 0
     meta = json.loads((rm_dir / "final/meta.json").read_text())
     assert meta["stage"] == "reward" and meta["reward_norm"]["std"] > 0
     assert 0.0 <= meta["eval"]["held_out"]["pair_accuracy"] <= 1.0 and meta["eval"]["held_out"]["pairs"] > 0
@@ -173,9 +174,9 @@ def test_compare_rm_dpo_ppo_pipeline(tiny_ckpt, tmp_path):
     assert [l["step"] for l in lines if "loss" in l] == [1, 2, 3, 4] and any("val_loss" in l for l in lines)
 
     dpo_dir = tmp_path / "dpo"
-    assert cli(["dpo", "--model", str(tiny_ckpt), "--data", str(pairs), "--out", str(dpo_dir), "--steps", "3",
+    assert cli(["dpo", "--model", str(tiny_ckpt), "--data", str(pairs), "--out", str(dpo_dir), "--max-steps", "3",
                 "--lr", "1e-3", "--beta", "0.1", "--rankings-per-batch", "4",
-                "--set", "warmup_steps=1", "eval_every=3", "save_every=3", "progress=false"]) == 0
+                "warmup_steps=1", "eval_every=3", "save_every=3", "progress=false"]) == 0
     dpo_lines = [json.loads(l) for l in (dpo_dir / "metrics.jsonl").read_text().splitlines()]
     # the first DPO step starts at the reference: implicit rewards are exactly 0 and the loss is log 2
     assert dpo_lines[0]["loss"] == pytest.approx(0.693147, abs=1e-4)
@@ -185,7 +186,7 @@ def test_compare_rm_dpo_ppo_pipeline(tiny_ckpt, tmp_path):
     ptx = tmp_path / "ptx.txt"
     ptx.write_text("The quick brown fox.\n\n北京是中国的首都。\n\nHello! How can I help you today?", encoding="utf-8")
     ppo_args = ["ppo", "--policy", str(tiny_ckpt), "--reward-model", str(rm_dir / "final"), "--prompts",
-                str(ppo_prompts), "--out-dir", str(ppo_dir), "--batch-prompts", "4", "--max-new-tokens", "8",
+                str(ppo_prompts), "--out", str(ppo_dir), "--batch-prompts", "4", "--max-new-tokens", "8",
                 "--minibatch", "2", "--ppo-epochs", "2", "--lr", "1e-3", "--critic-lr", "1e-3", "--ptx-data", str(ptx),
                 "--ptx-coef", "0.5", "--property-regex", "!", "--save-every", "1", "--no-progress", "--eval-fraction",
                 "0.34"]
@@ -213,7 +214,7 @@ def test_compare_rm_dpo_ppo_pipeline(tiny_ckpt, tmp_path):
     # batch_prompts / minibatch * ppo_epochs = 4 updates run
     def first_iteration(out, *extra):
         args = [a for a in ppo_args if a != "--save-every"]
-        args[args.index("--out-dir") + 1] = str(out)
+        args[args.index("--out") + 1] = str(out)
         del args[args.index("1")]  # the --save-every value
         assert cli(args + ["--iterations", "1", "--lr", "0.05", *extra]) == 0
         rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -251,8 +252,8 @@ def test_documented_run_learns_a_measurable_preference(tmp_path):
 def test_compare_sample_systems_and_contrast_judge(tiny_ckpt, tmp_path):
     """RLAIF with contrasting system prompts: sampling under `--system`, then the contrast judge, whose score
     is checked against a hand computation from the model's logits."""
-    from alignchat.checkpoint import load_model
-    from alignchat.train import compare_cli as CC
+    from alignchat.hub import load_model
+    from alignchat.train import compare as CC
 
     prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": user("Name a colour.")}, {"prompt": user("说一个数字。")}])
     sampled, judged = tmp_path / "s.jsonl", tmp_path / "j.jsonl"

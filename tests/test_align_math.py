@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from alignchat.train import rl_math as M
+from alignchat.train.loop import IGNORE_INDEX, lm_loss
 
 
 def nlogsig(x: float) -> float:
@@ -164,7 +165,9 @@ def test_prompt_tokens_never_enter_any_loss():
         rewards, kl = M.shaped_rewards(torch.tensor([1.0, -1.0]), x["logp"], x["ref"], tok_mask, 0.1)
         adv, ret = M.gae(rewards, x["v"], tok_mask, 1.0, 0.95)
         return torch.stack([
-            M.lm_loss(logits, ids, mask), seq.sum(),
+            # the one next-token loss (the loop's; PPO-ptx uses it too), with the mask marking its targets
+            lm_loss(lambda inputs: logits[:, :-1], (ids[:, :-1], ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX))
+                    ).loss_sum, seq.sum(),
             M.ppo_policy_loss(x["logp"], x["old"], x["adv"], tok_mask, 0.2)[0],
             M.ppo_value_loss(x["v"], x["v_old"], x["ret"], tok_mask, 0.2)[0],
             M.masked_mean(kl, tok_mask), adv.sum(), ret.sum(),

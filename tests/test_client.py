@@ -199,7 +199,7 @@ def test_judges_through_an_endpoint(tiny_tokenizer, tmp_path):
     from alignchat.checkpoint import save_checkpoint
     from alignchat.data import comparisons as C
     from alignchat.eval.judges import AIJudge
-    from alignchat.train.compare_cli import EndpointJudge, ModelJudge
+    from alignchat.train.compare import EndpointJudge, ModelJudge
     ckpt = tmp_path / "judge"
     save_checkpoint(ckpt, make_tiny_model(tiny_tokenizer.vocab_size, max_seq_len=2048), tiny_tokenizer,
                     meta={"stage": "test"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alignchat.checkpoint import load_model
+from alignchat.hub import load_model
 from alignchat.engine import Engine, SamplingParams
 from alignchat.errors import ContextLengthError, UserError
 

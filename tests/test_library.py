@@ -179,7 +179,7 @@ class _ChatServer:
         import uvicorn
         from fastapi import FastAPI
 
-        from alignchat.checkpoint import load_model
+        from alignchat.hub import load_model
         from alignchat.engine import Engine, SamplingParams
         model, tok, _ = load_model(ckpt)
         engine = Engine(model, tok, max_batch=1)

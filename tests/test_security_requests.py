@@ -141,7 +141,7 @@ def test_bad_seed_next_to_good_requests(server):
 def test_a_request_that_cannot_be_prepared_fails_alone(tiny_ckpt):
     """Scheduler and engine, below the API: a request whose sampling generator cannot be set up (its seed
     bypassed the API's validation) errors on its own; the requests admitted in the same batch complete."""
-    from alignchat.checkpoint import load_model
+    from alignchat.hub import load_model
     from alignchat.engine import Engine, SamplingParams
     from alignchat.serve.scheduler import Scheduler
 

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def mixed_corpus(tmp_path_factory):
     import yaml
     d = tmp_path_factory.mktemp("corpus")
-    files = sources.fetch(sources.CARRIERS["chatterbot"].artifact(), d / "carrier", quiet=True)
+    files = sources.CARRIERS["chatterbot"].fetch(quiet=True)
     lines = []
     for member, path in sorted(files.items()):
         for conv in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("conversations") or []:

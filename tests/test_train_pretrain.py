@@ -131,7 +131,7 @@ def test_pretrain_logs_metrics_and_writes_a_chat_loadable_checkpoint(tmp_path, s
     manifest = json.loads((shards / "manifest.json").read_text())["splits"]["val"]
     assert last["val_bpb"] == pytest.approx(last["val_loss"] / math.log(2) / (manifest["bytes"] / manifest["tokens"]))
 
-    from alignchat.checkpoint import load_model
+    from alignchat.hub import load_model
     from alignchat.engine import Engine, SamplingParams
     model, tok, meta = load_model(out / "final")
     assert meta["stage"] == "pretrain" and meta["step"] == 4

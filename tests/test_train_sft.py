@@ -138,7 +138,7 @@ def _task_file(path, n: int, seed: int) -> None:
 
 
 def test_tiny_sft_end_to_end_learns_to_answer_and_end_its_turn(tmp_path, tiny_ckpt, capsys):
-    from alignchat.checkpoint import load_model
+    from alignchat.hub import load_model
     from alignchat.cli import main
     from alignchat.engine import Engine, SamplingParams
 
@@ -178,7 +178,7 @@ def test_tiny_sft_end_to_end_learns_to_answer_and_end_its_turn(tmp_path, tiny_ck
 def test_tiny_pipeline_end_to_end(tmp_path, capsys):
     """docs/training.md's CPU recipe at a smaller size: registry corpus → clean → BPE → shards → pretrain →
     builder data → SFT → a model that answers as the assistant and ends its turn."""
-    from alignchat.checkpoint import load_model
+    from alignchat.hub import load_model
     from alignchat.cli import main
     from alignchat.engine import Engine, SamplingParams
 

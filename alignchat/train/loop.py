@@ -1,4 +1,5 @@
-"""The one training loop every stage shares: pretraining, SFT, reward model, DPO (and PPO's pieces).
+"""The one training loop every stage shares (pretraining, SFT, reward model, DPO), and the run directory
+that it and PPO keep their checkpoints, logs and settings in.
 
 Notable choices:
 - A stage supplies a model, a data source and a `loss_fn(model, batch) -> LossOutput`. The loss is a
@@ -9,14 +10,19 @@ Notable choices:
   clipping, bf16 autocast on CUDA, optional `torch.compile` (in place, so parameter names don't change).
 - Distributed: under `torchrun` the same command runs DDP (NCCL on GPUs, gloo on CPUs); `fsdp=true`
   shards every block with FSDP2 (`torch.distributed.fsdp.fully_shard`) instead. PyTorch's engine, not ours.
-- Checkpoints: `out_dir/step-NNNNNN/` is a normal checkpoint directory (written atomically by
-  `alignchat.checkpoint.save_checkpoint`) plus `train_state.pt` (optimizer, step, data position, RNG states
-  incl. CUDA). `out_dir/latest.json` is replaced atomically only after both are on disk, so a run killed
-  at any instant resumes from the last complete checkpoint and repeats exactly the same steps.
+- `RunDir` is the run directory both `Trainer` and `ppo.PPOTrainer` use, so checkpointing, pruning,
+  resume, metrics truncation, logging, the progress bar, the LR schedule and Ctrl-C exist once.
+  `out_dir/step-NNNNNN/` holds what the stage writes (a checkpoint directory; PPO: actor/ and critic/)
+  plus `train_state.pt` (optimizer, step, data position, RNG states incl. CUDA); it is built under a
+  temporary name and renamed, and `out_dir/latest.json` is replaced atomically only after that, so a run
+  killed at any instant resumes from the last complete checkpoint and repeats exactly the same steps.
 - Metrics go to `out_dir/metrics.jsonl` (one JSON object per line; on resume, lines past the checkpoint
-  are dropped so the log reads as one uninterrupted run) and to a tqdm progress line: loss, validation
-  loss, bits per byte, tokens/s and MFU (from `alignchat.config.flops_per_token`; on CPUs the peak is a
-  measured fp32 GEMM rate, so CPU MFU is relative to what this machine's matmul can do).
+  and end-of-run summaries are dropped so the log reads as one uninterrupted run) and to a tqdm progress
+  line: loss, validation loss, bits per byte, tokens/s and MFU (from `alignchat.config.flops_per_token`;
+  on CPUs the peak is a measured fp32 GEMM rate, so CPU MFU is relative to what this machine's matmul can do).
+- Every training verb takes its settings one way (`add_stage_arguments`/`stage_settings`, on top of
+  `alignchat.settings`): defaults, or with `--resume` the run's saved settings, then `--config`, then the
+  command line.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ import torch.nn.functional as F
 from ..config import flops_per_token
 from ..errors import UserError
 from ..fetch import atomic_write_text
+from ..settings import add_settings_arguments, given_settings, setting, settings_from_args, settings_from_dict
 
 IGNORE_INDEX = -100
 
@@ -48,32 +55,35 @@ IGNORE_INDEX = -100
 class TrainConfig:
     """Optimisation, schedule, logging and checkpoint settings shared by every stage."""
 
-    out_dir: str = "runs/train"
-    max_steps: int = 1000
-    batch_size: int = 8  # sequences per micro-batch per process
-    grad_accum: int = 1  # micro-batches per optimizer step
-    seq_len: int = 256
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1  # cosine decays to lr·min_lr_ratio at max_steps
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 disables clipping
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
-    compile: bool = False
-    fsdp: bool = False  # shard with FSDP2 instead of DDP (under torchrun)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 1337
-    log_every: int = 1
-    eval_every: int = 100  # 0: only at the end
-    eval_batches: int = 20
-    save_every: int = 200  # 0: only at the end
-    keep_checkpoints: int = 2
-    sample_every: int = 0  # 0: no samples during training (one at the end if the stage has prompts)
-    sample_tokens: int = 48
-    peak_tflops: float = 0.0  # per-device peak for MFU; 0 = look up the GPU, or measure on CPU
-    progress: bool = True
+    out_dir: str = setting("runs/train", "run directory: run.json, metrics.jsonl, step-N/ checkpoints, final/",
+                           flag="out")
+    max_steps: int = setting(1000, "optimizer steps")
+    batch_size: int = setting(8, "sequences per micro-batch per process")
+    grad_accum: int = setting(1, "micro-batches per optimizer step")
+    seq_len: int = setting(256, "tokens per training sequence")
+    lr: float = setting(3e-4, "peak learning rate")
+    min_lr_ratio: float = setting(0.1, "the cosine schedule decays to lr·min_lr_ratio at max_steps")
+    warmup_steps: int = setting(100, "steps of linear learning-rate warmup")
+    weight_decay: float = setting(0.1, "AdamW weight decay, on matrices only (norms and biases are not decayed)")
+    beta1: float = setting(0.9, "AdamW β1")
+    beta2: float = setting(0.95, "AdamW β2")
+    grad_clip: float = setting(1.0, "global gradient-norm clip (0 = off)")
+    precision: str = setting("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32",
+                             choices=("auto", "bf16", "fp32"))
+    compile: bool = setting(False, "torch.compile the model (in place: parameter names do not change)")
+    fsdp: bool = setting(False, "shard with FSDP2 instead of DDP (under torchrun)")
+    device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+    seed: int = setting(1337, "random seed")
+    log_every: int = setting(1, "write a metrics line every N steps")
+    eval_every: int = setting(100, "validate every N steps (0: only at the end)")
+    eval_batches: int = setting(20, "validation micro-batches per evaluation")
+    save_every: int = setting(200, "checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = setting(2, "step checkpoints kept")
+    sample_every: int = setting(0, "print and log text samples every N steps (0: none during training; one at "
+                                   "the end where the stage has sample prompts)")
+    sample_tokens: int = setting(48, "tokens per text sample")
+    peak_tflops: float = setting(0.0, "per-device peak TFLOP/s for MFU (0: look the GPU up, or measure the CPU)")
+    progress: bool = setting(True, "show a progress bar")
 
 
 @dataclass
@@ -139,6 +149,13 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
+def end_distributed() -> None:
+    """Leave the process group, if this process joined one (the end of a stage under torchrun)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: list[float], dist_info: DistInfo) -> list[float]:
     if not dist_info.enabled:
         return values
@@ -148,17 +165,63 @@ def all_reduce_sum(values: list[float], dist_info: DistInfo) -> list[float]:
     return t.tolist()
 
 
+def wrap_ddp(model: nn.Module, dist_info: DistInfo) -> nn.Module:
+    """`DistributedDataParallel(model)` under torchrun; the model itself in one process."""
+    if not dist_info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+    return DDP(model, device_ids=ids)
+
+
+def share(n: int, dist_info: DistInfo) -> range:
+    """This rank's contiguous share of n items (rank r of W takes items n·r//W to n·(r+1)//W)."""
+    r, w = dist_info.rank, dist_info.world_size
+    return range(n * r // w, n * (r + 1) // w)
+
+
+def gather(items: list, dist_info: DistInfo) -> list:
+    """Every rank's `items` (picklable), concatenated in rank order, on every rank."""
+    if not dist_info.enabled:
+        return list(items)
+    import torch.distributed as dist
+    parts: list = [None] * dist_info.world_size
+    dist.all_gather_object(parts, list(items))
+    return [x for part in parts for x in part]
+
+
 # --------------------------------------------------------------------------------------------------------
 # optimisation pieces (also usable on their own, e.g. by PPO)
 # --------------------------------------------------------------------------------------------------------
+@dataclass
+class LRSchedule:
+    """Linear warmup over `warmup_steps`, then cosine decay to `min_ratio` × the base rate at `total_steps`
+    (`min_ratio=1` after no warmup: a constant rate). `apply(step)` sets every param group of each
+    (optimizer, base rate) in `optimizers`."""
+
+    warmup_steps: int
+    total_steps: int
+    min_ratio: float = 1.0
+    optimizers: list = field(default_factory=list)
+
+    def factor(self, step: int) -> float:
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_ratio + 0.5 * (1 - self.min_ratio) * (1 + math.cos(math.pi * progress))
+
+    def apply(self, step: int) -> float:
+        f = self.factor(step)
+        for optimizer, base in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = base * f
+        return f
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup over `warmup_steps`, then cosine from lr to lr·min_lr_ratio at `max_steps`."""
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+    """The learning rate of step `step` under `cfg`'s schedule (warmup, then cosine to lr·min_lr_ratio)."""
+    return cfg.lr * LRSchedule(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio).factor(step)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -253,7 +316,7 @@ def lm_loss(model: nn.Module, batch: Any) -> LossOutput:
         loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
     else:
         logits = model(inputs, **kwargs)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum")
     return LossOutput(loss, int(keep.sum()), tokens=inputs.numel())
 
@@ -320,6 +383,156 @@ def load_weights_into(model: nn.Module, ckpt_dir: str | Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
+# the run directory (shared by Trainer and PPO)
+# --------------------------------------------------------------------------------------------------------
+METRICS = "metrics.jsonl"
+RUN_INFO = "run.json"
+
+
+class RunDir:
+    """One run's directory and bookkeeping, shared by `Trainer` and `ppo.PPOTrainer`.
+
+    `save(step, write, state)` publishes `step-NNNNNN/` (what `write(dir)` puts there, plus
+    `train_state.pt` holding `state` and the RNG states), points `latest.json` at it and prunes old steps;
+    `resume()` finds the latest one, restores the RNG and cuts `metrics.jsonl` back to it; `log`, `write_info`
+    and `write` are the metrics log, `run.json` and messages; `loop(...)` runs the steps with the LR
+    schedule, the progress bar, periodic checkpoints and a checkpoint on Ctrl-C. Only rank 0 writes;
+    `save` is a barrier for all ranks."""
+
+    def __init__(self, path: str | Path, dist_info: DistInfo, *, keep_checkpoints: int = 2,
+                 progress: bool = True, desc: str = "train"):
+        self.path = Path(path)
+        self.dist = dist_info
+        self.keep_checkpoints = keep_checkpoints
+        self.progress, self.desc = progress, desc
+        self.bar = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def barrier(self) -> None:
+        if self.dist.enabled:
+            import torch.distributed as dist
+            dist.barrier()
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def latest(self) -> Path | None:
+        return latest_checkpoint(self.path)
+
+    def latest_step(self) -> int | None:
+        return json.loads((self.path / LATEST).read_text())["step"] if self.latest() is not None else None
+
+    def save(self, step: int, write: Callable[[Path], None], state: dict) -> Path | None:
+        """Rank 0 writes `step-NNNNNN/` under a temporary name (`write(tmp)` adds the model files), adds
+        `train_state.pt`, renames it into place, then replaces `latest.json` and prunes old steps. A step
+        that is already the latest on disk is not written twice."""
+        if not self.is_main:
+            self.barrier()
+            return None
+        name = f"step-{step:06d}"
+        target = self.path / name
+        if self.latest_step() == step:
+            self.barrier()
+            return target
+        tmp = self.path / f".{name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
+        torch.save({**state, "step": step, "rng": rng_state(), "world_size": self.dist.world_size}, tmp / TRAIN_STATE)
+        if target.exists():  # left by a save that was cut short: latest.json never pointed at it
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        atomic_write_text(self.path / LATEST, json.dumps({"step": step, "dir": name}) + "\n")
+        steps = sorted(p for p in self.path.glob("step-*") if p.is_dir() and p.name != name)
+        for old in steps[:max(0, len(steps) + 1 - max(1, self.keep_checkpoints))]:
+            shutil.rmtree(old, ignore_errors=True)
+        self.barrier()
+        return target
+
+    def resume(self) -> tuple[Path, dict] | None:
+        """(latest checkpoint, its train state) with the RNG restored and the log cut back; None if none."""
+        ckpt = self.latest()
+        if ckpt is None:
+            return None
+        state = load_train_state(ckpt)
+        set_rng_state(state["rng"])
+        if self.is_main:
+            self.truncate_metrics(int(state["step"]))
+        return ckpt, state
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop log lines written after `step`, and end-of-run summaries, so the log reads as one run."""
+        path = self.path / METRICS
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill
+            if isinstance(record, dict) and record.get("step", 0) <= step and not record.get("final"):
+                kept.append(line)
+        atomic_write_text(path, "".join(k + "\n" for k in kept))
+
+    # --- logs -----------------------------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+
+    def write_info(self, info: dict) -> None:
+        """`run.json`: the run's settings (`settings`, which `--resume` starts from), facts about it, and the
+        number of processes."""
+        if self.is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            info = {**info, "processes": self.dist.world_size}
+            atomic_write_text(self.path / RUN_INFO, json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
+
+    def write(self, message: str) -> None:
+        """A message on rank 0's terminal, above the progress bar if there is one."""
+        if self.is_main:
+            (self.bar.write if self.bar is not None else print)(message)
+
+    # --- the loop -------------------------------------------------------------------------------------
+    def loop(self, total: int, step_fn: Callable[[], dict], *, step_of: Callable[[], int],
+             save_fn: Callable[[], Any], save_every: int, schedule: LRSchedule | None = None,
+             postfix: Callable[[dict], dict] | None = None) -> dict:
+        """Run `step_fn` until `step_of() == total`: the LR of each step set first, the progress bar after,
+        a checkpoint every `save_every` steps, one on Ctrl-C, and one at the end. Returns the last record."""
+        if self.is_main and self.progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=step_of(), desc=self.desc, dynamic_ncols=True)
+        record: dict = {}
+        try:
+            while step_of() < total:
+                if schedule is not None:
+                    schedule.apply(step_of())
+                record = step_fn()
+                step = step_of()
+                if self.bar is not None:
+                    self.bar.update(1)
+                    if postfix is not None:
+                        self.bar.set_postfix(postfix(record), refresh=False)
+                if save_every and step % save_every == 0 and step < total:
+                    save_fn()
+        except KeyboardInterrupt:
+            self.write(f"interrupted at step {step_of()}; saving a checkpoint to resume from")
+            if step_of() > 0:
+                save_fn()
+            raise
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+        save_fn()  # the last step (nothing is written when it is on disk already)
+        return record
+
+
+# --------------------------------------------------------------------------------------------------------
 # the trainer
 # --------------------------------------------------------------------------------------------------------
 class Trainer:
@@ -345,7 +558,9 @@ class Trainer:
         self.cfg = cfg
         self.dist = dist_info or init_distributed(cfg.device)
         self.device = self.dist.device
-        self.out_dir = Path(cfg.out_dir)
+        self.run = RunDir(cfg.out_dir, self.dist, keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress,
+                          desc=stage)
+        self.out_dir = self.run.path
         self.raw_model = model.to(self.device)
         self.train_data, self.val_batches, self.loss_fn = train_data, val_batches, loss_fn
         self.tokenizer, self.stage, self.meta = tokenizer, stage, dict(meta or {})
@@ -384,11 +599,7 @@ class Trainer:
             return model
         if cfg.compile:
             model.compile()  # in place: state_dict names stay unprefixed
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            return DDP(model, device_ids=ids)
-        return model
+        return wrap_ddp(model, self.dist)
 
     def _no_sync(self, last_micro: bool):
         """Skip the gradient all-reduce on all but the last micro-batch of a step."""
@@ -410,28 +621,18 @@ class Trainer:
         return model_state, self.optimizer.state_dict()
 
     def save(self) -> Path | None:
-        """Write `step-NNNNNN/` (checkpoint + train_state.pt), then point latest.json at it."""
+        """Write `step-NNNNNN/` (checkpoint + train_state.pt) through the run directory."""
         from ..checkpoint import save_checkpoint
 
         model_state, optim_state = self._full_state()
         if not self.dist.is_main:
-            self._barrier()
-            return None
-        name = f"step-{self.step:06d}"
-        target = self.out_dir / name
+            return self.run.save(self.step, lambda d: None, {})  # the barrier
         model_for_save = self._cpu_model_from_state(model_state)
         meta = self._meta()
-        save_checkpoint(target, model_for_save, self.tokenizer, meta=meta)
-        state = {"step": self.step, "tokens_seen": self.tokens_seen, "optimizer": optim_state,
-                 "data": self.train_data.state_dict(), "rng": rng_state(), "train_config": dataclasses.asdict(self.cfg),
-                 "last_val": self.last_val, "world_size": self.dist.world_size}
-        tmp = target / f".{TRAIN_STATE}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, target / TRAIN_STATE)
-        atomic_write_text(self.out_dir / LATEST, json.dumps({"step": self.step, "dir": name}) + "\n")
-        self._prune_checkpoints(keep=name)
-        self._barrier()
-        return target
+        state = {"tokens_seen": self.tokens_seen, "optimizer": optim_state, "data": self.train_data.state_dict(),
+                 "train_config": dataclasses.asdict(self.cfg), "last_val": self.last_val}
+        return self.run.save(self.step, lambda d: save_checkpoint(d, model_for_save, self.tokenizer, meta=meta),
+                             state)
 
     def _cpu_model_from_state(self, model_state: dict) -> nn.Module:
         if not self.cfg.fsdp:
@@ -447,20 +648,8 @@ class Trainer:
             meta["metrics"] = dict(self.last_val)
         return meta
 
-    def _prune_checkpoints(self, keep: str) -> None:
-        steps = sorted(p for p in self.out_dir.glob("step-*") if p.is_dir() and p.name != keep)
-        excess = len(steps) + 1 - max(1, self.cfg.keep_checkpoints)
-        for old in steps[:max(0, excess)]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def _barrier(self) -> None:
-        if self.dist.enabled:
-            import torch.distributed as dist
-            dist.barrier()
-
-    def resume(self, ckpt_dir: str | Path) -> None:
-        """Restore weights, optimizer, data position, step and RNG from a step checkpoint."""
-        state = load_train_state(ckpt_dir)
+    def resume(self, ckpt_dir: str | Path, state: dict) -> None:
+        """Restore weights, optimizer, data position and step from a step checkpoint and its train state."""
         if self.cfg.fsdp:
             from safetensors.torch import load_file
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
@@ -474,32 +663,12 @@ class Trainer:
             load_weights_into(self.raw_model, ckpt_dir)
             self.optimizer.load_state_dict(state["optimizer"])
         self.train_data.load_state_dict(state["data"])
-        set_rng_state(state["rng"])
         self.step, self.tokens_seen = int(state["step"]), int(state.get("tokens_seen", 0))
         self.last_val = state.get("last_val", {})
-        if self.dist.is_main:
-            self._truncate_metrics(self.step)
-
-    def _truncate_metrics(self, step: int) -> None:
-        path = self.out_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by the kill
-        atomic_write_text(path, "".join(k + "\n" for k in kept))
 
     # --- logging ------------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
-        if not self.dist.is_main:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.run.log(record)
 
     # --- evaluation ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -537,9 +706,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimizer step over `grad_accum` micro-batches; returns the step's metrics."""
         cfg = self.cfg
-        lr = lr_at(self.step, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = float(self.optimizer.param_groups[0]["lr"])  # set by the run's schedule (`lr_at`)
         loss_total, weight_total, tokens, extra = 0.0, 0.0, 0, {}
         for micro in range(cfg.grad_accum):
             batch = to_device(self.train_data.next_batch(), self.device)
@@ -582,78 +749,59 @@ class Trainer:
         """Train to `max_steps`; with `resume`, continue from `out_dir`'s latest checkpoint if there is one."""
         cfg = self.cfg
         if resume:
-            ckpt = latest_checkpoint(self.out_dir)
-            if ckpt is not None:
-                self.resume(ckpt)
-                if self.dist.is_main:
-                    print(f"resumed from {ckpt} at step {self.step}")
-            elif self.dist.is_main:
-                print(f"no checkpoint in {self.out_dir}; starting from scratch")
+            found = self.run.resume()
+            if found is not None:
+                self.resume(*found)
+                self.run.write(f"resumed from {found[0]} at step {self.step}")
+            else:
+                self.run.write(f"no checkpoint in {self.out_dir}; starting from scratch")
         if self.step == 0:
             seed_everything(cfg.seed + self.dist.rank)
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out_dir / "run.json",
-                              json.dumps({**self.run_info, "stage": self.stage,
-                                          "train": dataclasses.asdict(cfg)}, indent=2, default=str) + "\n")
+        self.run.write_info({**self.run_info, "stage": self.stage, "train": dataclasses.asdict(cfg)})
         self.model.train()
-        bar = None
-        if self.dist.is_main and cfg.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc=self.stage, dynamic_ncols=True)
-        record: dict = {}
-        try:
-            while self.step < cfg.max_steps:
-                t0 = time.perf_counter()
-                metrics = self.train_step()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                dt = time.perf_counter() - t0
-                tok_s = metrics["tokens"] / dt
-                record = {"step": self.step, **metrics, "tokens_seen": self.tokens_seen,
-                          "tokens_per_s": tok_s, "step_time_s": dt}
-                if self.flops_per_token and self.peak:
-                    record["mfu"] = self.flops_per_token * tok_s / (self.peak * self.dist.world_size)
-                at_end = self.step >= cfg.max_steps
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or at_end:
-                    record.update(self.evaluate())
-                if (cfg.sample_every and self.step % cfg.sample_every == 0) or (at_end and self.sample_fn):
-                    texts = self.samples()
-                    if texts:
-                        record["samples"] = texts
-                        if bar is not None:
-                            bar.write(f"--- samples at step {self.step} ---")
-                            for t in texts:
-                                bar.write(repr(t))
-                if self.step % cfg.log_every == 0 or at_end or "val_loss" in record:
-                    self.log(record)
-                for cb in self.callbacks:
-                    cb(self, self.step, record)
-                if bar is not None:
-                    bar.update(1)
-                    post = {"loss": f"{metrics['loss']:.4f}", "tok/s": f"{tok_s:,.0f}"}
-                    if self.last_val:
-                        post["val"] = f"{self.last_val['val_loss']:.4f}"
-                        if "val_bpb" in self.last_val:
-                            post["bpb"] = f"{self.last_val['val_bpb']:.3f}"
-                    if "mfu" in record:
-                        post["mfu"] = f"{100 * record['mfu']:.1f}%"
-                    bar.set_postfix(post, refresh=False)
-                if cfg.save_every and self.step % cfg.save_every == 0 and not at_end:
-                    self.save()
-        except KeyboardInterrupt:
-            if bar is not None:
-                bar.write(f"interrupted at step {self.step}; saving a checkpoint to resume from")
-            if self.step > 0:
-                self.save()
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-        if latest_checkpoint(self.out_dir) is None or json.loads(
-                (self.out_dir / LATEST).read_text())["step"] != self.step:
-            self.save()
+        schedule = LRSchedule(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio, [(self.optimizer, cfg.lr)])
+        record = self.run.loop(cfg.max_steps, self._one_step, step_of=lambda: self.step, save_fn=self.save,
+                               save_every=cfg.save_every, schedule=schedule, postfix=self._postfix)
         return {**record, **self.last_val}
+
+    def _one_step(self) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        metrics = self.train_step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+        tok_s = metrics["tokens"] / dt
+        record = {"step": self.step, **metrics, "tokens_seen": self.tokens_seen, "tokens_per_s": tok_s,
+                  "step_time_s": dt}
+        if self.flops_per_token and self.peak:
+            record["mfu"] = self.flops_per_token * tok_s / (self.peak * self.dist.world_size)
+        at_end = self.step >= cfg.max_steps
+        if (cfg.eval_every and self.step % cfg.eval_every == 0) or at_end:
+            record.update(self.evaluate())
+        if (cfg.sample_every and self.step % cfg.sample_every == 0) or (at_end and self.sample_fn):
+            texts = self.samples()
+            if texts:
+                record["samples"] = texts
+                if self.run.bar is not None:
+                    self.run.write(f"--- samples at step {self.step} ---")
+                    for t in texts:
+                        self.run.write(repr(t))
+        if self.step % cfg.log_every == 0 or at_end or "val_loss" in record:
+            self.log(record)
+        for cb in self.callbacks:
+            cb(self, self.step, record)
+        return record
+
+    def _postfix(self, record: dict) -> dict:
+        post = {"loss": f"{record['loss']:.4f}", "tok/s": f"{record['tokens_per_s']:,.0f}"}
+        if self.last_val:
+            post["val"] = f"{self.last_val['val_loss']:.4f}"
+            if "val_bpb" in self.last_val:
+                post["bpb"] = f"{self.last_val['val_bpb']:.3f}"
+        if "mfu" in record:
+            post["mfu"] = f"{100 * record['mfu']:.1f}%"
+        return post
 
     def save_final(self, name: str = "final") -> Path | None:
         """Write the finished model as `out_dir/name`: a plain checkpoint directory for chat/generate/eval."""
@@ -678,63 +826,53 @@ def _numel_inputs(batch: Any) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
-# configuration from the command line (shared by the stage verbs)
+# the stage contract: settings from defaults, a resumed run, --config and the command line
 # --------------------------------------------------------------------------------------------------------
-def gather_overrides(pairs: list[str], config_file: str | None) -> dict[str, Any]:
-    """`key=value` strings and an optional TOML/YAML/JSON file → one flat {dotted.key: value} dict.
-
-    A file may be flat or have sections (`[train]`, `[model]`); command-line pairs win over the file."""
-    from ..config import load_config_file
-
-    flat: dict[str, Any] = {}
-    if config_file:
-        path = Path(config_file)
-        if not path.exists():
-            raise UserError(f"{path}: no such config file")
-        try:
-            data = load_config_file(path)
-        except Exception as e:  # tomllib/yaml/json all raise their own types
-            raise UserError(f"{path}: cannot parse ({e})") from e
-
-        def walk(prefix: str, node: dict) -> None:
-            for k, v in node.items():
-                if isinstance(v, dict):
-                    walk(f"{prefix}{k}.", v)
-                else:
-                    flat[f"{prefix}{k}"] = v
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: expected a table of settings at the top level")
-        walk("", data)
-    for s in pairs:
-        if "=" not in s:
-            raise UserError(f"setting {s!r} is not of the form key=value")
-        k, v = s.split("=", 1)
-        flat[k.strip().replace("-", "_")] = v
-    return flat
+RESUME_NOTE = ("--resume: continue the run in --out from its last checkpoint; its saved settings (run.json) "
+               "replace the defaults, and --config and the command line still apply on top (e.g. a larger max_steps)")
 
 
-def route_overrides(flat: dict[str, Any], targets: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Send each key to the dataclass it names: `train.lr`, `model.dim`, or a bare field name when
-    exactly one target has it. Unknown keys are an error that lists the known ones."""
-    routed: dict[str, dict[str, Any]] = {name: {} for name in targets}
-    for key, value in flat.items():
-        head, _, rest = key.partition(".")
-        if head in targets and rest:
-            routed[head][rest] = value
-            continue
-        owners = [name for name, obj in targets.items() if key in {f.name for f in dataclasses.fields(obj)}]
-        if not owners:
-            known = sorted({f"{n}.{f.name}" for n, o in targets.items() for f in dataclasses.fields(o)})
-            raise UserError(f"unknown setting {key!r}; known settings: {', '.join(known)}")
-        routed[owners[0]][key] = value
-    return routed
+def add_stage_arguments(parser, defaults: Any, *, reads: str, writes: str, own_section: str | None = None) -> None:
+    """A training verb's command line: its settings (`alignchat.settings`) plus `--resume`."""
+    add_settings_arguments(parser, defaults, reads=reads, writes=writes, own_section=own_section, notes=RESUME_NOTE)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint, exactly (weights, optimizer, "
+                             "data position, RNG)")
 
 
-def apply_routed(obj: Any, overrides: dict[str, Any]) -> Any:
-    from ..config import apply_overrides
-    if not overrides:
-        return obj
+def saved_settings(out_dir: str | Path) -> dict | None:
+    """The settings a run directory's run.json recorded (also the layout of runs saved before `settings`)."""
+    path = Path(out_dir) / RUN_INFO
+    if not path.exists():
+        return None
     try:
-        return apply_overrides(obj, dict(overrides))
-    except ValueError as e:
-        raise UserError(str(e)) from e
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: corrupt ({e.msg})") from e
+    if "settings" in info:
+        return info["settings"]
+    legacy: dict = {}
+    for key in ("job", "config", "reward", "dpo"):
+        legacy.update(info.get(key) or {})
+    for key in ("model", "train"):
+        if isinstance(info.get(key), dict):
+            legacy[key] = info[key]
+    return legacy
+
+
+def stage_settings(args, fresh: Callable[[dict], Any]) -> tuple[Any, dict]:
+    """(settings, what the user set) for a training verb: `fresh(given)` (the stage's defaults, which may
+    depend on what was given, e.g. the preset), or with `--resume` the settings saved in `--out`, then the
+    `--config` file, then the command line."""
+    spec = args._settings_spec
+    given = given_settings(args)
+
+    def base(given: dict):
+        start = fresh(given)
+        if getattr(args, "resume", False):
+            saved = saved_settings(spec.get(spec.apply(start, given), "out"))
+            if saved is not None:
+                return settings_from_dict(start, saved)
+        return start
+
+    return settings_from_args(args, base), given

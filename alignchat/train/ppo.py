@@ -14,91 +14,125 @@ One iteration:
    R_t = −β·KL_t, plus r(x, y) on the last token. β adapts to keep KL near `--kl-target` (Ziegler et al.).
 3. GAE(γ, λ) advantages (whitened) and returns from the critic's values.
 4. `--ppo-epochs` passes over the rollouts in minibatches: clipped policy loss (clip range ε), clipped value
-   loss, and PPO-ptx: γ_ptx × the language-model loss on a batch of `--ptx-data` (pretraining/SFT text),
-   which keeps the actor's performance on the original distribution (InstructGPT's "PPO-ptx").
-   With `--target-update-kl`, the epochs stop early once the policy has moved that far (per-token
-   KL(π_old‖π)) from the one that sampled the rollouts, so one iteration cannot overshoot the KL target
-   before β has had a chance to react.
+   loss, and PPO-ptx: γ_ptx × the language-model loss (`loop.lm_loss`) on a batch of `--ptx-data`
+   (pretraining/SFT text), which keeps the actor's performance on the original distribution
+   (InstructGPT's "PPO-ptx"). With `--target-update-kl`, the epochs stop early once the policy has moved
+   that far (per-token KL(π_old‖π)) from the one that sampled the rollouts, so one iteration cannot
+   overshoot the KL target before β has had a chance to react.
 Prompt tokens never enter a loss: every term is a masked mean over response tokens (see rl_math).
-Logs per iteration (metrics.jsonl + progress bar): reward, KL, β, clip fraction, value loss, entropy,
-response length. Checkpoints (`step-N/{actor,critic,train_state.pt}` + latest.json) resume exactly.
-The PPO prompts must be new: prompts that appear in the reward model's training data (recorded in its
-meta.json) or in `--exclude-prompts` files are dropped and counted.
+
+Notable choices:
+- The run directory is the shared `loop.RunDir`: metrics.jsonl (reward, KL, β, clip fraction, value loss,
+  entropy, response length, lr), `step-N/{actor,critic,train_state.pt}` + latest.json that resume exactly,
+  run.json, the progress bar, Ctrl-C, and the learning-rate schedule (warmup, then cosine to
+  `min_lr_ratio`; the default is a constant rate) applied to the actor's and the critic's rates alike.
+- Under `torchrun` every rank samples, scores and evaluates its share of the prompts; the rollouts are
+  gathered so every rank holds the whole batch (advantages are whitened over it and β reacts to its KL),
+  and each minibatch is split across the ranks, whose DDP-averaged gradients are those of one process
+  with the whole minibatch: each rank's loss is its tokens' sum over the minibatch's global token count.
+  `--batch-prompts`, `--minibatch` and `--ptx-batch` are global.
+- The end-of-turn token the policy learns to emit, and the reward model is read at, is the stop token
+  (`Tokenizer.stop_token_ids`) that the chat template closes an assistant turn with.
+- The PPO prompts must be new: prompts that appear in the reward model's training data (recorded in its
+  meta.json) or in `--exclude-prompts` files are dropped and counted.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
-import os
 import random
 import re
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
 from ..fetch import atomic_write_text
+from ..hub import load_scored_model
+from ..settings import setting
 from . import rl_math
-from .loop import LATEST, TRAIN_STATE, latest_checkpoint, resolve_device, rng_state, seed_everything, set_rng_state
-from .reward import load_scored_model, pad_batch
+from .loop import (IGNORE_INDEX, LRSchedule, RunDir, add_stage_arguments, all_reduce_sum, end_distributed, gather,
+                   init_distributed, lm_loss, load_weights_into, seed_everything, share, stage_settings, wrap_ddp)
+from .reward import pad_batch
 
 
 @dataclass
 class PPOConfig:
-    policy: str = ""  # SFT checkpoint: the actor's start and the frozen reference
-    reward_model: str = ""  # reward-model checkpoint: frozen r(x, y), and the critic's start
-    prompts: str = ""  # PPO prompts (JSONL or text), never seen by SFT or the reward model
-    eval_prompts: str = ""  # held-out prompts for before/after evaluation ("" = hold out `eval_fraction`)
-    eval_fraction: float = 0.1
-    exclude_prompts: list[str] = field(default_factory=list)  # SFT/RM files whose prompts PPO must not use
-    ptx_data: str = ""  # pretraining/SFT text for PPO-ptx (JSONL with "text" or "messages", or plain text)
-    out_dir: str = "runs/ppo"
+    """`alignchat ppo`'s settings."""
+
+    policy: str = setting("", "SFT checkpoint: the actor starts here, and a frozen copy is the reference π_SFT of "
+                              "the KL penalty (required)")
+    reward_model: str = setting("", "reward-model checkpoint from `alignchat rm`: frozen r(x, y), and the critic's "
+                                    "initialisation (required)")
+    prompts: str = setting("", "PPO prompts (JSONL {\"prompt\": [messages]} or text, one a line); prompts used by "
+                               "SFT/RM are dropped (required)")
+    eval_prompts: str = setting("", "held-out prompts for before/after evaluation (default: hold out "
+                                    "--eval-fraction of --prompts)")
+    eval_fraction: float = setting(0.1, "fraction of --prompts held out for evaluation when --eval-prompts is not "
+                                        "given")
+    exclude_prompts: list[str] = setting(help="SFT/comparison files whose prompts PPO must not train on (the RM's "
+                                              "data is excluded automatically)", factory=list)
+    ptx_data: str = setting("", "PPO-ptx corpus: JSONL with \"text\" or \"messages\", or plain text (paragraphs)")
+    out_dir: str = setting("runs/ppo", "run directory: run.json, metrics.jsonl, samples_before/after.jsonl, step-N/ "
+                                       "checkpoints, final/", flag="out")
     # rollouts
-    iterations: int = 100
-    batch_prompts: int = 16  # rollouts per iteration
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_len: int = 512  # prompt tokens kept (from the right) so prompt + response fits
+    iterations: int = setting(100, "PPO iterations (each: one batch of rollouts, then --ppo-epochs of updates)")
+    batch_prompts: int = setting(16, "rollouts per iteration, over all processes (prompts sampled once each "
+                                     "through the KV-cache engine)")
+    max_new_tokens: int = setting(64, "maximum response length in tokens")
+    temperature: float = setting(1.0, "sampling temperature of rollouts (1.0 = the policy's own distribution, as "
+                                      "PPO assumes)")
+    top_p: float = setting(1.0, "nucleus sampling for rollouts (1.0 = off, keeps PPO on-policy)")
+    max_len: int = setting(512, "prompt tokens kept (from the right) so prompt + response fits")
     # PPO
-    ppo_epochs: int = 4
-    minibatch: int = 8
-    clip_range: float = 0.2  # ε: the policy ratio π/π_old is clipped to [1−ε, 1+ε]
-    clip_range_value: float = 0.2  # value predictions move at most this far from the rollout's values
-    gamma: float = 1.0  # discount γ of GAE (1.0: the episode is one response)
-    lam: float = 0.95  # GAE λ
-    vf_coef: float = 0.5
-    whiten_advantages: bool = True
+    ppo_epochs: int = setting(4, "passes over each batch of rollouts")
+    minibatch: int = setting(8, "rollouts per gradient step, over all processes")
+    clip_range: float = setting(0.2, "clip range ε: the ratio π/π_old is clipped to [1−ε, 1+ε] in the policy "
+                                     "objective (PPO paper: 0.2)")
+    clip_range_value: float = setting(0.2, "the critic's new values may move at most this far from the rollout's "
+                                           "values")
+    gamma: float = setting(1.0, "discount γ of GAE (1.0: the whole response is one episode)")
+    lam: float = setting(0.95, "λ of GAE: bias/variance trade-off of the advantage estimate")
+    vf_coef: float = setting(0.5, "weight of the value loss")
+    whiten_advantages: bool = setting(True, "normalise advantages to mean 0, std 1 over each batch's response "
+                                            "tokens")
     # KL penalty (β) and its controller
-    init_beta: float = 0.05  # β: weight of the per-token KL(π‖π_SFT) penalty in the reward
-    kl_target: float | None = 6.0  # target KL per response in nats; None = keep β fixed
-    kl_horizon: int = 10000  # controller horizon (in rollouts)
-    kl_estimator: str = "k1"
-    # per-iteration trust region: stop this iteration's epochs once the policy has moved this far (mean per-token
-    # KL(π_old‖π), k3 estimate) from the rollout policy; 0 = off. Keeps KL(π‖π_SFT) from overshooting between
-    # two β adjustments (as `target_kl` in Spinning Up / Stable-Baselines3 PPO).
-    target_update_kl: float = 0.0
-    normalize_reward: bool = True  # use the reward model's stored mean/std
+    init_beta: float = setting(0.05, "β: weight of the per-token KL(π‖π_SFT) penalty; reward = r(x,y) − β·KL "
+                                     "(InstructGPT: 0.02)")
+    kl_target: float | None = setting(6.0, "target KL per response (nats) of the adaptive β controller (Ziegler "
+                                           "et al.); none or 0 = a fixed β")
+    kl_horizon: int = setting(10000, "horizon of the adaptive β controller, in rollouts: larger adapts β more "
+                                     "slowly")
+    kl_estimator: str = setting("k1", "per-token KL estimate: k1 = log π − log π_ref (InstructGPT), k2, or k3 "
+                                      "(never negative)", choices=("k1", "k2", "k3"))
+    # per-iteration trust region (as `target_kl` in Spinning Up / Stable-Baselines3 PPO)
+    target_update_kl: float = setting(0.0, "trust region per iteration: stop the remaining PPO epochs once the "
+                                           "mean per-token KL(π_old‖π) exceeds 1.5× this (0 = off; 0.01–0.05 is "
+                                           "usual)")
+    normalize_reward: bool = setting(True, "normalise r(x, y) with the mean/std stored by `alignchat rm`")
     # PPO-ptx
-    ptx_coef: float = 0.0  # γ_ptx: weight of the pretraining loss (InstructGPT used 27.8 with its own scaling)
-    ptx_batch: int = 4
+    ptx_coef: float = setting(0.0, "γ_ptx of PPO-ptx: weight of the pretraining LM loss mixed into the policy "
+                                   "loss (0 = plain PPO; InstructGPT used 27.8 with its own scaling)")
+    ptx_batch: int = setting(4, "sequences of --ptx-data per PPO minibatch, over all processes")
     # optimisation
-    lr: float = 1e-6
-    critic_lr: float = 5e-6
-    grad_clip: float = 1.0
+    lr: float = setting(1e-6, "actor learning rate")
+    critic_lr: float = setting(5e-6, "critic learning rate")
+    warmup_steps: int = setting(0, "iterations of linear learning-rate warmup (actor and critic)")
+    min_lr_ratio: float = setting(1.0, "after warmup the rates decay by a cosine to this fraction at the last "
+                                       "iteration (1.0: constant)")
+    grad_clip: float = setting(1.0, "global gradient-norm clip (0 = off)")
     # bookkeeping
-    eval_every: int = 0  # 0: evaluate only before and after
-    save_every: int = 20
-    keep_checkpoints: int = 2
-    property_regex: str = ""  # optional: also report the rate of responses matching this regex
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
+    eval_every: int = setting(0, "evaluate on the held-out prompts every N iterations (0: only before and after)")
+    save_every: int = setting(20, "checkpoint every N iterations (and always at the end)")
+    keep_checkpoints: int = setting(2, "step checkpoints kept")
+    property_regex: str = setting("", "optional regex: also report the rate of responses matching it (a "
+                                      "measurable preference)")
+    seed: int = setting(0, "random seed (rollout seeds derive from it, so a resumed run repeats the same samples)")
+    device: str = setting("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+    progress: bool = setting(True, "show a progress bar")
 
 
 # --- prompt and corpus data ----------------------------------------------------------------------------
@@ -109,7 +143,7 @@ def _prompt_key(messages: list[dict]) -> str:
 
 def prompts_of_file(path: str) -> set[str]:
     """Prompt keys found in a comparison, SFT or prompt file (for keeping PPO prompts separate)."""
-    from .compare_cli import read_prompts
+    from .compare.prompts import read_prompts
     from ..data import comparisons as C
     keys = set()
     p = Path(path)
@@ -203,25 +237,35 @@ class Rollouts:
     texts: list[str]
 
 
-def _end_of_turn_id(tok) -> int | None:
-    for t in ("<|im_end|>", tok.eos_token):
-        if t and tok.token_to_id(t) is not None:
-            return tok.token_to_id(t)
-    return None
+def end_of_turn_id(tok) -> int | None:
+    """The stop token (`Tokenizer.stop_token_ids`) that the chat template closes an assistant turn with: what
+    the policy emits to end its answer, and where the reward model was trained to read r(x, y)."""
+    stops = tok.stop_token_ids
+    turn = tok.render_chat([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])
+    closing = [t for t, m in zip(turn.ids, turn.assistant_mask) if m and t in stops]
+    return closing[-1] if closing else (stops[0] if stops else None)
 
 
 class PPOTrainer:
     def __init__(self, cfg: PPOConfig):
-        from ..checkpoint import load_model
+        from ..hub import load_model
         from ..engine import Engine
-        from .compare_cli import read_prompts
+        from .compare.prompts import read_prompts
 
         for name in ("policy", "reward_model", "prompts"):
             if not getattr(cfg, name):
                 raise UserError(f"--{name.replace('_', '-')} is required")
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        self.out_dir = Path(cfg.out_dir)
+        self.dist = init_distributed(cfg.device)
+        self.device = self.dist.device
+        world = self.dist.world_size
+        if world > 1 and (cfg.batch_prompts % cfg.minibatch or cfg.minibatch % world or cfg.ptx_batch % world):
+            raise UserError(f"under {world} processes, batch_prompts ({cfg.batch_prompts}) must be a multiple of "
+                            f"minibatch ({cfg.minibatch}), and minibatch and ptx_batch ({cfg.ptx_batch}) multiples "
+                            f"of {world}")
+        self.run = RunDir(cfg.out_dir, self.dist, keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress,
+                          desc="ppo")
+        self.out_dir = self.run.path
         seed_everything(cfg.seed)
 
         self.actor, self.tok, sft_meta = load_model(cfg.policy)
@@ -233,11 +277,13 @@ class PPOTrainer:
         if rm_tok.vocab_size != self.tok.vocab_size:
             raise UserError(f"{cfg.reward_model}: its tokenizer ({rm_tok.vocab_size} tokens) differs from the "
                             f"policy's ({self.tok.vocab_size}); train the reward model from the same SFT model")
-        self.critic = copy.deepcopy(self.reward_model).train().requires_grad_(True)
+        self.critic = copy.deepcopy(self.reward_model).train().requires_grad_(True).freeze_lm_head()
+        self.actor_ddp, self.critic_ddp = wrap_ddp(self.actor, self.dist), wrap_ddp(self.critic, self.dist)
         self.reward_norm = rm_meta.get("reward_norm") if cfg.normalize_reward else None
         self.max_total = min(self.actor.cfg.max_seq_len, cfg.max_len + cfg.max_new_tokens)
-        self.engine = Engine(self.actor, self.tok, max_batch=cfg.batch_prompts, max_seq_len=self.max_total)
-        self.end_id = _end_of_turn_id(self.tok)
+        self.engine = Engine(self.actor, self.tok, max_batch=max(1, -(-cfg.batch_prompts // world)),
+                             max_seq_len=self.max_total)
+        self.end_id = end_of_turn_id(self.tok)
 
         # prompts: drop any the SFT/RM stages used, then split off the evaluation set
         excluded = set()
@@ -267,7 +313,9 @@ class PPOTrainer:
                                            betas=(0.9, 0.95), weight_decay=0.0)
         self.critic_opt = torch.optim.AdamW([p for p in self.critic.parameters() if p.requires_grad],
                                             lr=cfg.critic_lr, betas=(0.9, 0.95), weight_decay=0.0)
-        self.kl_ctl = rl_math.AdaptiveKLController(cfg.init_beta, cfg.kl_target, cfg.kl_horizon)
+        self.schedule = LRSchedule(cfg.warmup_steps, cfg.iterations, cfg.min_lr_ratio,
+                                   [(self.actor_opt, cfg.lr), (self.critic_opt, cfg.critic_lr)])
+        self.kl_ctl = rl_math.AdaptiveKLController(cfg.init_beta, cfg.kl_target or None, cfg.kl_horizon)
         self.step = 0
         self.prompt_pos, self.prompt_epoch = 0, 0
         self.property = re.compile(cfg.property_regex) if cfg.property_regex else None
@@ -284,6 +332,7 @@ class PPOTrainer:
         return order
 
     def next_prompts(self) -> list[list[dict]]:
+        """The iteration's prompts (the same on every rank)."""
         order = self._prompt_order()
         out = []
         while len(out) < self.cfg.batch_prompts:
@@ -302,15 +351,17 @@ class PPOTrainer:
         return ids[-keep:]
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[dict]], seed: int, temperature: float | None = None):
+    def generate(self, prompts: list[list[dict]], seed: int, first: int = 0, temperature: float | None = None):
+        """Sample one response per prompt; prompt i is the (first + i)-th of the global batch, whose index
+        seeds its sampler, so the samples do not depend on how the batch is split across processes."""
         from ..engine import SamplingParams
         cfg = self.cfg
         t = cfg.temperature if temperature is None else temperature
         prompt_ids = [self._prompt_ids(p) for p in prompts]
         params = [SamplingParams(max_tokens=cfg.max_new_tokens, temperature=t, top_p=cfg.top_p,
-                                 seed=seed * 100_003 + i) for i in range(len(prompts))]
+                                 seed=seed * 100_003 + first + i) for i in range(len(prompts))]
         self.actor.eval()
-        gens = self.engine.generate(prompt_ids, params)
+        gens = self.engine.generate(prompt_ids, params) if prompt_ids else []
         self.actor.train()
         seqs, masks = [], []
         for p, g in zip(prompt_ids, gens):
@@ -329,32 +380,69 @@ class PPOTrainer:
 
         A response cut off by --max-new-tokens has none, so it is scored as if it ended there (without the
         closing token the reward model would be read at an arbitrary position, far off its training data)."""
+        if not seqs:
+            return torch.zeros(0, device=self.device)
         end = self.end_id
         closed = [s if end is None or s[-1] == end else s + [end] for s in seqs]
         ids, _, last = pad_batch(closed, [[1] * len(s) for s in closed], self.tok.pad_id)
         return self.reward_model(ids.to(self.device), score_index=last.to(self.device))
 
+    @torch.no_grad()
+    def _sample_and_score(self, prompts: list[list[dict]], seed: int) -> list[dict]:
+        """Every rank samples and scores its share of `prompts`; returns all of them, in order, on every rank:
+        per rollout the token ids, response mask, text, raw reward and, per token, log π, log π_SFT, V."""
+        mine = share(len(prompts), self.dist)
+        seqs, masks, texts = self.generate([prompts[i] for i in mine], seed, first=mine.start)
+        rows = []
+        if seqs:
+            ids, _, _ = pad_batch(seqs, masks, self.tok.pad_id)
+            ids = ids.to(self.device)
+            logp = rl_math.token_logprobs(self.actor(ids), ids).cpu()
+            ref_logp = rl_math.token_logprobs(self.reference(ids), ids).cpu()
+            values = self.critic(ids, score_all=True)[:, :-1].float().cpu()
+            raw = self.reward_scores(seqs).float().cpu()
+            for i, s in enumerate(seqs):
+                n = len(s) - 1
+                rows.append({"ids": s, "mask": masks[i], "text": texts[i], "raw": float(raw[i]),
+                             "logp": logp[i, :n], "ref_logp": ref_logp[i, :n], "values": values[i, :n]})
+        return gather(rows, self.dist)
+
+    def _stack(self, rows: list[dict], key: str, width: int) -> torch.Tensor:
+        out = torch.zeros(len(rows), width)
+        for i, r in enumerate(rows):
+            out[i, :len(r[key])] = r[key]
+        return out.to(self.device)
+
     # --- one iteration ---------------------------------------------------------------------------
     @torch.no_grad()
     def make_rollouts(self, prompts) -> Rollouts:
         cfg = self.cfg
-        seqs, masks, texts = self.generate(prompts, seed=cfg.seed * 7 + self.step)
-        ids, tok_mask, _ = pad_batch(seqs, masks, self.tok.pad_id)
-        ids, tok_mask = ids.to(self.device), tok_mask.to(self.device)
-        mask = tok_mask[:, 1:].float()
-        old_logp = rl_math.token_logprobs(self.actor(ids), ids)
-        ref_logp = rl_math.token_logprobs(self.reference(ids), ids)
-        values = self.critic(ids, score_all=True)[:, :-1]
-        raw = self.reward_scores(seqs)
+        rows = self._sample_and_score(prompts, seed=cfg.seed * 7 + self.step)
+        ids, tok_mask, _ = pad_batch([r["ids"] for r in rows], [r["mask"] for r in rows], self.tok.pad_id)
+        ids, mask = ids.to(self.device), tok_mask[:, 1:].float().to(self.device)
+        width = ids.shape[1] - 1
+        old_logp, ref_logp = self._stack(rows, "logp", width), self._stack(rows, "ref_logp", width)
+        values = self._stack(rows, "values", width)
+        raw = torch.tensor([r["raw"] for r in rows], device=self.device)
         scores = self.normalise(raw)
         rewards, kl = rl_math.shaped_rewards(scores, old_logp, ref_logp, mask, self.kl_ctl.beta, cfg.kl_estimator)
         adv, ret = rl_math.gae(rewards, values, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             adv = rl_math.masked_whiten(adv, mask)
-        return Rollouts(ids, mask, old_logp, ref_logp, values * mask, adv, ret, scores, raw, kl, texts)
+        return Rollouts(ids, mask, old_logp, ref_logp, values * mask, adv, ret, scores, raw, kl,
+                        [r["text"] for r in rows])
+
+    def _ptx_share(self) -> tuple[tuple[torch.Tensor, torch.Tensor], float]:
+        """This rank's share of the next PPO-ptx batch as (inputs, targets), and the batch's target count."""
+        ids, mask = self.ptx.next_batch()
+        targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
+        rows = share(len(ids), self.dist)
+        n_targets = float((targets != IGNORE_INDEX).sum())
+        inputs, targets = ids[rows.start:rows.stop, :-1], targets[rows.start:rows.stop]
+        return (inputs.to(self.device), targets.to(self.device)), n_targets
 
     def ppo_update(self, ro: Rollouts) -> dict:
-        cfg = self.cfg
+        cfg, world = self.cfg, self.dist.world_size
         B = ro.ids.shape[0]
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_frac", "value_clip_frac",
                                                           "entropy", "approx_kl", "update_kl", "ptx_loss")}
@@ -363,11 +451,18 @@ class PPOTrainer:
         for _ in range(cfg.ppo_epochs):
             if stopped:
                 break
-            for idx in torch.randperm(B, generator=gen).split(cfg.minibatch):
-                idx = idx.to(self.device)
+            for minibatch in torch.randperm(B, generator=gen).split(cfg.minibatch):
+                minibatch = minibatch.to(self.device)
+                n_all = float(ro.mask[minibatch].sum())  # response tokens of the whole minibatch, all ranks
+                mine = share(len(minibatch), self.dist)
+                idx = minibatch[mine.start:mine.stop]
                 T = int(ro.mask[idx].nonzero()[:, 1].max()) + 2 if ro.mask[idx].any() else ro.ids.shape[1]
                 ids, mask = ro.ids[idx, :T], ro.mask[idx, :T - 1]
-                logits = self.actor(ids)
+                n_mine = float(mask.sum())
+                # each rank's masked mean, weighted by its share of the minibatch's tokens; DDP averages over
+                # the ranks, so the gradient is that of the mean over the whole minibatch
+                weight = n_mine / n_all * world
+                logits = self.actor_ddp(ids)
                 logp = rl_math.token_logprobs(logits, ids)
                 pg_loss, clip_frac = rl_math.ppo_policy_loss(logp, ro.old_logp[idx, :T - 1], ro.advantages[idx, :T - 1],
                                                              mask, cfg.clip_range)
@@ -375,34 +470,38 @@ class PPOTrainer:
                     entropy = rl_math.masked_mean(rl_math.entropy_from_logits(logits[:, :-1]), mask)
                     approx_kl = rl_math.masked_mean(ro.old_logp[idx, :T - 1] - logp, mask)
                     update_kl = rl_math.masked_mean(rl_math.kl_per_token(ro.old_logp[idx, :T - 1], logp, "k3"), mask)
-                stats["update_kl"].append(float(update_kl))
-                if cfg.target_update_kl > 0 and float(update_kl) > 1.5 * cfg.target_update_kl:
+                local = [float(x) * n_mine for x in (pg_loss.detach(), clip_frac, entropy, approx_kl, update_kl)]
+                pg, clip, ent, akl, ukl = (v / n_all for v in all_reduce_sum(local, self.dist))
+                stats["update_kl"].append(ukl)
+                if cfg.target_update_kl > 0 and ukl > 1.5 * cfg.target_update_kl:
                     stopped = True  # this minibatch's step is not taken: the policy has moved far enough
                     break
                 steps_done += 1
-                loss = pg_loss
+                loss = pg_loss * weight
                 if self.ptx is not None:
-                    ptx_ids, ptx_mask = (t.to(self.device) for t in self.ptx.next_batch())
-                    ptx_loss = rl_math.lm_loss(self.actor(ptx_ids), ptx_ids, ptx_mask)
-                    loss = loss + cfg.ptx_coef * ptx_loss
-                    stats["ptx_loss"].append(float(ptx_loss.detach()))
+                    batch, n_targets = self._ptx_share()
+                    out = lm_loss(self.actor_ddp, batch)
+                    loss = loss + cfg.ptx_coef * out.loss_sum * (world / n_targets)
+                    stats["ptx_loss"].append(all_reduce_sum([float(out.loss_sum.detach())], self.dist)[0] / n_targets)
                 self.actor_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_clip)
                 self.actor_opt.step()
 
-                values = self.critic(ids, score_all=True)[:, :-1]
+                values = self.critic_ddp(ids, score_all=True)[:, :-1]
                 vf_loss, vf_clip = rl_math.ppo_value_loss(values, ro.values[idx, :T - 1], ro.returns[idx, :T - 1],
                                                           mask, cfg.clip_range_value)
                 self.critic_opt.zero_grad(set_to_none=True)
-                (cfg.vf_coef * vf_loss).backward()
+                (cfg.vf_coef * vf_loss * weight).backward()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
                 self.critic_opt.step()
-                for k, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_frac", clip_frac),
-                             ("value_clip_frac", vf_clip), ("entropy", entropy), ("approx_kl", approx_kl)):
-                    stats[k].append(float(v.detach()))
+                vf, vclip = (v / n_all for v in all_reduce_sum([float(vf_loss.detach()) * n_mine,
+                                                                 float(vf_clip) * n_mine], self.dist))
+                for k, v in (("policy_loss", pg), ("value_loss", vf), ("clip_frac", clip), ("value_clip_frac", vclip),
+                             ("entropy", ent), ("approx_kl", akl)):
+                    stats[k].append(v)
         out = {k: sum(v) / len(v) for k, v in stats.items() if v}
         out.update(update_kl_max=max(stats["update_kl"], default=0.0), updates=steps_done, early_stop=stopped)
         return out
@@ -414,12 +513,13 @@ class PPOTrainer:
         t_roll = time.perf_counter() - t0
         kl_per_response = float((ro.kl * ro.mask).sum(1).mean())
         beta_used = self.kl_ctl.beta
+        lr = float(self.actor_opt.param_groups[0]["lr"])
         upd = self.ppo_update(ro)
         self.kl_ctl.update(kl_per_response, n_steps=len(prompts))
         self.step += 1
         record = {"step": self.step, "reward": float(ro.scores.mean()), "reward_raw": float(ro.raw_scores.mean()),
                   "kl": kl_per_response, "beta": beta_used, "beta_next": self.kl_ctl.beta,
-                  "response_len": float(ro.mask.sum(1).mean()), **upd,
+                  "response_len": float(ro.mask.sum(1).mean()), "lr": lr, **upd,
                   "rollout_s": t_roll, "step_time_s": time.perf_counter() - t0}
         if self.property is not None:
             record["property_rate"] = sum(bool(self.property.search(t)) for t in ro.texts) / len(ro.texts)
@@ -431,68 +531,52 @@ class PPOTrainer:
         """Mean reward, KL to the reference and property rate on the held-out prompts (sampled as in PPO)."""
         if not self.eval_prompts:
             return {}
-        seqs, masks, texts = self.generate(self.eval_prompts, seed=10_000_019)
-        ids, tok_mask, _ = pad_batch(seqs, masks, self.tok.pad_id)
-        ids, tok_mask = ids.to(self.device), tok_mask.to(self.device)
-        mask = tok_mask[:, 1:].float()
-        logp = rl_math.token_logprobs(self.actor(ids), ids)
-        ref_logp = rl_math.token_logprobs(self.reference(ids), ids)
-        kl = (rl_math.kl_per_token(logp, ref_logp, self.cfg.kl_estimator) * mask).sum(1)
-        raw = self.reward_scores(seqs)
+        rows = self._sample_and_score(self.eval_prompts, seed=10_000_019)
+        raw = torch.tensor([r["raw"] for r in rows])
         scores = self.normalise(raw)
+        kl = torch.tensor([float((rl_math.kl_per_token(r["logp"], r["ref_logp"], self.cfg.kl_estimator)
+                                  * torch.tensor(r["mask"][1:], dtype=torch.float32)).sum()) for r in rows])
+        lengths = torch.tensor([float(sum(r["mask"][1:])) for r in rows])
+        texts = [r["text"] for r in rows]
         out = {f"{tag}_reward": float(scores.mean()), f"{tag}_reward_raw": float(raw.mean()),
-               f"{tag}_kl": float(kl.mean()), f"{tag}_response_len": float(mask.sum(1).mean())}
+               f"{tag}_kl": float(kl.mean()), f"{tag}_response_len": float(lengths.mean())}
         if self.property is not None:
             out[f"{tag}_property_rate"] = sum(bool(self.property.search(t)) for t in texts) / len(texts)
-        samples = [{"prompt": p, "response": t, "reward": float(s)} for p, t, s in zip(self.eval_prompts, texts, scores)]
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out_dir / f"samples_{tag}.jsonl",
-                          "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+        if self.run.is_main:
+            samples = [{"prompt": p, "response": t, "reward": float(s)}
+                       for p, t, s in zip(self.eval_prompts, texts, scores)]
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out_dir / f"samples_{tag}.jsonl",
+                              "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
         return out
 
     # --- checkpoints -----------------------------------------------------------------------------
-    def save(self) -> Path:
+    def save(self) -> Path | None:
         from ..checkpoint import save_checkpoint
-        name = f"step-{self.step:06d}"
-        target = self.out_dir / name
-        tmp = self.out_dir / f".{name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         meta = self.meta()
-        save_checkpoint(tmp / "actor", self.actor, self.tok, meta=meta)
-        save_checkpoint(tmp / "critic", self.critic, self.tok, meta={**meta, "stage": "ppo-critic"})
-        torch.save({"step": self.step, "actor_opt": self.actor_opt.state_dict(),
-                    "critic_opt": self.critic_opt.state_dict(), "kl_ctl": self.kl_ctl.state_dict(),
-                    "prompt_pos": self.prompt_pos, "prompt_epoch": self.prompt_epoch,
-                    "ptx": self.ptx.state_dict() if self.ptx else None, "rng": rng_state()}, tmp / TRAIN_STATE)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-        atomic_write_text(self.out_dir / LATEST, json.dumps({"step": self.step, "dir": name}) + "\n")
-        older = sorted(p for p in self.out_dir.glob("step-*") if p.is_dir() and p.name != name)
-        for old in older[:max(0, len(older) + 1 - max(1, self.cfg.keep_checkpoints))]:
-            shutil.rmtree(old, ignore_errors=True)
-        return target
+
+        def write(d: Path) -> None:
+            save_checkpoint(d / "actor", self.actor, self.tok, meta=meta)
+            save_checkpoint(d / "critic", self.critic, self.tok, meta={**meta, "stage": "ppo-critic"})
+        return self.run.save(self.step, write, {
+            "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+            "kl_ctl": self.kl_ctl.state_dict(), "prompt_pos": self.prompt_pos, "prompt_epoch": self.prompt_epoch,
+            "ptx": self.ptx.state_dict() if self.ptx else None})
 
     def resume(self) -> bool:
-        from .loop import load_weights_into
-        ckpt = latest_checkpoint(self.out_dir)
-        if ckpt is None:
+        found = self.run.resume()
+        if found is None:
             return False
+        ckpt, state = found
         load_weights_into(self.actor, ckpt / "actor")
         load_weights_into(self.critic, ckpt / "critic")
-        state = torch.load(ckpt / TRAIN_STATE, map_location="cpu", weights_only=False)
         self.actor_opt.load_state_dict(state["actor_opt"])
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.prompt_pos, self.prompt_epoch = state["prompt_pos"], state["prompt_epoch"]
         if self.ptx and state.get("ptx"):
             self.ptx.load_state_dict(state["ptx"])
-        set_rng_state(state["rng"])
         self.step = int(state["step"])
-        metrics = self.out_dir / "metrics.jsonl"
-        if metrics.exists():  # drop lines written after the checkpoint, so the log reads as one run
-            kept = [ln for ln in metrics.read_text().splitlines()
-                    if ln.strip() and _line_step(ln) <= self.step and '"final": true' not in ln]
-            atomic_write_text(metrics, "".join(ln + "\n" for ln in kept))
         return True
 
     def meta(self) -> dict:
@@ -504,138 +588,66 @@ class PPOTrainer:
                 "beta": self.kl_ctl.beta}
 
     def log(self, record: dict) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.run.log(record)
 
     # --- the loop --------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
         from ..checkpoint import save_checkpoint
-        from tqdm.auto import tqdm
         cfg = self.cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         resumed = resume and self.resume()
-        atomic_write_text(self.out_dir / "run.json", json.dumps(
-            {"stage": "ppo", "config": dataclasses.asdict(cfg), "train_prompts": len(self.train_prompts),
-             "eval_prompts": len(self.eval_prompts), "dropped_prompts_seen_by_sft_or_rm": self.dropped_prompts},
-            indent=2, default=str) + "\n")
+        self.run.write_info({"stage": "ppo", "settings": dataclasses.asdict(cfg),
+                             "train_prompts": len(self.train_prompts), "eval_prompts": len(self.eval_prompts),
+                             "dropped_prompts_seen_by_sft_or_rm": self.dropped_prompts})
         before = {}
         if not resumed:
             before = self.evaluate("before")
             self.log({"step": 0, **before})
-        bar = tqdm(total=cfg.iterations, initial=self.step, desc="ppo", dynamic_ncols=True, disable=not cfg.progress)
-        record: dict = {}
-        try:
-            while self.step < cfg.iterations:
-                record = self.iteration()
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.iterations:
-                    record.update(self.evaluate("eval"))
-                self.log(record)
-                bar.update(1)
-                post = {"reward": f"{record['reward']:.3f}", "kl": f"{record['kl']:.2f}", "beta": f"{record['beta']:.3f}"}
-                if "property_rate" in record:
-                    post["prop"] = f"{record['property_rate']:.2f}"
-                bar.set_postfix(post, refresh=False)
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.iterations:
-                    self.save()
-        except KeyboardInterrupt:
-            bar.write(f"interrupted at iteration {self.step}; saving a checkpoint to resume from")
-            if self.step > 0:
-                self.save()
-            raise
-        finally:
-            bar.close()
-        self.save()
+
+        def one_iteration() -> dict:
+            record = self.iteration()
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.iterations:
+                record.update(self.evaluate("eval"))
+            self.log(record)
+            return record
+
+        def postfix(record: dict) -> dict:
+            post = {"reward": f"{record['reward']:.3f}", "kl": f"{record['kl']:.2f}", "beta": f"{record['beta']:.3f}"}
+            if "property_rate" in record:
+                post["prop"] = f"{record['property_rate']:.2f}"
+            return post
+
+        record = self.run.loop(cfg.iterations, one_iteration, step_of=lambda: self.step, save_fn=self.save,
+                               save_every=cfg.save_every, schedule=self.schedule, postfix=postfix)
         after = self.evaluate("after")
         self.log({"step": self.step, "final": True, **after})
-        final = save_checkpoint(self.out_dir / "final", self.actor, self.tok, meta={**self.meta(), "eval": after})
+        final = None
+        if self.run.is_main:
+            final = save_checkpoint(self.out_dir / "final", self.actor, self.tok, meta={**self.meta(), "eval": after})
         return {"checkpoint": str(final), "before": before, "after": after,
                 "last": {k: v for k, v in record.items()}, "dropped_prompts": self.dropped_prompts}
 
 
-def _line_step(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError):
-        return 1 << 60  # a line cut short by a kill: dropped
-
-
 # --- CLI -----------------------------------------------------------------------------------------------
 
-HELP = {
-    "policy": "SFT checkpoint: the actor starts here, and a frozen copy is the reference π_SFT of the KL penalty",
-    "reward_model": "reward-model checkpoint from `alignchat rm`: frozen r(x, y), and the critic's initialisation",
-    "prompts": "PPO prompts (JSONL {\"prompt\": [messages]} or text, one a line); prompts used by SFT/RM are dropped",
-    "eval_prompts": "held-out prompts for before/after evaluation (default: hold out --eval-fraction of --prompts)",
-    "eval_fraction": "fraction of --prompts held out for evaluation when --eval-prompts is not given",
-    "exclude_prompts": "SFT/comparison files whose prompts PPO must not train on (the RM's data is excluded automatically)",
-    "ptx_data": "PPO-ptx corpus: JSONL with \"text\" or \"messages\", or plain text (paragraphs)",
-    "out_dir": "run directory: metrics.jsonl, samples_before/after.jsonl, step-N/ checkpoints, final/",
-    "iterations": "PPO iterations (each: one batch of rollouts, then --ppo-epochs of updates)",
-    "batch_prompts": "rollouts per iteration (prompts sampled once each through the KV-cache engine)",
-    "max_new_tokens": "maximum response length in tokens",
-    "temperature": "sampling temperature of rollouts (1.0 = the policy's own distribution, as PPO assumes)",
-    "top_p": "nucleus sampling for rollouts (1.0 = off, keeps PPO on-policy)",
-    "max_len": "prompt tokens kept (from the right)",
-    "ppo_epochs": "passes over each batch of rollouts",
-    "minibatch": "rollouts per gradient step",
-    "clip_range": "clip range ε: the ratio π/π_old is clipped to [1−ε, 1+ε] in the policy objective (PPO paper: 0.2)",
-    "clip_range_value": "the critic's new values may move at most this far from the rollout's values",
-    "gamma": "discount γ of GAE (1.0: the whole response is one episode)",
-    "lam": "λ of GAE: bias/variance trade-off of the advantage estimate",
-    "vf_coef": "weight of the value loss",
-    "whiten_advantages": "normalise advantages to mean 0, std 1 over each batch's response tokens",
-    "init_beta": "β: weight of the per-token KL(π‖π_SFT) penalty; reward = r(x,y) − β·KL (InstructGPT: 0.02)",
-    "kl_target": "target KL per response (nats) of the adaptive β controller (Ziegler et al.); 'none' = fixed β",
-    "kl_horizon": "horizon of the adaptive β controller, in rollouts: larger adapts β more slowly",
-    "kl_estimator": "per-token KL estimate: k1 = log π − log π_ref (InstructGPT), k2, or k3 (never negative)",
-    "target_update_kl": "trust region per iteration: stop the remaining PPO epochs once the mean per-token "
-                        "KL(π_old‖π) exceeds 1.5× this (0 = off; 0.01–0.05 is usual)",
-    "normalize_reward": "normalise r(x, y) with the mean/std stored by `alignchat rm`",
-    "ptx_coef": "γ_ptx of PPO-ptx: weight of the pretraining LM loss mixed into the policy loss (0 = plain PPO)",
-    "ptx_batch": "sequences of --ptx-data per PPO minibatch",
-    "lr": "actor learning rate",
-    "critic_lr": "critic learning rate",
-    "grad_clip": "global gradient-norm clip (0 = off)",
-    "eval_every": "evaluate on the held-out prompts every N iterations (0: only before and after)",
-    "save_every": "checkpoint every N iterations (and always at the end)",
-    "keep_checkpoints": "step checkpoints kept",
-    "property_regex": "optional regex: also report the rate of responses matching it (a measurable preference)",
-    "seed": "random seed (rollout seeds derive from it, so a resumed run repeats the same samples)",
-    "device": "auto | cpu | cuda | cuda:N",
-    "progress": "show a progress bar",
-}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser) -> None:
     parser.description = (
         "RLHF with PPO (InstructGPT): actor from SFT, frozen SFT reference, critic from the reward model, frozen "
         "reward model. Per-token reward = r(x,y) on the last token - beta * KL(pi || pi_SFT); adaptive beta; GAE; "
         "clipped policy and value losses; PPO-ptx mixes gamma_ptx * the pretraining loss into the policy loss. "
         "K (responses ranked per prompt) belongs to the comparison data: see `alignchat compare sample -k`.")
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    d = PPOConfig()
-    for f in dataclasses.fields(PPOConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(d, f.name)
-        kw: dict = {"help": HELP[f.name], "default": default}
-        if isinstance(default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-        elif isinstance(default, list):
-            kw["nargs"] = "*"
-        elif f.name == "kl_target":
-            kw["type"] = lambda s: None if s.lower() in ("none", "0", "off") else float(s)
-        else:
-            kw["type"] = type(default)
-        parser.add_argument(flag, **kw)
-    parser.add_argument("--config", help="TOML/YAML/JSON file of PPOConfig overrides")
-    parser.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    add_stage_arguments(
+        parser, PPOConfig(), own_section="ppo",
+        reads="--policy (the SFT checkpoint), --reward-model (from `alignchat rm`; its meta.json names its data, "
+              "whose prompts are dropped), --prompts, optional --eval-prompts, --exclude-prompts and --ptx-data",
+        writes="--out DIR: run.json, metrics.jsonl (per iteration, plus before_*/after_* evaluations), "
+               "samples_before/after.jsonl, step-N/{actor,critic,train_state.pt} + latest.json, final/ (the actor)")
 
 
 def run(args) -> int:
-    from .reward import apply_config_file
-    cfg = PPOConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PPOConfig)})
-    cfg = apply_config_file(cfg, args.config)
-    out = PPOTrainer(cfg).fit(resume=args.resume)
-    print(json.dumps({k: out[k] for k in ("checkpoint", "before", "after", "dropped_prompts")}, indent=2))
+    cfg, _ = stage_settings(args, lambda given: PPOConfig())
+    trainer = PPOTrainer(cfg)
+    out = trainer.fit(resume=args.resume)
+    if trainer.dist.is_main:
+        print(json.dumps({k: out[k] for k in ("checkpoint", "before", "after", "dropped_prompts")}, indent=2))
+    end_distributed()
     return 0

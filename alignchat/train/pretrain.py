@@ -2,12 +2,13 @@
 
 Notable choices:
 - A run is a model preset (`tiny` for a CPU in minutes; `small`, `gpt2-124m`, … for GPUs) plus training
-  defaults that suit it, and any field of either can be overridden: `lr=1e-3`, `model.dim=128`,
-  `train.batch_size=4`, or a `--config run.toml|yaml` file with `[model]`/`[train]` sections.
+  defaults that suit it, and any field of either can be set, as a flag (`--lr 1e-3`), as `KEY=VALUE`
+  (`lr=1e-3`, `model.dim=128`, `train.batch_size=4`) or in a `--config run.toml|yaml` file (flat or with
+  `[model]`/`[train]` tables): the preset's defaults, then the file, then the command line.
 - The vocabulary follows the tokenizer that made the shards (rounded up to a multiple of 64 for fast
   matmuls) unless `model.vocab_size` is set.
-- `--resume` reads `OUT/run.json`, applies any new overrides (e.g. a larger `max_steps`) and continues
-  from the last complete checkpoint: same weights, optimizer, data position and RNG.
+- `--resume` starts from `OUT/run.json`'s settings, applies any new ones (e.g. a larger `max_steps`) and
+  continues from the last complete checkpoint: same weights, optimizer, data position and RNG.
 - Under `torchrun --nproc_per_node=N` the same command runs DDP; add `fsdp=true` for FSDP2.
 - The result is `OUT/final/`, a normal checkpoint directory (`alignchat chat OUT/final` works).
 """
@@ -16,11 +17,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from itertools import islice
-from pathlib import Path
 
 from ..config import PRESETS, ModelConfig, preset
 from ..errors import UserError
-from .loop import (TrainConfig, Trainer, apply_routed, gather_overrides, init_distributed, route_overrides)
+from ..settings import setting
+from .loop import TrainConfig, Trainer, add_stage_arguments, end_distributed, init_distributed, stage_settings
 
 # training defaults per model preset (everything else: TrainConfig's defaults)
 TRAIN_DEFAULTS: dict[str, dict] = {
@@ -32,74 +33,64 @@ TRAIN_DEFAULTS: dict[str, dict] = {
                       weight_decay=0.1, eval_every=250, save_every=1000, sample_every=1000, log_every=10),
 }
 SAMPLE_PROMPTS = ["The ", "Once upon a time", "春天"]
+OUT = "runs/pretrain"
 
 
-@dataclasses.dataclass
-class PretrainConfig:
-    data: str = ""  # shard directory written by `alignchat tokenize`
-    tokenizer: str = ""  # tokenizer.json or a directory holding it; default: the shard directory
-    preset: str = "tiny"
-    init: str = ""  # start from this checkpoint's weights instead of random ones (continued pretraining)
-
-
-def train_config_for(preset_name: str, out_dir: str) -> TrainConfig:
+def train_config_for(preset_name: str, out_dir: str = OUT) -> TrainConfig:
     defaults = TRAIN_DEFAULTS.get(preset_name, TRAIN_DEFAULTS["small"])
     return TrainConfig(out_dir=out_dir, **defaults)
 
 
+@dataclasses.dataclass
+class PretrainConfig:
+    """`alignchat pretrain`'s settings."""
+
+    data: str = setting("", "shard directory written by `alignchat tokenize` (required)")
+    tokenizer: str = setting("", "tokenizer.json or a directory holding it (default: the shard directory)")
+    preset: str = setting("tiny", "model size, with training defaults to match", choices=sorted(PRESETS))
+    init: str = setting("", "start from this checkpoint's weights instead of random ones (continued pretraining)")
+    model: ModelConfig = setting(help="the model's shape (defaults: the preset's)", factory=lambda: preset("tiny"))
+    train: TrainConfig = setting(help="optimisation, schedule, logging and checkpoints (defaults: the preset's)",
+                                 factory=lambda: train_config_for("tiny"))
+
+
+def defaults_for(preset_name: str) -> PretrainConfig:
+    if preset_name not in PRESETS:
+        raise UserError(f"setting preset: unknown preset {preset_name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PretrainConfig(preset=preset_name, model=preset(preset_name), train=train_config_for(preset_name))
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="override any setting: lr=1e-3, max_steps=500, model.dim=128, train.batch_size=4, "
-                             "fsdp=true, compile=true (see docs/training.md for the full list)")
-    parser.add_argument("--data", help="shard directory from `alignchat tokenize` (required unless --resume)")
-    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                        help="model size and matching training defaults (default: tiny)")
-    parser.add_argument("--out", default="runs/pretrain", help="run directory (default: runs/pretrain)")
-    parser.add_argument("--tokenizer", help="tokenizer.json or a directory with it (default: the shard directory)")
-    parser.add_argument("--init", help="checkpoint to start from instead of random weights")
-    parser.add_argument("--config", help="TOML/YAML/JSON file of settings ([model] and [train] sections or flat)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last checkpoint (exactly: optimizer, data, RNG)")
+    add_stage_arguments(
+        parser, PretrainConfig(),
+        reads="--data SHARD_DIR (from `alignchat tokenize`: train/val shards, manifest.json, the tokenizer); "
+              "--init CKPT if given",
+        writes="--out DIR: run.json, metrics.jsonl, step-N/ checkpoints + latest.json, final/ (a checkpoint "
+               "directory that chat, generate, sft and eval load)")
 
 
-def build_run(args) -> tuple[PretrainConfig, ModelConfig, TrainConfig, dict]:
-    out = Path(args.out)
-    flat = gather_overrides(list(args.overrides or []), args.config)
-    if args.resume and (out / "run.json").exists():
-        saved = json.loads((out / "run.json").read_text())
-        job = PretrainConfig(**saved["job"])
-        model_cfg = ModelConfig.from_dict(saved["model"])
-        train_cfg = TrainConfig(**saved["train"])
-    else:
-        job = PretrainConfig(preset=args.preset or "tiny")
-        model_cfg = preset(job.preset)
-        train_cfg = train_config_for(job.preset, str(out))
-    for name in ("data", "tokenizer", "init"):
-        if getattr(args, name, None):
-            setattr(job, name, getattr(args, name))
-    routed = route_overrides(flat, {"train": train_cfg, "model": model_cfg, "job": job})
-    train_cfg = apply_routed(train_cfg, routed["train"])
-    model_cfg = apply_routed(model_cfg, routed["model"])
-    job = apply_routed(job, routed["job"])
-    train_cfg = dataclasses.replace(train_cfg, out_dir=str(out))
+def build_run(args) -> tuple[PretrainConfig, dict]:
+    """The run's settings, and what the user set (`alignchat.settings.given_settings`)."""
+    job, given = stage_settings(args, lambda given: defaults_for(str(given.get("preset", "tiny"))))
     if not job.data:
         raise UserError("--data SHARD_DIR is required (make one with `alignchat tokenize`)")
-    return job, model_cfg, train_cfg, routed["model"]
+    return job, given
 
 
 def run(args) -> int:
     import torch
 
-    from ..checkpoint import load_model
+    from ..hub import load_model
     from ..data.shards import TokenBatcher, TokenShards
     from ..model import Transformer
     from ..tokenizer import Tokenizer
 
-    job, model_cfg, train_cfg, model_overrides = build_run(args)
+    job, given = build_run(args)
+    model_cfg, train_cfg = job.model, job.train
     train = TokenShards(job.data, "train")
     val = TokenShards(job.data, "val") if train.manifest["splits"]["val"]["tokens"] else None
     tok = Tokenizer.load(job.tokenizer or job.data)
-    if "vocab_size" not in model_overrides and not args.resume and not job.init:
+    if "model.vocab_size" not in given and not args.resume and not job.init:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=64 * ((tok.vocab_size + 63) // 64))
     if tok.vocab_size > model_cfg.vocab_size or train.vocab_size > model_cfg.vocab_size:
         raise UserError(f"the tokenizer has {tok.vocab_size} tokens but model.vocab_size is {model_cfg.vocab_size}")
@@ -142,7 +133,7 @@ def run(args) -> int:
         outs = eng.generate(prompts, SamplingParams(max_tokens=train_cfg.sample_tokens, temperature=0.0))
         return [tok.decode(p) + o.text for p, o in zip(prompts, outs)]
 
-    run_info = {"job": dataclasses.asdict(job), "model": model_cfg.to_dict()}
+    run_info = {"settings": dataclasses.asdict(dataclasses.replace(job, model=model_cfg, train=train_cfg))}
     trainer = Trainer(model, train_cfg, data, val_batches=val_batches, tokenizer=tok, stage="pretrain",
                       meta={"parent": job.init or None, "data": str(job.data)},
                       bytes_per_token=val.bytes_per_token if val is not None else None,
@@ -159,7 +150,5 @@ def run(args) -> int:
     if dist_info.is_main:
         summary = {k: round(v, 4) for k, v in result.items() if isinstance(v, float)}
         print(f"done: {final}  {json.dumps(summary)}")
-    if dist_info.enabled:
-        import torch.distributed as dist
-        dist.destroy_process_group()
+    end_distributed()
     return 0

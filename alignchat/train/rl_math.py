@@ -69,11 +69,6 @@ def sequence_logprob(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
     return masked_sum(token_logprobs(logits, ids), mask[:, 1:], dim=1)
 
 
-def lm_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy averaged over masked target tokens (PPO-ptx's pretraining term, SFT)."""
-    return -masked_mean(token_logprobs(logits, ids), mask[:, 1:])
-
-
 # --- reward model --------------------------------------------------------------------------------------
 
 def ranking_pairs(ranking: list[int]) -> list[tuple[int, int]]:

@@ -22,11 +22,12 @@ import hashlib
 import json
 import math
 import re
-import unicodedata
 from pathlib import Path
 
 from ..errors import UserError
-from .loop import TrainConfig, Trainer, apply_routed, gather_overrides, init_distributed, route_overrides
+from ..eval.metrics import exact_match as answer_matches
+from ..settings import setting
+from .loop import TrainConfig, Trainer, add_stage_arguments, end_distributed, init_distributed, stage_settings
 
 SAMPLE_CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -34,71 +35,52 @@ SAMPLE_CHATS = [
 ]
 
 
-@dataclasses.dataclass
-class SFTConfig:
-    model: str = "smollm2-135m-instruct"  # checkpoint dir, registry name, .gguf or HF dir
-    data: str = ""  # SFT JSONL; several files separated by commas
-    val_data: str = ""  # held-out conversations for the validation loss; default: val_fraction of data
-    val_fraction: float = 0.05
-    eval_data: str = ""  # held-out task items (SFT JSONL) for exact match
-    eval_limit: int = 100  # at most this many exact-match items
-    eval_max_tokens: int = 48
-    eval_batch: int = 8  # exact-match prompts decoded together (larger = faster on a CPU, more memory)
-    baseline_eval: bool = True  # measure exact match before training too
-    packing: bool = True
-    epochs: float = 0.0  # > 0 sets max_steps from the data size
-    trainable: str = "all"  # "all" | "last:N" (last N blocks + final norm)
-
-
 SFT_TRAIN_DEFAULTS = dict(max_steps=200, batch_size=8, seq_len=512, lr=5e-5, min_lr_ratio=0.1, warmup_steps=10,
                           weight_decay=0.0, eval_every=50, eval_batches=20, save_every=100, sample_every=0,
                           log_every=5)
 
 
+@dataclasses.dataclass
+class SFTConfig:
+    """`alignchat sft`'s settings."""
+
+    model: str = setting("smollm2-135m-instruct", "model to fine-tune: checkpoint dir, registry name, .gguf file "
+                                                  "or Hugging Face dir")
+    data: list[str] = setting(help="SFT JSONL file(s) (required)", factory=list)
+    val_data: str = setting("", "held-out conversations for the validation loss (default: val_fraction of --data)")
+    val_fraction: float = setting(0.05, "share of --data held out by hash for the validation loss, when no --val-data")
+    eval_data: str = setting("", "held-out task items (SFT JSONL) for exact match (last assistant turn = reference)")
+    eval_limit: int = setting(100, "at most this many exact-match items")
+    eval_max_tokens: int = setting(48, "tokens generated per exact-match answer")
+    eval_batch: int = setting(8, "exact-match prompts decoded together (larger: faster on a CPU, more memory)")
+    baseline_eval: bool = setting(True, "measure exact match before training too")
+    packing: bool = setting(True, "pack several conversations per row (block-diagonal attention); false: pad")
+    epochs: float = setting(0.0, "> 0: set max_steps to this many passes over the data")
+    trainable: str = setting("all", "all, or last:N (train only the last N blocks and the final norm)")
+    train: TrainConfig = setting(help="optimisation, schedule, logging and checkpoints",
+                                 factory=lambda: TrainConfig(out_dir="runs/sft", **SFT_TRAIN_DEFAULTS))
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="override any setting: lr=2e-5, epochs=2, packing=false, trainable=last:4, "
-                             "batch_size=4, seq_len=1024, fsdp=true (see docs/training.md)")
-    parser.add_argument("--model", help="model to fine-tune: checkpoint dir, registry name (default "
-                                        "smollm2-135m-instruct), .gguf or Hugging Face dir")
-    parser.add_argument("--data", help="SFT JSONL file(s), comma-separated (required unless --resume)")
-    parser.add_argument("--val-data", help="held-out conversations for the validation loss")
-    parser.add_argument("--eval-data", help="held-out task items for exact match (last assistant turn = reference)")
-    parser.add_argument("--out", default="runs/sft", help="run directory (default: runs/sft)")
-    parser.add_argument("--config", help="TOML/YAML/JSON file of settings ([sft] and [train] sections or flat)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_stage_arguments(
+        parser, SFTConfig(), own_section="sft",
+        reads="--model (a checkpoint, registry name, .gguf or Hugging Face dir), --data SFT JSONL, optional "
+              "--val-data and --eval-data",
+        writes="--out DIR: run.json, metrics.jsonl (loss, val_loss, exact_match before/after), "
+               "exact_match_before/after.jsonl, step-N/ checkpoints + latest.json, final/ (a checkpoint directory)")
 
 
 def build_run(args) -> tuple[SFTConfig, TrainConfig]:
-    out = Path(args.out)
-    flat = gather_overrides(list(args.overrides or []), args.config)
-    if args.resume and (out / "run.json").exists():
-        saved = json.loads((out / "run.json").read_text())
-        job, train_cfg = SFTConfig(**saved["job"]), TrainConfig(**saved["train"])
-    else:
-        job, train_cfg = SFTConfig(), TrainConfig(out_dir=str(out), **SFT_TRAIN_DEFAULTS)
-    for arg, name in (("model", "model"), ("data", "data"), ("val_data", "val_data"), ("eval_data", "eval_data")):
-        if getattr(args, arg, None):
-            setattr(job, name, getattr(args, arg))
-    routed = route_overrides(flat, {"train": train_cfg, "sft": job})
-    train_cfg = dataclasses.replace(apply_routed(train_cfg, routed["train"]), out_dir=str(out))
-    job = apply_routed(job, routed["sft"])
+    job, _ = stage_settings(args, lambda given: SFTConfig())
     if not job.data:
         raise UserError("--data FILE.jsonl is required (SFT conversations; see docs/training.md for the schema)")
-    return job, train_cfg
+    return job, job.train
 
 
 def _held_out(rec: dict, fraction: float) -> bool:
     key = str(rec.get("id") or json.dumps(rec["messages"], ensure_ascii=False))
     h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") / 2**64
     return h < fraction
-
-
-def normalize_answer(text: str) -> str:
-    """Case-, width- and whitespace-insensitive form; trailing punctuation dropped (EN and ZH)."""
-    text = unicodedata.normalize("NFKC", text).strip().lower()
-    text = re.sub(r"\s+", " ", text)
-    return text.rstrip(" .。!！?？;；,，")
 
 
 def split_for_eval(messages: list[dict]) -> tuple[list[dict], str]:
@@ -132,8 +114,7 @@ def answer_candidates(text: str) -> list[str]:
 
 
 def is_correct(response: str, golds: list[str]) -> bool:
-    wanted = {normalize_answer(g) for g in golds}
-    return any(normalize_answer(c) in wanted for c in answer_candidates(response))
+    return any(answer_matches(c, golds) for c in answer_candidates(response))
 
 
 def exact_match(model, tok, records: list[dict], max_tokens: int = 48, batch: int = 8,
@@ -202,7 +183,7 @@ def apply_trainable(model, spec: str) -> None:
 def run(args) -> int:
     import torch
 
-    from ..checkpoint import load_model
+    from ..hub import load_model
     from ..data.sft_data import SFTBatcher, encode_records, eval_batches, one_per_row, pack, read_sft_jsonl
 
     job, train_cfg = build_run(args)
@@ -216,8 +197,8 @@ def run(args) -> int:
         raise UserError(f"seq_len {train_cfg.seq_len} exceeds the model's context {model.cfg.max_seq_len}")
 
     records: list[dict] = []
-    for path in [p for p in job.data.split(",") if p.strip()]:
-        records += read_sft_jsonl(path.strip())
+    for path in job.data:
+        records += read_sft_jsonl(path)
     if job.val_data:
         train_recs, val_recs = records, read_sft_jsonl(job.val_data)
     else:
@@ -228,11 +209,11 @@ def run(args) -> int:
     train_convs = encode_records(train_recs, tok, train_cfg.seq_len)
     val_convs = encode_records(val_recs, tok, train_cfg.seq_len)
     if not train_convs:
-        raise UserError(f"{job.data}: no usable training conversations")
+        raise UserError(f"{', '.join(job.data)}: no usable training conversations")
     rows = pack(train_convs, train_cfg.seq_len) if job.packing else one_per_row(train_convs)
     val_rows = pack(val_convs, train_cfg.seq_len) if job.packing else one_per_row(val_convs)
     data = SFTBatcher(rows, train_cfg.batch_size, tok.pad_id, rank=dist_info.rank, world_size=dist_info.world_size,
-                      seed=train_cfg.seed, where=job.data)
+                      seed=train_cfg.seed, where=", ".join(job.data))
     if job.epochs > 0:
         train_cfg = dataclasses.replace(
             train_cfg, max_steps=max(1, math.ceil(job.epochs * data.batches_per_epoch / train_cfg.grad_accum)))
@@ -264,10 +245,11 @@ def run(args) -> int:
         print(f"exact match before SFT: {base['exact_match']:.3f} on {base['n']} held-out items"
               + (f" ({base['skipped_too_long']} longer than the context skipped)" if base["skipped_too_long"] else ""))
 
-    run_info = {"job": dataclasses.asdict(job), "parent": parent_meta.get("source", job.model),
+    run_info = {"settings": dataclasses.asdict(dataclasses.replace(job, train=train_cfg)),
+                "parent": parent_meta.get("source", job.model),
                 "split": {"train": len(train_convs), "val": len(val_convs), "eval": len(eval_recs)}}
     trainer = Trainer(model, train_cfg, data, val_batches=val_fn, tokenizer=tok, stage="sft",
-                      meta={"parent": str(job.model), "data": job.data},
+                      meta={"parent": str(job.model), "data": ",".join(job.data)},
                       sample_fn=sample_fn if dist_info.world_size == 1 else None, dist_info=dist_info,
                       run_info=run_info, callbacks=getattr(args, "callbacks", ()))
     if "exact_match_before" in metrics:
@@ -288,7 +270,5 @@ def run(args) -> int:
     if dist_info.is_main:
         summary = {k: round(v, 4) for k, v in {**result, **metrics}.items() if isinstance(v, float)}
         print(f"done: {final}  {json.dumps(summary)}")
-    if dist_info.enabled:
-        import torch.distributed as dist
-        dist.destroy_process_group()
+    end_distributed()
     return 0
