@@ -280,7 +280,10 @@ def _coerce(value: Any, tp: Any) -> Any:
             raise ValueError(f"expected an integer, got {value!r}")
         if isinstance(value, int):
             return value
-        number = float(value) if isinstance(value, (float, str)) else None
+        try:
+            number = float(value) if isinstance(value, (float, str)) else None
+        except ValueError:
+            number = None
         if number is None or not number.is_integer():
             raise ValueError(f"expected an integer, got {value!r}")
         return int(value) if isinstance(value, str) and value.strip().lstrip("+-").isdigit() else int(number)
@@ -334,7 +337,7 @@ def _show(value: Any) -> str:
 
 def _wrap(text: str, width: int = 100) -> str:
     paragraphs = [p for p in text.strip().split("\n\n")]
-    return "\n\n".join(textwrap.fill(" ".join(p.split()), width) for p in paragraphs)
+    return "\n\n".join(textwrap.fill(" ".join(p.split()), width, break_on_hyphens=False) for p in paragraphs)
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, defaults: Any, *, reads: str, writes: str,
@@ -356,7 +359,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, defaults: Any, *, re
               "KEY=VALUE); a flag's KEY is its name without the dashes (--max-steps N is max_steps=N)"]
     if notes:
         epilog.append(notes)
-    parser.epilog = "\n".join(textwrap.fill(" ".join(line.split()), 100, subsequent_indent="        ")
+    parser.epilog = "\n".join(textwrap.fill(" ".join(line.split()), 100, subsequent_indent="        ",
+                                            break_on_hyphens=False, break_long_words=False)
                               for line in epilog)
     metavar = "INPUT|KEY=VALUE" if inputs else "KEY=VALUE"
     parser.usage = f"%(prog)s {'INPUT... ' if inputs else ''}[--FLAG VALUE ...] [KEY=VALUE ...] [--config FILE]"
