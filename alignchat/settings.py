@@ -419,3 +419,17 @@ def settings_from_args(args: argparse.Namespace, base: Any = None) -> Any:
     given = given_settings(args)
     start = base(given) if callable(base) else (spec.defaults if base is None else base)
     return spec.apply(start, given)
+
+
+@dataclasses.dataclass(frozen=True)
+class Subcommand:
+    """One subcommand of a verb that has several (`compare`, `eval`): its help line, its settings' defaults,
+    what it reads and writes (for the epilog), the function that runs it, the list field that takes the
+    positional inputs, and which shared model flags it takes ("" for the model, "judge-" for a judge)."""
+    help: str
+    defaults: Callable[[], Any]
+    reads: str
+    writes: str
+    func: Callable[[Any, argparse.Namespace], int]
+    inputs: str | None = None
+    model: str | None = None

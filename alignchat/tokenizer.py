@@ -112,10 +112,8 @@ class Tokenizer:
         return ids
 
     @property
-    def special_ids(self) -> set[int]:
-        return set(self._specials())
-
-    def _specials(self) -> frozenset[int]:
+    def special_ids(self) -> frozenset[int]:
+        """Ids of the control tokens (the added tokens marked special), read once."""
         if self._special_set is None:
             self._special_set = frozenset(i for i, t in self.hf.get_added_tokens_decoder().items() if t.special)
         return self._special_set
@@ -232,7 +230,7 @@ class Tokenizer:
 
     def _encode_rendered(self, text: str, slots: list[tuple[int, int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids and character offsets of a rendered conversation; special tokens only from the template."""
-        special = self._specials()
+        special = self.special_ids
         enc = self.hf.encode_batch([text], add_special_tokens=False)[0]  # the batch call releases the GIL
         ids, offsets = enc.ids, enc.offsets
         k = 0

@@ -21,16 +21,14 @@ Notable choices:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 from ..client.cli import add_client_args
 from ..errors import UserError
-from ..settings import add_settings_arguments, setting, settings_from_args
+from ..settings import Subcommand, add_settings_arguments, setting, settings_from_args
 from .config import LOCAL_OPTIONS
 
 MODEL_FLAGS_NOTE = ("model flags: {flags}, --api-key-env VAR, --device, --dtype are the shared model flags (the same "
@@ -188,17 +186,6 @@ def cmd_tasks(cfg: TasksConfig, args) -> int:
 
 
 # --- the command line ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Subcommand:
-    help: str
-    defaults: Callable[[], Any]
-    reads: str
-    writes: str
-    func: Callable[[Any, argparse.Namespace], int]
-    inputs: str | None = None
-    model: str | None = None  # the shared model flags: "" for the model under test, "judge-" for a judge
-
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "run": Subcommand(

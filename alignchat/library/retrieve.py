@@ -13,26 +13,43 @@ Notable choices:
   Chinese similarities say little). A question whose best passage scores below `NOT_FOUND_THRESHOLD`
   (0.30) gets "not found in your library". The value comes from the test library: answerable paraphrased
   questions score about 0.38 or more, off-topic ones 0.25 or less.
+- The retriever reads a library through the few methods of `Corpus` (`store.Library` has them, and builds
+  and caches one retriever per owner and version in `Library.retriever`), so this module does not import
+  the store.
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-from .store import Document, Library, Passage
 from .text import content_terms, is_chinese, tokens
 
 RRF_K = 60
 NOT_FOUND_THRESHOLD = 0.30
 
 
+class Corpus(Protocol):
+    """What the retriever reads of a library (`store.Library`): one owner's passages (`store.Passage`: id,
+    doc_id, page, text, emb_row) and documents (`store.Document`: id, title, ...), the unit-length passage
+    vectors that `emb_row` indexes, and the embedder of questions."""
+
+    embedder: Any  # .embed(list[str]) -> (n, dim) unit-length float32
+
+    def passages(self, user: str) -> list: ...
+
+    def documents(self, user: str) -> list: ...
+
+    def embeddings(self) -> np.ndarray: ...
+
+
 @dataclass
 class Hit:
-    passage: Passage
-    document: Document
+    passage: Any  # store.Passage
+    document: Any  # store.Document
     score: float  # fused RRF score (orders the hits)
     evidence: float  # w·dense + (1-w)·coverage (decides whether this is evidence at all)
     dense: float
@@ -50,7 +67,7 @@ class Hit:
 
 
 class HybridRetriever:
-    def __init__(self, library: Library, user: str):
+    def __init__(self, library: Corpus, user: str):
         self.library = library
         self.passages = library.passages(user)
         self.docs = {d.id: d for d in library.documents(user)}

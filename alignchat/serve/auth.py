@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.requests import Request
 
 from ..errors import UserError
 from .hooks import user_deleted
@@ -321,3 +322,26 @@ class Accounts:
                 return None
             u = s.get(User, ls.user_id)
             return _snapshot(u) if u else None
+
+
+def resolve_user(request: Request) -> CurrentUser | None:
+    """The user this request acts as, or None (then the route answers 401): its API key (`Authorization:
+    Bearer ...`), else its session cookie, else the local user when the server runs without login. Reads
+    the server's `ServerContext` (runtime.py) from `request.app.state.ctx`; cached on the request."""
+    cached = getattr(request.state, "user", False)
+    if cached is not False:
+        return cached
+    ctx = request.app.state.ctx
+    user = None
+    auth = request.headers.get("authorization", "")
+    key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if key:
+        user = ctx.accounts.user_for_api_key(key)
+    if user is None and (token := request.cookies.get(SESSION_COOKIE)):
+        user = ctx.accounts.user_for_session(token)
+    if user is None and not ctx.require_login:
+        # Loopback without login: one local user. An unknown key is accepted here too (as vLLM does when no
+        # key is configured), because OpenAI clients insist on sending some key.
+        user = ctx.accounts.local_user()
+    request.state.user = user
+    return user

@@ -295,16 +295,5 @@ class Store:
                 return self.get_user(s, username)
 
 
-def conversation_messages(conv: Conversation, include_hidden: bool = False) -> list[dict]:
-    """The conversation as chat messages (system prompt first), in order."""
-    out = []
-    if conv.system_prompt:
-        out.append({"role": "system", "content": conv.system_prompt})
-    for m in conv.messages:
-        if include_hidden or not m.hidden:
-            out.append({"role": m.role, "content": m.content})
-    return out
-
-
 def iso(t: dt.datetime | None) -> str | None:
     return None if t is None else t.replace(microsecond=0).isoformat() + "Z"

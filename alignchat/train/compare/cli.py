@@ -30,12 +30,12 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ...client.cli import DTYPES, add_client_args
 from ...data import comparisons as C
 from ...errors import UserError
-from ...settings import add_settings_arguments, setting, settings_from_args
+from ...settings import Subcommand, add_settings_arguments, setting, settings_from_args
 
 MODEL_FLAGS_NOTE = ("model flags: --judge-model | --judge-endpoint URL --judge-endpoint-model NAME, --api-key-env "
                     "VAR, --device, --dtype are the shared model flags (the same in every verb), given on the "
@@ -290,16 +290,6 @@ def cmd_validate(cfg: ValidateConfig, args) -> int:
 
 
 # --- the command line ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Subcommand:
-    help: str
-    defaults: Callable[[], Any]
-    reads: str
-    writes: str
-    func: Callable[[Any, argparse.Namespace], int]
-    inputs: str | None = None
-
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "sample": Subcommand(

@@ -1,0 +1,55 @@
+"""The generation engine: batched decoding on a static, slot-based KV cache, sampling, beam search and scoring.
+
+Chat, the HTTP API, evaluation and PPO rollouts all generate through this one engine, so making it faster
+speeds up all four. It knows nothing about HTTP. `from alignchat.engine import Engine, SamplingParams`.
+
+Modules:
+- `slots`: `Engine`, continuous batching (admission with one batched prefill, `step()`, abort) and the
+  conveniences built on it (`generate`, `stream`, `chat`).
+- `request`: one request's state (`Request`: slot, position, generator, stop strings, stream decoder) and
+  what comes out (`Generation`, `StepOutput`).
+- `sampling`: `SamplingParams` and the batched sampler: penalties, per-request logits processors (where
+  constrained decoding plugs in), greedy, temperature, top-k and top-p by inverse CDF.
+- `decode`: one decode step, eager or replayed as CUDA graphs.
+- `beam`: beam search. `scoring`: log-likelihoods and per-token log-probabilities. Both use the model
+  with caches of their own, never the request slots.
+
+Notable choices:
+- A preallocated KV cache with one slot per sequence and an explicit position per token: requests join
+  between steps, decode together one token per `step()`, and leave when they finish or are aborted.
+- Each request carries its own sampling parameters and random generator, so a seeded request gives the
+  same text alone or batched, and greedy requests are unaffected by their neighbours.
+- Sampling: temperature (0 = greedy), top-k, top-p, repetition penalty (CTRL-style, over prompt and
+  output), OpenAI presence/frequency penalties, stop strings (held back until they can no longer match,
+  so they never leak into the stream) and stop token ids.
+- On CUDA, decode steps replay CUDA graphs (`cuda_graphs=True`); prefill stays eager.
+- The tunables `FILTER_CANDIDATES` (sampling.py) and `GRAPH_KV_BLOCK` (decode.py) live in the module that
+  reads them; read or set through this package (`alignchat.engine.FILTER_CANDIDATES = 64`), they are
+  that module's value, so there is one value of each.
+"""
+from __future__ import annotations
+
+import sys
+import types
+
+from . import decode, sampling
+from .request import Generation, Request, StepOutput
+from .sampling import LogitsProcessor, SamplingParams
+from .slots import Engine
+
+__all__ = ["Engine", "SamplingParams", "LogitsProcessor", "Generation", "StepOutput", "Request",
+           "FILTER_CANDIDATES", "GRAPH_KV_BLOCK"]
+
+def _tunable(module: types.ModuleType, name: str) -> property:
+    return property(lambda _pkg: getattr(module, name), lambda _pkg, value: setattr(module, name, value),
+                    doc=f"{module.__name__}.{name}")
+
+
+class _Package(types.ModuleType):
+    """This package's module type: its tunables are read from and written to the modules that use them."""
+
+    FILTER_CANDIDATES = _tunable(sampling, "FILTER_CANDIDATES")
+    GRAPH_KV_BLOCK = _tunable(decode, "GRAPH_KV_BLOCK")
+
+
+sys.modules[__name__].__class__ = _Package
