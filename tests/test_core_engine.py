@@ -244,9 +244,9 @@ def test_filtered_sampling_on_the_top_candidates_equals_the_full_sort(monkeypatc
     for logits in (peaked, flat):
         for p in cases:
             ps = [p.validate()] * n
-            monkeypatch.setattr(E, "FILTER_CANDIDATES", 64)
+            monkeypatch.setattr(E.sampling, "FILTER_CANDIDATES", 64)
             fast = E.Engine._sample_filtered(logits, ps, u)
-            monkeypatch.setattr(E, "FILTER_CANDIDATES", V)
+            monkeypatch.setattr(E.sampling, "FILTER_CANDIDATES", V)
             full = E.Engine._sample_filtered(logits, ps, u)
             assert torch.equal(fast, full), p
             if p.top_k:

@@ -24,32 +24,12 @@ Notable choices:
   so they never leak into the stream) and stop token ids.
 - On CUDA, decode steps replay CUDA graphs (`cuda_graphs=True`); prefill stays eager.
 - The tunables `FILTER_CANDIDATES` (sampling.py) and `GRAPH_KV_BLOCK` (decode.py) live in the module that
-  reads them; read or set through this package (`alignchat.engine.FILTER_CANDIDATES = 64`), they are
-  that module's value, so there is one value of each.
+  reads them: set `alignchat.engine.sampling.FILTER_CANDIDATES`, not a copy here.
 """
 from __future__ import annotations
 
-import sys
-import types
-
-from . import decode, sampling
 from .request import Generation, Request, StepOutput
 from .sampling import LogitsProcessor, SamplingParams
 from .slots import Engine
 
-__all__ = ["Engine", "SamplingParams", "LogitsProcessor", "Generation", "StepOutput", "Request",
-           "FILTER_CANDIDATES", "GRAPH_KV_BLOCK"]
-
-def _tunable(module: types.ModuleType, name: str) -> property:
-    return property(lambda _pkg: getattr(module, name), lambda _pkg, value: setattr(module, name, value),
-                    doc=f"{module.__name__}.{name}")
-
-
-class _Package(types.ModuleType):
-    """This package's module type: its tunables are read from and written to the modules that use them."""
-
-    FILTER_CANDIDATES = _tunable(sampling, "FILTER_CANDIDATES")
-    GRAPH_KV_BLOCK = _tunable(decode, "GRAPH_KV_BLOCK")
-
-
-sys.modules[__name__].__class__ = _Package
+__all__ = ["Engine", "SamplingParams", "LogitsProcessor", "Generation", "StepOutput", "Request"]
