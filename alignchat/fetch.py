@@ -25,9 +25,11 @@ import argparse
 import ast
 import fnmatch
 import hashlib
+import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -87,6 +89,28 @@ def _umask() -> int:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def restrict_mode(path: str | os.PathLike, mode: int) -> None:
+    """chmod `path` to `mode` if it exists and grants more than that (group or others); a file that is not
+    ours to change is left as it is, with a warning."""
+    path = Path(path)
+    try:
+        if stat.S_IMODE(path.stat().st_mode) & ~mode:
+            os.chmod(path, mode)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        logging.getLogger("alignchat").warning("cannot make %s owner-only: %s", path, e)
+
+
+def create_private_file(path: str | os.PathLike, tighten: bool = True) -> None:
+    """Create `path` empty with mode 0600 unless it exists; then (with `tighten`) restrict it to 0600."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        if tighten:
+            restrict_mode(path, 0o600)
 
 
 # --- artifacts -------------------------------------------------------------------------------------

@@ -40,7 +40,6 @@ import logging
 import os
 import re
 import sqlite3
-import stat
 import tempfile
 import threading
 import time
@@ -51,7 +50,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import UserError
-from ..fetch import alignchat_home
+from ..fetch import alignchat_home, create_private_file, restrict_mode
 from .ingest import ParsedDocument, UploadTooLarge, normalize_title, parse_path
 from .text import Chunk, chunk_pages
 
@@ -146,26 +145,7 @@ def forget_server_user(store, user_id: int) -> int:
 def _private_dir(path: Path) -> None:
     """Create `path` (0700) or tighten it to 0700 if it grants group or others anything."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _tighten(path, 0o700)
-
-
-def _tighten(path: Path, mode: int) -> None:
-    try:
-        if stat.S_IMODE(path.stat().st_mode) & ~mode:
-            os.chmod(path, mode)
-    except FileNotFoundError:
-        pass
-    except OSError as e:  # not ours: leave it, but say so
-        log.warning("cannot make %s owner-only: %s", path, e)
-
-
-def _private_file(path: Path, tighten: bool = True) -> None:
-    """Create `path` empty and 0600 unless it exists (then tighten it to 0600 when `tighten`)."""
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError:
-        if tighten:
-            _tighten(path, 0o600)
+    restrict_mode(path, 0o700)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -266,7 +246,7 @@ class Library:
         self.db_path = Path(db_path) if db_path is not None else self.root / "library.sqlite"
         # SQLite gives its journal files the database file's mode; a file that exists already is only
         # tightened when it is the library's own (a server's database belongs to the server's store)
-        _private_file(self.db_path, tighten=own_db)
+        create_private_file(self.db_path, tighten=own_db)
         self.emb_path = self.root / "embeddings.npy"
         self.lock_path = self.root / ".lock"
         self.chunk_target = chunk_target

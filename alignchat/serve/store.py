@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import stat
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from ..errors import UserError
+from ..fetch import create_private_file, restrict_mode
 
 log = logging.getLogger("alignchat.serve")
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -213,17 +212,6 @@ def default_db_url() -> str:
     return f"sqlite:///{default_db_path()}"
 
 
-def _owner_only(path: Path, mode: int) -> None:
-    """chmod `path` to `mode` if it exists and grants more (group or others) than that."""
-    try:
-        if stat.S_IMODE(path.stat().st_mode) & ~mode:
-            os.chmod(path, mode)
-    except FileNotFoundError:
-        pass
-    except OSError as e:  # not ours: leave it, but say so
-        log.warning("cannot make %s owner-only: %s", path, e)
-
-
 def _create_private_sqlite(path: Path) -> None:
     """Create the database file's directory (0700) and the file itself (0600) before SQLite opens it."""
     try:
@@ -231,11 +219,8 @@ def _create_private_sqlite(path: Path) -> None:
     except FileExistsError:
         pass
     if path.parent.resolve() == default_db_path().parent.resolve():
-        _owner_only(path.parent, 0o700)
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError:
-        _owner_only(path, 0o600)
+        restrict_mode(path.parent, 0o700)
+    create_private_file(path)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -272,7 +257,7 @@ class Store:
         migrate(self.engine)
         if file is not None:  # siblings left by an older, laxer version
             for suffix in SQLITE_SIDE_FILES:
-                _owner_only(file.with_name(file.name + suffix), 0o600)
+                restrict_mode(file.with_name(file.name + suffix), 0o600)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     def dispose(self) -> None:
