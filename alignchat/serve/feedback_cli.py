@@ -1,7 +1,7 @@
 """`alignchat feedback export|stats`: the chat UI's feedback as training data.
 
 `export` writes the SFT JSONL (demonstrations, edited answers) and the comparison JSONL (rankings, decided
-pairs, thumbs) in the shared schemas that `alignchat sft`, `reward` and `dpo` read (see docs/serving.md).
+pairs, thumbs) in the shared schemas that `alignchat sft`, `rm`, `ppo` and `dpo` read (see docs/serving.md).
 """
 from __future__ import annotations
 
