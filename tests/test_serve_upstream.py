@@ -304,6 +304,9 @@ def test_upstream_down_is_a_prompt_502(tmp_path):
                 assert dead in err["message"]
         assert [m["id"] for m in httpx.get(named.url + "/v1/models", timeout=30).json()["data"]] == ["m",
                                                                                                    "all-minilm-l6-v2"]
+        # without --upstream-model and no answer yet, no chat model is listed (never an id of null)
+        assert [m["id"] for m in httpx.get(unnamed.url + "/v1/models", timeout=30).json()["data"]] == [
+            "all-minilm-l6-v2"]
         # the web UI: the user's message is kept, and the answer is an error event that says why
         with httpx.Client(base_url=named.url, timeout=60) as c:
             cid = c.post("/api/conversations", json={}).json()["id"]

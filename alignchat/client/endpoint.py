@@ -20,13 +20,21 @@ Notable choices:
   probed once (`supports_loglikelihood`).
 - Token counts are the `usage.prompt_tokens` of a one-token request: every OpenAI-compatible server
   reports them, none has to offer a tokenizer route.
+- `astream` is the one asynchronous call: it POSTs with `stream: true` and yields each server-sent event's
+  JSON object. Leaving it early (break, an exception, the calling task cancelled) closes the connection,
+  which is how an OpenAI-compatible server learns that its client went away and stops generating. Only a
+  failure to connect is retried (nothing was sent to the model yet); an HTTP error or a broken stream is
+  an `EndpointError` at once, so a caller in front of a user never waits on retries it did not ask for.
+- The events are read with `httpx-sse` (the SSE wire format: multi-line data, comments, CRLF).
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import time
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 
 from ..errors import UserError
 from .base import Completion, LoglikelihoodUnsupported, ModelClient, Prompt, Score, check_prompt, is_conversation
@@ -37,11 +45,16 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
 class EndpointError(UserError):
-    """An endpoint answered with an error (`status`, OpenAI's `code` when it sent one) or could not be reached."""
+    """An endpoint answered with an error or could not be reached (`status` None).
 
-    def __init__(self, message: str, status: int | None = None, code: str | None = None):
+    `code` and `param` are OpenAI's fields when the server sent them; `reason` is the server's own message
+    (the key redacted), while the exception's text also names the URL and the status."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None,
+                 param: str | None = None, reason: str | None = None):
         super().__init__(message)
-        self.status, self.code = status, code
+        self.status, self.code, self.param = status, code, param
+        self.reason = reason if reason is not None else message
 
 
 def normalise_base_url(url: str) -> str:
@@ -58,14 +71,20 @@ class EndpointClient(ModelClient):
     kind = "endpoint"
 
     def __init__(self, url: str, model: str | None = None, api_key_env: str | None = DEFAULT_API_KEY_ENV,
-                 api_key: str | None = None, timeout: float = 120.0, retries: int = 2):
+                 api_key: str | None = None, timeout: float = 120.0, retries: int = 2,
+                 connect_timeout: float | None = None, max_connections: int | None = 100):
+        """`timeout`: seconds to wait for the server (for `astream`: between two events); `connect_timeout`:
+        for a connection (default: `timeout`); `max_connections`: concurrent `astream` calls (None: no cap)."""
         import httpx
         super().__init__()
         self.base_url = normalise_base_url(url)
         key = api_key if api_key is not None else (os.environ.get(api_key_env) if api_key_env else None)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._key = key  # kept only to redact it from anything a server echoes back
-        self._http = httpx.Client(timeout=timeout, headers=headers)
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout if connect_timeout is not None else timeout)
+        self._http = httpx.Client(timeout=self._timeout, headers=self._headers)
+        self._ahttp = None  # the asynchronous client, made on first use inside the caller's event loop
+        self._max_connections = max_connections
         self.retries = max(0, retries)
         self._model = model
         self._listing: dict | None = None
@@ -73,6 +92,11 @@ class EndpointClient(ModelClient):
 
     def __repr__(self) -> str:
         return f"EndpointClient({self.base_url!r}, model={self._model!r})"
+
+    @property
+    def has_key(self) -> bool:
+        """Whether requests carry an API key (the key itself is never exposed)."""
+        return bool(self._key)
 
     # --- HTTP ---------------------------------------------------------------------------------------
     def _redact(self, text: str) -> str:
@@ -97,28 +121,87 @@ class EndpointClient(ModelClient):
                     except ValueError:
                         raise EndpointError(f"{url}: the answer is not JSON: {self._redact(r.text[:200])!r}",
                                             r.status_code) from None
-                message, code = self._error_of(r)
+                message, code, param = self._error_of(r)
                 last = f"{url}: HTTP {r.status_code}: {message}"
                 if r.status_code not in RETRY_STATUS:
-                    raise EndpointError(last, r.status_code, code)
+                    raise EndpointError(last, r.status_code, code, param, message)
                 try:
                     wait = min(float(r.headers.get("retry-after", wait)), 30.0)
                 except ValueError:
                     pass
                 if attempt == self.retries:
-                    raise EndpointError(last, r.status_code, code)
+                    raise EndpointError(last, r.status_code, code, param, message)
             if attempt < self.retries:
                 time.sleep(wait)
         raise EndpointError(f"{last} (after {self.retries + 1} attempts)")
 
-    def _error_of(self, r) -> tuple[str, str | None]:
+    def _error_of(self, r) -> tuple[str, str | None, str | None]:
+        """(message, code, param) of an error answer; OpenAI's body when the server sent one."""
         try:
             err = r.json().get("error")
         except (ValueError, AttributeError):
             err = None
         if isinstance(err, dict) and err.get("message"):
-            return self._redact(str(err["message"]))[:500], err.get("code")
-        return self._redact(r.text[:300]), None
+            code, param = err.get("code"), err.get("param")
+            return (self._redact(str(err["message"]))[:500], code if isinstance(code, str) else None,
+                    param if isinstance(param, str) else None)
+        return self._redact(r.text[:300]), None, None
+
+    # --- streaming (asynchronous) -----------------------------------------------------------------
+    def _async_http(self):
+        import httpx
+        if self._ahttp is None:
+            self._ahttp = httpx.AsyncClient(timeout=self._timeout, headers=self._headers,
+                                            limits=httpx.Limits(max_connections=self._max_connections))
+        return self._ahttp
+
+    async def astream(self, path: str, body: dict) -> AsyncIterator[dict]:
+        """POST `body` with `stream: true` to `path` (e.g. "/chat/completions") and yield the JSON object of
+        each server-sent event until `data: [DONE]` or the end of the stream. The body is sent as given
+        (`model` included). Leaving the iteration early closes the connection (see the module notes).
+
+        Raises `EndpointError`: with the server's status, code, param and message for an HTTP error, with
+        status None when the server cannot be reached (after `retries` further tries), times out or breaks
+        the stream."""
+        import httpx
+        from httpx_sse import SSEError, aconnect_sse
+        url = self.base_url + path
+        http = self._async_http()
+        for attempt in range(self.retries + 1):
+            try:
+                async with aconnect_sse(http, "POST", url, json={**body, "stream": True}) as source:
+                    r = source.response
+                    if r.status_code >= 400:
+                        await r.aread()
+                        message, code, param = self._error_of(r)
+                        raise EndpointError(f"{url}: HTTP {r.status_code}: {message}", r.status_code, code, param,
+                                            message)
+                    async for sse in source.aiter_sse():
+                        data = sse.data
+                        if data == "[DONE]":
+                            return
+                        try:
+                            event = json.loads(data)
+                        except ValueError:
+                            raise EndpointError(f"{url}: a streamed event is not JSON: "
+                                                f"{self._redact(data[:200])!r}") from None
+                        if not isinstance(event, dict):
+                            raise EndpointError(f"{url}: a streamed event is not a JSON object")
+                        yield event
+                    return
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                if attempt == self.retries:
+                    raise EndpointError(f"{url}: cannot connect ({type(e).__name__}: {e})") from None
+            except SSEError as e:  # not an event stream
+                raise EndpointError(f"{url}: the reply is not a server-sent event stream ({e})") from None
+            except httpx.HTTPError as e:  # timed out, or the stream broke, after the request was sent
+                raise EndpointError(f"{url}: request failed ({type(e).__name__}: {e})") from None
+            await asyncio.sleep(0.5 * 2 ** attempt)
+
+    async def aclose(self) -> None:
+        if self._ahttp is not None:
+            await self._ahttp.aclose()
+            self._ahttp = None
 
     def _post(self, path: str, body: dict) -> dict:
         return self._request("POST", path, {"model": self.model, **body})
@@ -127,8 +210,15 @@ class EndpointClient(ModelClient):
     def _models(self) -> dict:
         if self._listing is None:
             data = self._request("GET", "/models").get("data")
-            self._listing = {m["id"]: m for m in data or [] if isinstance(m, dict) and m.get("id")}
+            self._listing = {m["id"]: m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)
+                             and m["id"]} if isinstance(data, list) else {}
         return self._listing
+
+    def list_models(self, refresh: bool = False) -> dict:
+        """The endpoint's /v1/models entries by id (asked again with `refresh`)."""
+        if refresh:
+            self._listing = None
+        return self._models()
 
     @property
     def model(self) -> str:

@@ -31,7 +31,12 @@ Notable choices:
   so asking the library never competes with chat for a second copy of the model. All blocking work
   (opening the library, SQLite, retrieval, verification, embedding) runs in worker threads, off the event
   loop.
+- The router imports nothing of the server's app: it asks for the server's database and each request's
+  account through two dependencies, `server_store` and `server_user`, which `alignchat serve` provides
+  (`app.dependency_overrides`); left as they are, the router serves one library of one local user.
 - Client text fields are `serve.validation.Text`: a lone surrogate is a 400 naming the field.
+- Each route documents its reply and its errors in the server's /openapi.json (`error_responses`); the
+  upload documents its raw body as `application/octet-stream`.
 """
 from __future__ import annotations
 
@@ -42,18 +47,43 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from ..errors import UserError
-from ..serve.errors import APIError
+from ..serve.errors import APIError, error_responses
 from ..serve.validation import Text
 from .ingest import UploadTooLarge
 from .store import DEFAULT_USER, Library, server_library_paths, server_user_key
 
-router = APIRouter(prefix="/v1/library", tags=["library"])
+
+def server_store():
+    """Dependency: the database (`alignchat.serve.store.Store`) of the server this router is mounted in, or
+    None when there is none (then one library, `$ALIGNCHAT_HOME/library`, of one local user). `alignchat
+    serve` provides its own (`app.dependency_overrides`)."""
+    return None
+
+
+def server_user():
+    """Dependency: the server account this request acts as (with its `id`), or None for nobody (then the
+    route answers 401). `alignchat serve` provides `serve.auth.resolve_user`; without a store it is unused."""
+    return None
+
+
+def _server(request: Request, store=Depends(server_store), account=Depends(server_user)) -> None:
+    """Every route's dependency: records the server's database and this request's account for `user_of`
+    and `library_for`. It refuses nothing itself, so each route checks its caller where it always did."""
+    request.state.library_server = (store, account)
+
+
+def _recorded(request: Request) -> tuple:
+    """(server store, account) as `_server` recorded them; (None, None) outside a route of this router."""
+    return getattr(request.state, "library_server", (None, None))
+
+
+router = APIRouter(prefix="/v1/library", tags=["library"], dependencies=[Depends(_server)])
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 UPLOAD_TYPES = ("application/octet-stream", "application/pdf", "application/x-bibtex",
@@ -76,7 +106,7 @@ def _server_users(store) -> list[tuple[int, str, str]]:
 
 
 def _location(request: Request):
-    store = getattr(getattr(request.app.state, "ctx", None), "store", None)
+    store = _recorded(request)[0]
     root, db_path = server_library_paths(store.url) if store is not None else (None, None)
     return store, root, db_path, str(db_path or root or "default")
 
@@ -103,38 +133,41 @@ async def _library(request: Request) -> Library:
 
 def user_of(request: Request) -> str:
     """The library owner of this request: the server account's id key (or "local" outside the server)."""
-    if getattr(request.app.state, "ctx", None) is None:  # mounted outside `alignchat serve`: one local user
+    store, user = _recorded(request)
+    if store is None:  # mounted outside `alignchat serve`: one local user
         return DEFAULT_USER
-    from ..serve.app import resolve_user
-    user = resolve_user(request)
     if user is None:
         raise HTTPException(401, "You must log in or pass an API key to use the library.")
     return server_user_key(user.id)
 
 
 class SchedulerBackend:
-    """Our served model via the server's scheduler; `complete` is called from a worker thread."""
+    """The server's own model (local, or the `--upstream` engine) through its host and scheduler, with the
+    library's one set of sampling settings (`backends.LIBRARY_SAMPLING`); `complete` is called from a worker
+    thread."""
 
     def __init__(self, host, loop: asyncio.AbstractEventLoop):
         self.host = host
         self.loop = loop
         self.name = f"server model {host.model_id}"
-        self.max_context = host.context_length
+        self.max_context = host.context_length  # None: the upstream's, not known here
 
-    def prompt_tokens(self, messages: list[dict]) -> int:
-        return len(self.host.tokenizer.render_chat(messages, add_generation_prompt=True).ids)
+    def prompt_tokens(self, messages: list[dict]) -> int | None:
+        return self.host.prompt_tokens(self.host.render_chat(messages))
 
     def complete(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.0) -> str:
-        from ..engine import SamplingParams
-        ids = self.host.tokenizer.render_chat(messages, add_generation_prompt=True).ids
-        room = self.max_context - len(ids) - 1
-        if room < 1:
-            raise UserError("the prompt does not fit the model's context")
-        params = SamplingParams(max_tokens=min(max_tokens, room), temperature=temperature, repetition_penalty=1.1,
-                                seed=0)
+        from .backends import LIBRARY_SAMPLING
+        prompt = self.host.render_chat(messages)
+        n = self.host.prompt_tokens(prompt)
+        if n is not None and self.max_context is not None:
+            room = self.max_context - n - 1
+            if room < 1:
+                raise UserError("the prompt does not fit the model's context")
+            max_tokens = min(max_tokens, room)
+        params = LIBRARY_SAMPLING.but(max_tokens=max(1, max_tokens), temperature=temperature).engine_params(0)
 
         async def run() -> str:
-            handle = self.host.scheduler.submit(ids, params)
+            handle = self.host.scheduler.submit(prompt, params)
             parts = []
             while True:
                 ev = await handle.queue.get()
@@ -195,6 +228,83 @@ class BooleanRequest(BaseModel):
     question: Text = Field(min_length=1, max_length=2000)
 
 
+class UploadResult(BaseModel):
+    path: str
+    status: str  # added | duplicate | merged
+    doc_id: str
+    title: str
+    n_passages: int
+    note: str
+
+
+class Uploaded(BaseModel):
+    results: list[UploadResult]
+
+
+class Indexing(BaseModel):
+    filename: str
+    stage: str
+    done: int
+    total: int
+
+
+class DocumentList(BaseModel):
+    object: Literal["list"]
+    data: list[dict[str, Any]]  # store.Document.to_dict()
+    indexing: list[Indexing]
+
+
+class Deleted(BaseModel):
+    id: str
+    deleted: Literal[True]
+
+
+class PassageOut(BaseModel):  # store.Passage.to_dict() and its document
+    id: str
+    doc_id: str
+    text: str
+    title: str
+    reference: str
+    document: dict[str, Any]
+
+
+class AnswerOut(BaseModel):
+    question: str
+    answer: str
+    not_found: bool
+    citations: list[dict[str, Any]]
+    references: list[str]
+    verification: dict[str, Any]
+    strategy: str
+    backend: str | None
+
+
+class ReviewOut(BaseModel):
+    text: str
+    citations: list[dict[str, Any]]
+    references: list[str]
+    verification: dict[str, Any]
+    papers: list[dict[str, Any]]
+
+
+class Extracted(BaseModel):
+    data: list[dict[str, Any]]  # tasks.PaperUnits.to_dict(): doc_id, title, reference, units
+
+
+class BooleanOut(BaseModel):
+    question: str
+    concepts: list[list[str]]
+    generic: str
+    pubmed: str
+    scopus: str
+    cnki: str | None
+
+
+UPLOAD_BODY = {"requestBody": {"required": True, "description": "The file's bytes (any Content-Type but a form's)",
+                               "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                   "format": "binary"}}}}}
+
+
 def _check_upload_type(request: Request) -> None:
     """Refuse the bodies an HTML form on another site could send here without a CORS preflight."""
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -229,7 +339,8 @@ def _app_state(app, name: str, factory):
     return value
 
 
-@router.post("/documents")
+@router.post("/documents", openapi_extra=UPLOAD_BODY,
+             responses={200: {"model": Uploaded}, **error_responses(400, 401, 413, 415)})
 async def upload(request: Request, filename: Annotated[Text, Query(min_length=1, max_length=255)]):
     """The request body is the file's bytes; `?filename=` names it (its extension picks the reader)."""
     _check_upload_type(request)
@@ -263,7 +374,7 @@ async def upload(request: Request, filename: Annotated[Text, Query(min_length=1,
     return {"results": [r.__dict__ for r in added]}
 
 
-@router.get("/documents")
+@router.get("/documents", responses={200: {"model": DocumentList}, **error_responses(401)})
 async def list_documents(request: Request):
     user = user_of(request)
     lib = await _library(request)
@@ -273,7 +384,7 @@ async def list_documents(request: Request):
             "indexing": [dict(e) for e in list(busy.get(user, {}).values())]}
 
 
-@router.delete("/documents/{doc_id}")
+@router.delete("/documents/{doc_id}", responses={200: {"model": Deleted}, **error_responses(401, 404)})
 async def delete_document(doc_id: str, request: Request):
     user = user_of(request)
     lib = await _library(request)
@@ -282,7 +393,7 @@ async def delete_document(doc_id: str, request: Request):
     return {"id": doc_id, "deleted": True}
 
 
-@router.get("/passages/{passage_id}")
+@router.get("/passages/{passage_id}", responses={200: {"model": PassageOut}, **error_responses(401, 404)})
 async def get_passage(passage_id: str, request: Request):
     user = user_of(request)
     lib = await _library(request)
@@ -297,7 +408,7 @@ async def get_passage(passage_id: str, request: Request):
     return {**p.to_dict(), "title": d.title, "reference": d.reference(), "document": d.to_dict()}
 
 
-@router.post("/ask")
+@router.post("/ask", responses={200: {"model": AnswerOut}, **error_responses(400, 401, 502, 503)})
 async def ask(body: AskRequest, request: Request):
     from .answer import Answerer
     user = user_of(request)
@@ -311,7 +422,7 @@ async def ask(body: AskRequest, request: Request):
     return ans.to_dict()
 
 
-@router.post("/review")
+@router.post("/review", responses={200: {"model": ReviewOut}, **error_responses(400, 401)})
 async def review(body: ReviewRequest, request: Request):
     from .tasks import review as do_review
     user = user_of(request)
@@ -323,7 +434,7 @@ async def review(body: ReviewRequest, request: Request):
     return rv.to_dict()
 
 
-@router.post("/extract")
+@router.post("/extract", responses={200: {"model": Extracted}, **error_responses(400, 401)})
 async def extract(body: ExtractRequest, request: Request):
     from .tasks import extract_units
     user = user_of(request)
@@ -340,7 +451,7 @@ async def extract(body: ExtractRequest, request: Request):
     return {"data": units}
 
 
-@router.post("/boolean")
+@router.post("/boolean", responses={200: {"model": BooleanOut}, **error_responses(400, 401)})
 async def boolean(body: BooleanRequest, request: Request):
     from .tasks import boolean_query
     user = user_of(request)

@@ -5,25 +5,32 @@ Notable choices:
   (/, /static) and /health. Every error body, on every route, has OpenAI's shape.
 - Who a request is: an API key (`Authorization: Bearer ...`) or the UI's session cookie; without either,
   the local user when the server runs without login (loopback only, unless `--insecure-no-login`),
-  otherwise nobody (401). The local user is resolved per request, so deleting it does not break the server.
+  otherwise nobody (401), decided by `auth.resolve_user`. The local user is resolved per request, so
+  deleting it does not break the server.
 - In front of every route (guard.py): the Host allow-list, the cross-site request check and the body cap.
-- The literature assistant's router (`alignchat.library.api.router`) is included when that module imports;
-  the UI's Library tab mounts `/static/library.js` when it defines `window.AlignchatLibrary.mount`.
+- The literature assistant's router (`alignchat.library.api.router`) is included when that module imports,
+  and given the server's database and each request's account through its dependencies (`server_store`,
+  `server_user`), so the library imports nothing of the server's app; the UI's Library tab mounts
+  `/static/library.js` when it defines `window.AlignchatLibrary.mount`.
 - The model loads in the background at start-up, so the UI and /health answer at once.
+- /openapi.json documents each route's real answers: its errors (errors.error_responses, the guards'
+  refusals added by errors.install_openapi, never FastAPI's 422) and its bodies' media types.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
 from . import guard
-from .auth import SESSION_COOKIE, Accounts, CurrentUser, LoginThrottle
-from .errors import install_handlers
+from .auth import Accounts, LoginThrottle, resolve_user
+from .errors import install_handlers, install_openapi
 from .headers import install_security_headers
 from .runtime import ServeConfig, ServerContext
 from .store import Store
@@ -32,25 +39,14 @@ log = logging.getLogger("alignchat.serve")
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def resolve_user(request: Request) -> CurrentUser | None:
-    """The user this request acts as, or None (then the route answers 401)."""
-    cached = getattr(request.state, "user", False)
-    if cached is not False:
-        return cached
-    ctx: ServerContext = request.app.state.ctx
-    user = None
-    auth = request.headers.get("authorization", "")
-    key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-    if key:
-        user = ctx.accounts.user_for_api_key(key)
-    if user is None and (token := request.cookies.get(SESSION_COOKIE)):
-        user = ctx.accounts.user_for_session(token)
-    if user is None and not ctx.require_login:
-        # Loopback without login: one local user. An unknown key is accepted here too (as vLLM does when no
-        # key is configured), because OpenAI clients insist on sending some key.
-        user = ctx.accounts.local_user()
-    request.state.user = user
-    return user
+class Health(BaseModel):
+    status: str  # idle | loading | ok | error, or with --upstream: loading | ok | unavailable
+    model: str | None  # None: an upstream that has not answered yet and no --upstream-model
+    engine: dict[str, Any] | None
+    error: str | None
+    require_login: bool
+    limits: dict[str, int]
+    scheduler: dict[str, Any] | None
 
 
 def create_app(model: str | None = None, db: str | None = None, host: str | None = None,
@@ -78,6 +74,7 @@ def create_app(model: str | None = None, db: str | None = None, host: str | None
     app = FastAPI(title="alignchat", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.ctx = ctx
     install_handlers(app)
+    install_openapi(app)
     guard.install(app, cfg)
     install_security_headers(app)
 
@@ -85,13 +82,16 @@ def create_app(model: str | None = None, db: str | None = None, host: str | None
     app.include_router(openai_api.router)
     app.include_router(ui.router)
     try:
-        from ..library.api import router as library_router  # the literature assistant, when installed
+        from ..library import api as library_api  # the literature assistant, when installed
     except Exception as e:  # noqa: BLE001 - absent or broken: the chat server still runs
         log.info("library API not available: %s", e)
     else:
-        app.include_router(library_router)
+        # the library's router asks for the server's database and this request's account as dependencies
+        app.dependency_overrides[library_api.server_store] = lambda: store
+        app.dependency_overrides[library_api.server_user] = resolve_user
+        app.include_router(library_api.router)
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"model": Health}})
     async def health():
         sched, engine = ctx.host.scheduler, ctx.host.engine
         return {"status": ctx.host.status(), "model": ctx.host.model_id,

@@ -5,6 +5,14 @@ directory, a .gguf file or a Hugging Face directory) and loads in the background
 Bound to a loopback address the UI needs no login; bound to any other address (0.0.0.0 and the empty host
 included) every request must log in (create accounts with `alignchat users add`), unless the loudly named
 `--insecure-no-login` says otherwise.
+
+With `--upstream URL` there is no local model: an OpenAI-compatible server (vLLM, llama.cpp's server,
+another alignchat) answers, behind this server's API, UI, accounts, history and feedback (serve/upstream.py).
+
+Notable choices:
+- The flags that only a local model uses (`--model`, `--model-id`, `--device`, `--dtype`, `--context`,
+  `--max-batch`) are refused next to `--upstream` rather than ignored, so a command line never says
+  something the server does not do.
 """
 from __future__ import annotations
 
@@ -12,13 +20,17 @@ import argparse
 import logging
 import sys
 
+from ..client.endpoint import DEFAULT_API_KEY_ENV
 from ..errors import UserError
 from .runtime import ServeConfig
+
+LOCAL_MODEL_FLAGS = ("model", "model_id", "device", "dtype", "context", "max_batch")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServeConfig()
-    parser.add_argument("--model", default=d.model,
+    # the local model's flags default to None, so that next to --upstream a flag given is told from one not given
+    parser.add_argument("--model", default=None,
                         help=f"registry name, checkpoint dir, .gguf or HF dir (default: {d.model})")
     parser.add_argument("--model-id", default=None, help="name clients use for the model (default: from --model)")
     parser.add_argument("--host", default=d.host, help=f"address to bind (default: {d.host}; "
@@ -27,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=None,
                         help="SQLAlchemy database URL (default: sqlite:///$ALIGNCHAT_HOME/serve/alignchat.db; "
                              "postgresql+psycopg://... works too)")
-    parser.add_argument("--max-batch", type=int, default=d.max_batch,
+    parser.add_argument("--max-batch", type=int, default=None,
                         help=f"engine slots: requests decoded together in one step (default: {d.max_batch})")
-    parser.add_argument("--context", type=int, default=d.context,
+    parser.add_argument("--context", type=int, default=None,
                         help=f"tokens per slot, prompt + answer; capped by the model's context; sizes the KV cache "
                              f"(default: {d.context})")
     parser.add_argument("--max-waiting", type=int, default=d.max_waiting,
@@ -53,11 +65,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: {d.login_lockout:g})")
     parser.add_argument("--login-window", type=float, default=d.login_window, metavar="SECONDS",
                         help=f"forget failed logins after this long without one (default: {d.login_window:g})")
-    parser.add_argument("--device", default=d.device, help="torch device for the model (default: cpu); on cuda the "
-                                                           "engine decodes with CUDA graphs")
+    parser.add_argument("--device", default=None, help="torch device for the model (default: cpu); on cuda the "
+                                                        "engine decodes with CUDA graphs")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="weights dtype (default: float32 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--no-embeddings", action="store_true", help="do not offer /v1/embeddings")
+    up = parser.add_argument_group("upstream (instead of a local model)")
+    up.add_argument("--upstream", default=None, metavar="URL",
+                    help="answer with this OpenAI-compatible server (vLLM, llama.cpp's server, another alignchat; "
+                         "e.g. http://10.0.0.5:8000/v1) instead of a local model; the UI, accounts, history, "
+                         "feedback and labelling stay here")
+    up.add_argument("--upstream-model", default=None, metavar="NAME",
+                    help="the model name to send to it and list in /v1/models (default: the first one it lists)")
+    up.add_argument("--upstream-api-key-env", default=DEFAULT_API_KEY_ENV, metavar="VAR",
+                    help=f"environment variable holding its API key (default: {DEFAULT_API_KEY_ENV}; unset: no key)")
+    up.add_argument("--upstream-timeout", type=float, default=d.upstream_timeout, metavar="SECONDS",
+                    help=f"wait this long for its next event before answering 502 (default: {d.upstream_timeout:g})")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -68,6 +91,17 @@ def run(args: argparse.Namespace) -> int:
     from .auth import is_loopback
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a TCP port")
+    if args.upstream:
+        given = [f"--{name.replace('_', '-')}" for name in LOCAL_MODEL_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} concern{'s' if len(given) == 1 else ''} a local model; with "
+                            f"--upstream the upstream runs the model (name it with --upstream-model)")
+        if not args.upstream_timeout > 0:
+            raise UserError("--upstream-timeout must be positive")
+    d = ServeConfig()
+    for name in LOCAL_MODEL_FLAGS:
+        if getattr(args, name) is None and name != "model_id":
+            setattr(args, name, getattr(d, name))
     if args.max_batch < 1:
         raise UserError("--max-batch must be at least 1")
     if args.context < 16:
@@ -83,13 +117,22 @@ def run(args: argparse.Namespace) -> int:
                       require_login=True if args.require_login else None, device=args.device, dtype=args.dtype,
                       enable_embeddings=not args.no_embeddings, insecure_no_login=args.insecure_no_login,
                       allowed_hosts=tuple(args.allowed_host), max_body=args.max_body, max_messages=args.max_messages,
-                      login_lockout=args.login_lockout, login_window=args.login_window)
+                      login_lockout=args.login_lockout, login_window=args.login_window,
+                      upstream=args.upstream, upstream_model=args.upstream_model,
+                      upstream_api_key_env=args.upstream_api_key_env or None, upstream_timeout=args.upstream_timeout)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(config=cfg)
     ctx = app.state.ctx
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else ("[::1]" if args.host == "::" else args.host)
     print(f"alignchat: web UI at http://{shown}:{args.port}/  (API: http://{shown}:{args.port}/v1)", flush=True)
-    print(f"alignchat: model {ctx.host.model_id!r} loads in the background; database {ctx.store.url}", flush=True)
+    if ctx.host.local:
+        print(f"alignchat: model {ctx.host.model_id!r} loads in the background; database {ctx.store.url}", flush=True)
+    else:
+        key = (f"with the API key in ${args.upstream_api_key_env}" if ctx.host.client.has_key
+               else f"without an API key (${args.upstream_api_key_env} is not set)")
+        model = repr(ctx.host.model_id) if ctx.host.model_id else "the first one it lists"
+        print(f"alignchat: answering with the upstream {ctx.host.url} (model {model}), {key}; "
+              f"database {ctx.store.url}", flush=True)
     if ctx.require_login:
         users = [u for u in ctx.accounts.list_users() if u["can_login"]]
         print("alignchat: login required" + ("" if users else

@@ -22,6 +22,9 @@ Notable choices:
   request cannot stall the others. Message content is text: control tokens come only from the template
   (`Tokenizer.render_chat`). A /v1/completions prompt is raw model input, not a chat message: its text is
   encoded as is, so the control tokens it spells out are control tokens, as in OpenAI's legacy API.
+- Prompts come from the host (`render_chat`, `encode_text`), so with `--upstream` the same routes forward to
+  the upstream (serve/upstream.py): the upstream counts the tokens and checks its context, and `logprobs` and
+  `echo`, which need a local model's scores and tokenizer, are 501 `needs_local_model`.
 """
 from __future__ import annotations
 
@@ -36,9 +39,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from .auth import CurrentUser
+from .auth import CurrentUser, resolve_user
 from ..client.sampling import SAMPLING_DEFAULTS
-from .errors import APIError, error_body
+from .errors import APIError, error_body, error_responses
 from .runtime import EMBEDDING_MODEL_ID, ServerContext
 from .validation import Text
 
@@ -120,6 +123,118 @@ class EmbeddingRequest(_Strict):
     user: Text | None = None
 
 
+# ---- response bodies (documentation: /openapi.json) ---------------------------------------------------------
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    context_length: int | None = None  # the chat model's; absent for the embedding model
+    status: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float | None
+    bytes: list[int]
+    top_logprobs: list[dict[str, Any]]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    system_fingerprint: str | None
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class LegacyLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: LegacyLogprobs | None
+    finish_reason: Literal["stop", "length"]
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    system_fingerprint: str | None
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class EmbeddingItem(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str  # str: little-endian float32s in base64 (encoding_format "base64")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"]
+    data: list[EmbeddingItem]
+    model: str
+    usage: EmbeddingUsage
+
+
+def event_stream(events: list[str] | None = None) -> dict:
+    """The OpenAPI `content` entry of a Server-Sent Events reply: each event's `data` is a string (JSON,
+    or `[DONE]` at the end of an API stream); `events` names the `event:` types a stream may send."""
+    item = {"type": "object", "required": ["data"],
+            "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
+    if events:
+        item["properties"]["event"] = {"type": "string", "enum": events}
+    return {"text/event-stream": {"itemSchema": item}}
+
+
+def json_or_stream(model: type[BaseModel], description: str) -> dict:
+    """FastAPI `responses` entry for 200: `model` as JSON, or its chunks as an event stream (`stream: true`)."""
+    return {"model": model, "description": description, "content": event_stream()}
+
+
 # ---- helpers ------------------------------------------------------------------------------------------------
 
 def ctx_of(request: Request) -> ServerContext:
@@ -127,7 +242,6 @@ def ctx_of(request: Request) -> ServerContext:
 
 
 def api_user(request: Request) -> CurrentUser:
-    from .app import resolve_user
     user = resolve_user(request)
     if user is None:
         raise APIError(401, "Missing or invalid API key. Send `Authorization: Bearer <key>`; create a key with "
@@ -158,10 +272,10 @@ def check_message_count(ctx: ServerContext, n: int, param: str = "messages") -> 
                        code="too_many_messages")
 
 
-async def render_prompt(ctx: ServerContext, messages: list[dict]) -> list[int]:
-    """The chat template's token ids for a conversation, with the generation prompt (in a worker thread)."""
-    tok = ctx.host.tokenizer
-    return await asyncio.to_thread(lambda: tok.render_chat(messages, add_generation_prompt=True).ids)
+async def render_prompt(ctx: ServerContext, messages: list[dict]):
+    """The host's prompt for a conversation (a local model: the chat template's token ids, with the generation
+    prompt; an upstream: the conversation), rendered in a worker thread."""
+    return await asyncio.to_thread(ctx.host.render_chat, messages)
 
 
 def _check_common(req: _Sampling, ctx: ServerContext) -> None:
@@ -229,20 +343,22 @@ def _chat_messages(req: ChatCompletionRequest) -> list[dict]:
 
 # ---- routes -------------------------------------------------------------------------------------------------
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses={200: {"model": ModelList}, **error_responses(401)})
 async def list_models(request: Request, _user: CurrentUser = Depends(api_user)):
     ctx = ctx_of(request)
     created = int(ctx.host.loaded_at or ctx.started)
-    data = [{"id": ctx.host.model_id, "object": "model", "created": created, "owned_by": "alignchat",
-             "context_length": ctx.host.context_length if ctx.host.model is not None else None,
-             "status": ctx.host.status()}]
+    data = []
+    if ctx.host.model_id is not None:  # None: an upstream that has not answered yet, without --upstream-model
+        data.append({"id": ctx.host.model_id, "object": "model", "created": created, "owned_by": "alignchat",
+                     "context_length": ctx.host.context_length if ctx.host.model is not None else None,
+                     "status": ctx.host.status()})
     if ctx.cfg.enable_embeddings:
         data.append({"id": EMBEDDING_MODEL_ID, "object": "model", "created": int(ctx.started),
                      "owned_by": "alignchat"})
     return {"object": "list", "data": data}
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", responses={200: {"model": ModelCard}, **error_responses(401, 404)})
 async def get_model(model_id: str, request: Request, _user: CurrentUser = Depends(api_user)):
     listing = await list_models(request, _user)
     for m in listing["data"]:
@@ -251,7 +367,9 @@ async def get_model(model_id: str, request: Request, _user: CurrentUser = Depend
     raise APIError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses={
+    200: json_or_stream(ChatCompletion, "The completion; with `stream`, chat.completion.chunk events"),
+    **error_responses(400, 401, 404, 429, 501, 502, 503)})
 async def chat_completions(body: ChatCompletionRequest, request: Request, _user: CurrentUser = Depends(api_user)):
     ctx = ctx_of(request)
     ctx.check_model(body.model)
@@ -301,7 +419,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
                     ev = await group.next_event()
                 if include_usage:
                     yield _sse({**base, "object": "chat.completion.chunk", "choices": [],
-                                "usage": _usage(len(prompt_ids), completion_tokens)})
+                                "usage": _usage(group.prompt_tokens, completion_tokens)})
             except APIError as e:
                 yield _sse(error_body(e.status, e.message, e.param, e.code, e.type))
             finally:
@@ -315,7 +433,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
     finish = ["stop"] * body.n
     lps: list[list] = [[] for _ in range(body.n)]
     completion_tokens = 0
-    async for ev in await ctx.generate(prompt_ids, params, request=request):
+    group = await ctx.generate(prompt_ids, params, request=request)
+    async for ev in group:
         if ev.kind == "delta":
             texts[ev.index] += ev.text
             if body.logprobs and ev.logprob is not None:
@@ -328,10 +447,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
             "choices": [{"index": i, "message": {"role": "assistant", "content": texts[i]},
                          "logprobs": {"content": lps[i]} if body.logprobs else None,
                          "finish_reason": finish[i]} for i in range(body.n)],
-            "usage": _usage(len(prompt_ids), completion_tokens)}
+            "usage": _usage(group.prompt_tokens, completion_tokens)}
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses={
+    200: json_or_stream(Completion, "The completion; with `stream`, text_completion chunk events"),
+    **error_responses(400, 401, 404, 429, 501, 502, 503)})
 async def completions(body: CompletionRequest, request: Request, _user: CurrentUser = Depends(api_user)):
     """A legacy completion of a raw prompt. The prompt is model input, not a chat message: its text is encoded
     as is (special tokens it spells out are special tokens), or it is given as token ids."""
@@ -351,27 +472,32 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
     if body.max_tokens == 0 and body.stream:
         raise APIError(400, "max_tokens: 0 is not allowed with stream.", param="max_tokens")
     await ctx.host.ready()
-    tok = ctx.host.tokenizer
+    if body.echo:
+        ctx.require_local_model("echo", "echo")
+    if want_lp:
+        ctx.require_local_model("logprobs", "logprobs")
+    host = ctx.host
     p = body.prompt
 
-    def encode_prompts() -> list[list[int]]:  # CPU work on client input: runs in a worker thread
+    def encode_prompts() -> list:  # CPU work on client input: runs in a worker thread
         if isinstance(p, str):
-            out = [tok.encode(p)]
+            out = [host.encode_text(p)]
         elif p and all(isinstance(x, int) for x in p):
             out = [list(p)]
         elif p and all(isinstance(x, str) for x in p):
-            out = [tok.encode(x) for x in p]
+            out = [host.encode_text(x) for x in p]
         elif p and all(isinstance(x, list) for x in p):
             out = [list(x) for x in p]
         else:
             raise APIError(400, "prompt: must be a non-empty string, list of strings or list of token ids.",
                            param="prompt")
-        vocab = tok.vocab_size
+        vocab = host.vocab_size  # None: an upstream checks its own token ids
         for ids in out:
             if not ids:
                 raise APIError(400, "prompt: a prompt is empty.", param="prompt")
-            if any(t < 0 or t >= vocab for t in ids):
-                raise APIError(400, f"prompt: token ids must be in [0, {vocab}).", param="prompt")
+            if isinstance(ids, list) and any(t < 0 or (vocab is not None and t >= vocab) for t in ids):
+                raise APIError(400, f"prompt: token ids must be in [0, {vocab})." if vocab is not None else
+                               "prompt: token ids must not be negative.", param="prompt")
         return out
 
     prompts = await asyncio.to_thread(encode_prompts)
@@ -381,20 +507,23 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     base = {"id": cid, "object": "text_completion", "created": created, "model": ctx.host.model_id,
             "system_fingerprint": None}
-    prompt_tokens = sum(len(ids) for ids in prompts)
+    prompt_counts = [0] * len(prompts)  # each prompt's tokens, once its generation knows them
 
     # one generate() per prompt, merged; choice index = prompt_index * n + j as in OpenAI's API
     async def run_prompt(pi: int, ids: list[int], out_q: asyncio.Queue, req):
         try:
             if budgets[pi] == 0:  # echo-only scoring: nothing to generate
+                prompt_counts[pi] = host.prompt_tokens(ids)
                 for j in range(body.n):
                     from .scheduler import Event
                     await out_q.put(Event("done", pi * body.n + j, finish_reason="length"))
                 return
-            async for ev in await ctx.generate(ids, sampling_params(body, budgets[pi], body.n, want_logprobs=want_lp),
-                                               request=req):
+            group = await ctx.generate(ids, sampling_params(body, budgets[pi], body.n, want_logprobs=want_lp),
+                                       request=req)
+            async for ev in group:
                 ev.index = pi * body.n + ev.index
                 await out_q.put(ev)
+            prompt_counts[pi] = group.prompt_tokens
         except APIError as e:
             await out_q.put(e)
         finally:
@@ -418,7 +547,7 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
                 t.cancel()
 
     total = len(prompts) * body.n
-    echo = (await asyncio.to_thread(lambda: [tok.decode(ids) for ids in prompts]) if body.echo
+    echo = (await asyncio.to_thread(lambda: [host.tokenizer.decode(ids) for ids in prompts]) if body.echo
             else [""] * len(prompts))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -440,7 +569,7 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
                         yield _sse({**base, "choices": [{"index": ev.index, "text": "", "logprobs": None,
                                                          "finish_reason": _finish(ev.finish_reason)}]})
                 if include_usage:
-                    yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
+                    yield _sse({**base, "choices": [], "usage": _usage(sum(prompt_counts), completion_tokens)})
             except APIError as e:
                 yield _sse(error_body(e.status, e.message, e.param, e.code, e.type))
             yield "data: [DONE]\n\n"
@@ -462,11 +591,11 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
     logprobs: list[dict | None] = [None] * total
     if want_lp:
         for k in range(total):
-            logprobs[k] = await asyncio.to_thread(_legacy_logprobs, ctx.host.engine, tok, prompts[k // body.n],
+            logprobs[k] = await asyncio.to_thread(_legacy_logprobs, host.engine, host.tokenizer, prompts[k // body.n],
                                                   generated[k], body.echo, body.logprobs)
     return {**base, "choices": [{"index": k, "text": texts[k], "logprobs": logprobs[k], "finish_reason": finish[k]}
                                 for k in range(total)],
-            "usage": _usage(prompt_tokens, completion_tokens)}
+            "usage": _usage(sum(prompt_counts), completion_tokens)}
 
 
 def _legacy_logprobs(engine, tok, prompt_ids: list[int], generated: list[int], echo: bool, top: int) -> dict:
@@ -495,7 +624,7 @@ def _legacy_logprobs(engine, tok, prompt_ids: list[int], generated: list[int], e
             "text_offset": [max(o, 0) for o in prefix_len]}
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", responses={200: {"model": EmbeddingList}, **error_responses(400, 401, 404, 501)})
 async def embeddings(body: EmbeddingRequest, request: Request, _user: CurrentUser = Depends(api_user)):
     ctx = ctx_of(request)
     if body.model != EMBEDDING_MODEL_ID or not ctx.cfg.enable_embeddings:

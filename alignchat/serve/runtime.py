@@ -4,10 +4,18 @@ Notable choices:
 - `ServeConfig` is the single dataclass behind `alignchat serve`'s flags and `create_app`'s arguments.
 - The model is pulled and loaded in a background thread at start-up (`preload`), or on the first request;
   the server answers /health and the UI at once and requests wait for the model rather than failing.
+- A host holds the model. Its interface, which the API and the UI use: `model_id`, `status()`,
+  `error`, `ready()`, `context_length`, `vocab_size`, `render_chat(messages)` and `encode_text(text)` (the
+  prompt the scheduler takes; call them in a worker thread), `prompt_tokens(prompt)`, `scheduler`
+  (`submit`, `stats`) and `local`. `ModelHost` runs a local model on our engine; `upstream.UpstreamHost`
+  (`--upstream URL`) forwards to an OpenAI-compatible server, which owns the model, its tokenizer and its
+  context (what that means per feature: upstream.py).
 - `ServerContext.generate` is the one path from a prompt to tokens for the API and the UI alike: it submits
   one scheduler request per choice and yields their events merged; leaving the iterator (client gone, stop
-  pressed, exception) cancels whatever is still running, which frees the engine slots at once.
-- A prompt that does not fit the context is refused before it reaches the engine, with both numbers.
+  pressed, exception) cancels whatever is still running, which frees the engine slots at once (with an
+  upstream: closes its connections, so that it aborts too).
+- A prompt that does not fit the context is refused before it reaches the engine, with both numbers (an
+  upstream checks its own context, and its refusal is passed through).
 """
 from __future__ import annotations
 
@@ -50,6 +58,10 @@ class ServeConfig:
     dtype: str | None = None  # float32 | bfloat16 | float16; default float32 on CPU, bfloat16 on CUDA
     preload: bool = True
     enable_embeddings: bool = True
+    upstream: str | None = None  # an OpenAI-compatible server to answer with instead of `model`
+    upstream_model: str | None = None  # the model name sent to it; default: the first one it lists
+    upstream_api_key_env: str | None = "OPENAI_API_KEY"  # the variable holding its API key
+    upstream_timeout: float = 300.0  # seconds to wait for the upstream's next event before answering 502
 
 
 def default_model_id(spec: str) -> str:
@@ -61,6 +73,8 @@ def default_model_id(spec: str) -> str:
 
 class ModelHost:
     """Loads the chat model once (in a thread) and owns the engine and scheduler built on it."""
+
+    local = True
 
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
@@ -82,7 +96,7 @@ class ModelHost:
     def _load(self) -> None:
         try:
             import torch
-            from ..checkpoint import load_model
+            from ..hub import load_model
             from ..commands.common import pick_dtype
             from ..engine import Engine
             t0 = time.monotonic()
@@ -116,6 +130,21 @@ class ModelHost:
     def context_length(self) -> int:
         return int(self.engine.max_seq_len)
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.vocab_size)
+
+    def render_chat(self, messages: list[dict]) -> list[int]:
+        """The chat template's token ids for a conversation, with the assistant's turn opened (CPU work)."""
+        return self.tokenizer.render_chat(messages, add_generation_prompt=True).ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """A raw prompt's token ids (the control tokens it spells out are control tokens)."""
+        return self.tokenizer.encode(text)
+
+    def prompt_tokens(self, prompt: list[int]) -> int:
+        return len(prompt)
+
     def status(self) -> str:
         if self.error is not None:
             return "error"
@@ -133,7 +162,11 @@ class ServerContext:
         self.cfg = cfg
         self.store = store
         self.accounts = accounts
-        self.host = ModelHost(cfg)
+        if cfg.upstream:
+            from .upstream import UpstreamHost
+            self.host = UpstreamHost(cfg)
+        else:
+            self.host = ModelHost(cfg)
         from .auth import login_required
         self.require_login = login_required(cfg)
         self.started = time.time()
@@ -141,12 +174,23 @@ class ServerContext:
     def check_model(self, name: str | None) -> None:
         if name is None:
             return
-        if name not in (self.host.model_id, self.cfg.model):
+        if self.host.model_id is None:  # an upstream that has never answered: its model's name is unknown
+            raise self.host.unavailable()
+        if name not in ((self.host.model_id, self.cfg.model) if self.host.local else (self.host.model_id,)):
             raise APIError(404, f"The model '{name}' does not exist. This server serves '{self.host.model_id}'"
                                 f" (see GET /v1/models).", param="model", code="model_not_found")
 
-    def fit_context(self, prompt_ids: list[int], max_tokens: int | None, param: str = "messages") -> int:
-        """Return the completion budget; refuse (400) a prompt that does not fit the context."""
+    def require_local_model(self, what: str, param: str | None = None) -> None:
+        """Refuse (501) a feature that needs the model's tokenizer or scores when an upstream has them."""
+        if not self.host.local:
+            from .upstream import needs_local_model
+            raise needs_local_model(what, param, self.host.url)
+
+    def fit_context(self, prompt_ids, max_tokens: int | None, param: str = "messages") -> int | None:
+        """Return the completion budget; refuse (400) a prompt that does not fit the context. With an upstream:
+        `max_tokens` as asked (None: the upstream's default), and the upstream checks."""
+        if not self.host.local:
+            return max_tokens
         ctx = self.host.context_length
         n = len(prompt_ids)
         if n >= ctx:
@@ -162,10 +206,14 @@ class ServerContext:
                            param="max_tokens", code="context_length_exceeded")
         return max_tokens
 
-    async def generate(self, prompt_ids: list[int], params_list: list, request=None) -> "GenerationGroup":
-        """Start len(params_list) choices of one prompt; iterate the returned group for their events."""
+    async def generate(self, prompt_ids, params_list: list, request=None) -> "GenerationGroup":
+        """Start len(params_list) choices of one prompt (from `host.render_chat` or `host.encode_text`, or
+        token ids); iterate the returned group for their events."""
         await self.host.ready()
-        return GenerationGroup(self.host.scheduler, prompt_ids, params_list, request)
+        if any(getattr(p, "logprobs", False) for p in params_list):
+            self.require_local_model("logprobs", "logprobs")
+        return GenerationGroup(self.host.scheduler, prompt_ids, params_list, request,
+                               prompt_tokens=self.host.prompt_tokens(prompt_ids))
 
 
 class GenerationGroup:
@@ -174,11 +222,13 @@ class GenerationGroup:
 
     `request`: poll it for a client disconnect (only for non-streamed responses; a streamed response is
     cancelled by Starlette when its client goes away, which runs the streaming generator's `finally`).
+    `sched`: the local `Scheduler` or an `upstream.UpstreamScheduler` (the same interface).
     """
 
-    def __init__(self, sched: Scheduler, prompt_ids: list[int], params_list: list, request=None):
+    def __init__(self, sched, prompt_ids, params_list: list, request=None, prompt_tokens: int | None = None):
         self.queue: asyncio.Queue = asyncio.Queue()
         self.request = request
+        self._prompt_tokens = prompt_tokens
         self.handles = []
         try:
             for i, params in enumerate(params_list):
@@ -188,6 +238,14 @@ class GenerationGroup:
             raise APIError(429, f"The server is overloaded: {e}", code="server_busy") from e
         self.remaining = len(self.handles)
         self._last_check = time.monotonic()
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt's length in tokens: counted here for a local model; an upstream reports it with its
+        usage (0 until then)."""
+        if self._prompt_tokens is not None:
+            return self._prompt_tokens
+        return max((h.prompt_tokens or 0 for h in self.handles), default=0)
 
     def cancel(self) -> None:
         for h in self.handles:
@@ -212,6 +270,8 @@ class GenerationGroup:
                     continue
             if ev.kind == "error":
                 self.cancel()
+                if isinstance(ev.error, APIError):  # an upstream's error, already in the client's terms
+                    raise ev.error
                 if isinstance(ev.error, ContextLengthError):
                     raise APIError(400, str(ev.error), param="messages", code="context_length_exceeded")
                 raise APIError(500, f"generation failed: {ev.error}", type="server_error")

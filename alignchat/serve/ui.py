@@ -12,7 +12,7 @@ Notable choices:
 - Feedback rows snapshot the prompt and responses (see store.py). Labelling mode (sample K answers,
   demonstrations, K-way rankings) and the export download are for admins only.
 - Client text is `validation.Text` (a lone surrogate is a 400 naming the field); a prompt holds at most the
-  API's message limit. The chat template is rendered in a worker thread (with the conversation's database
+  API's message limit. Each route documents its reply and its errors in /openapi.json (errors.error_responses). The chat template is rendered in a worker thread (with the conversation's database
   work), never on the event loop, and message content is text: only the template makes control tokens.
 """
 from __future__ import annotations
@@ -21,20 +21,21 @@ import asyncio
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from ..client.sampling import SAMPLING_DEFAULTS
-from .auth import SESSION_COOKIE, SESSION_DAYS, CurrentUser
-from .errors import APIError
-from .openai_api import SEED_MAX, SEED_MIN, check_message_count, render_prompt
+from .auth import SESSION_COOKIE, SESSION_DAYS, CurrentUser, resolve_user
+from .errors import APIError, error_responses
+from .openai_api import SEED_MAX, SEED_MIN, check_message_count, event_stream, render_prompt
 from .runtime import ServerContext
 from .store import Conversation, Demonstration, Feedback, Message, Ranking, iso, utcnow
 from .validation import Text, check_text
 
 router = APIRouter(prefix="/api")
+ROW_ID_MAX = 2**63 - 1  # database row ids are int64: a larger id names nothing (400, not an overflow)
 
 
 class _Body(BaseModel):
@@ -111,6 +112,75 @@ class RankingBody(_Body):
     criteria: list[Text] = Field(default_factory=lambda: ["helpful", "honest", "harmless"], max_length=10)
 
 
+# ---- response bodies (documentation: /openapi.json) ---------------------------------------------------------
+
+class Ok(BaseModel):
+    ok: Literal[True]
+
+
+class UserInfo(BaseModel):
+    username: str
+    is_admin: bool
+
+
+class Me(BaseModel):
+    user: UserInfo
+    require_login: bool
+    model: str
+    model_status: str
+    context_length: int | None
+
+
+class MessageOut(BaseModel):
+    id: str
+    role: Literal["system", "user", "assistant"]
+    content: str
+    finish_reason: str | None
+    model: str | None
+    created: str
+    rating: int
+    edited: bool
+
+
+class ConversationOut(BaseModel):
+    id: str
+    title: str
+    system_prompt: str
+    settings: dict[str, Any]
+    created: str
+    updated: str
+    messages: list[MessageOut] | None = None  # in GET /conversations/{cid} and POST /conversations
+
+
+class ConversationList(BaseModel):
+    data: list[ConversationOut]
+
+
+class Chosen(BaseModel):
+    ok: Literal[True]
+    message: MessageOut | None
+
+
+class Rated(BaseModel):
+    ok: Literal[True]
+    rating: Literal[1, -1, 0]
+
+
+class Samples(BaseModel):
+    responses: list[str]
+    model: str
+
+
+class Created(BaseModel):
+    ok: Literal[True]
+    id: int
+
+
+class NDJSONResponse(PlainTextResponse):
+    """Newline-delimited JSON: one record per line."""
+    media_type = "application/x-ndjson"
+
+
 # ---- dependencies -------------------------------------------------------------------------------------------
 
 def ctx_of(request: Request) -> ServerContext:
@@ -118,7 +188,6 @@ def ctx_of(request: Request) -> ServerContext:
 
 
 def ui_user(request: Request) -> CurrentUser:
-    from .app import resolve_user
     user = resolve_user(request)
     if user is None:
         raise APIError(401, "Please log in.", code="login_required")
@@ -167,9 +236,10 @@ def _sse(event: str, data: Any) -> str:
 def _settings_params(ctx: ServerContext, prompt_ids: list[int], st: Settings | None, n: int) -> list:
     from ..engine import SamplingParams
     st = st or Settings()
-    # the UI clamps the answer length to what is left of the context (an API client gets a 400 instead)
+    # the UI clamps the answer length to what is left of the context (an API client gets a 400 instead);
+    # an upstream keeps its context to itself (room None): the answer's length is then the one asked or its default
     room = ctx.fit_context(prompt_ids, None)
-    budget = min(st.max_tokens, room) if st.max_tokens else room
+    budget = min(st.max_tokens, room) if st.max_tokens and room is not None else (st.max_tokens or room)
     return [SamplingParams(max_tokens=budget, temperature=SAMPLING_DEFAULTS.temperature if st.temperature is None else st.temperature,
                            top_p=SAMPLING_DEFAULTS.top_p if st.top_p is None else st.top_p, top_k=st.top_k or 0,
                            repetition_penalty=st.repetition_penalty or 1.0,
@@ -178,9 +248,8 @@ def _settings_params(ctx: ServerContext, prompt_ids: list[int], st: Settings | N
 
 # ---- accounts -----------------------------------------------------------------------------------------------
 
-@router.get("/me")
+@router.get("/me", responses={200: {"model": Me}, **error_responses(401)})
 async def me(request: Request):
-    from .app import resolve_user
     ctx = ctx_of(request)
     user = resolve_user(request)
     info = {"require_login": ctx.require_login, "model": ctx.host.model_id, "model_status": ctx.host.status(),
@@ -190,7 +259,7 @@ async def me(request: Request):
     return {"user": {"username": user.username, "is_admin": user.is_admin}, **info}
 
 
-@router.post("/login")
+@router.post("/login", responses={200: {"model": Ok}, **error_responses(400, 401, 429)})
 async def login(body: LoginBody, request: Request, response: Response):
     import asyncio
 
@@ -210,7 +279,7 @@ async def login(body: LoginBody, request: Request, response: Response):
     return {"ok": True}
 
 
-@router.post("/logout")
+@router.post("/logout", responses={200: {"model": Ok}})
 async def logout(request: Request, response: Response):
     if token := request.cookies.get(SESSION_COOKIE):
         ctx_of(request).accounts.logout(token)
@@ -221,7 +290,7 @@ async def logout(request: Request, response: Response):
 
 # ---- conversations ------------------------------------------------------------------------------------------
 
-@router.get("/conversations")
+@router.get("/conversations", responses={200: {"model": ConversationList}, **error_responses(401)})
 def list_conversations(request: Request, user: CurrentUser = Depends(ui_user)):
     ctx = ctx_of(request)
     with ctx.store.session() as s:
@@ -230,7 +299,7 @@ def list_conversations(request: Request, user: CurrentUser = Depends(ui_user)):
         return {"data": [_conv_json(c) for c in convs]}
 
 
-@router.post("/conversations")
+@router.post("/conversations", responses={200: {"model": ConversationOut}, **error_responses(400, 401)})
 def create_conversation(body: ConversationBody, request: Request, user: CurrentUser = Depends(ui_user)):
     ctx = ctx_of(request)
     with ctx.store.session() as s, s.begin():
@@ -247,7 +316,7 @@ def _thumbs(s, user: CurrentUser, conv: Conversation) -> dict[str, int]:
     return {mid: r for mid, r in rows}
 
 
-@router.get("/conversations/{cid}")
+@router.get("/conversations/{cid}", responses={200: {"model": ConversationOut}, **error_responses(401, 404)})
 def get_conversation(cid: str, request: Request, user: CurrentUser = Depends(ui_user)):
     ctx = ctx_of(request)
     with ctx.store.session() as s:
@@ -255,7 +324,8 @@ def get_conversation(cid: str, request: Request, user: CurrentUser = Depends(ui_
         return _conv_json(conv, messages=True, thumbs=_thumbs(s, user, conv))
 
 
-@router.patch("/conversations/{cid}")
+@router.patch("/conversations/{cid}", responses={200: {"model": ConversationOut},
+                                                  **error_responses(400, 401, 404)})
 def update_conversation(cid: str, body: ConversationBody, request: Request, user: CurrentUser = Depends(ui_user)):
     ctx = ctx_of(request)
     with ctx.store.session() as s, s.begin():
@@ -270,7 +340,7 @@ def update_conversation(cid: str, body: ConversationBody, request: Request, user
         return _conv_json(conv)
 
 
-@router.delete("/conversations/{cid}")
+@router.delete("/conversations/{cid}", responses={200: {"model": Ok}, **error_responses(401, 404)})
 def delete_conversation(cid: str, request: Request, user: CurrentUser = Depends(ui_user)):
     ctx = ctx_of(request)
     with ctx.store.session() as s, s.begin():
@@ -337,15 +407,18 @@ def _save_answer(ctx: ServerContext, cid: str, text: str, finish_reason: str, me
         return _msg_json(m)
 
 
-@router.post("/conversations/{cid}/chat")
+@router.post("/conversations/{cid}/chat", responses={
+    200: {"description": "The reply as events: user (the message, committed), delta, done, pair (compare), error",
+          "content": event_stream(["user", "delta", "done", "pair", "error"])},
+    **error_responses(400, 401, 404, 429, 502, 503)})
 async def chat(cid: str, body: ChatBody, request: Request, user: CurrentUser = Depends(ui_user)):
     ctx = ctx_of(request)
     await ctx.host.ready()
-    tok = ctx.host.tokenizer
+    host = ctx.host
 
     def prepare():  # database work and the chat template: in a worker thread, not on the event loop
         prompt, user_msg = _prepare_turn(ctx, user, cid, body)
-        return prompt, user_msg, tok.render_chat(prompt, add_generation_prompt=True).ids
+        return prompt, user_msg, host.render_chat(prompt)
 
     prompt, user_msg, prompt_ids = await asyncio.to_thread(prepare)
     n = 2 if body.compare else 1
@@ -388,8 +461,9 @@ async def chat(cid: str, body: ChatBody, request: Request, user: CurrentUser = D
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.post("/pairs/{pair_id}/choose")
-def choose(pair_id: int, body: ChooseBody, request: Request, user: CurrentUser = Depends(ui_user)):
+@router.post("/pairs/{pair_id}/choose", responses={200: {"model": Chosen}, **error_responses(400, 401, 404, 409)})
+def choose(pair_id: Annotated[int, Path(ge=1, le=ROW_ID_MAX)], body: ChooseBody, request: Request,
+           user: CurrentUser = Depends(ui_user)):
     ctx = ctx_of(request)
     with ctx.store.session() as s, s.begin():
         fb = s.get(Feedback, pair_id)
@@ -404,7 +478,7 @@ def choose(pair_id: int, body: ChooseBody, request: Request, user: CurrentUser =
     return {"ok": True, "message": msg}
 
 
-@router.post("/messages/{mid}/feedback")
+@router.post("/messages/{mid}/feedback", responses={200: {"model": Rated}, **error_responses(400, 401, 404)})
 def thumb(mid: str, body: ThumbBody, request: Request, user: CurrentUser = Depends(ui_user)):
     ctx = ctx_of(request)
     with ctx.store.session() as s, s.begin():
@@ -436,7 +510,7 @@ def _prompt_before(conv: Conversation, msg: Message) -> list[dict]:
     return out
 
 
-@router.put("/messages/{mid}")
+@router.put("/messages/{mid}", responses={200: {"model": MessageOut}, **error_responses(400, 401, 404)})
 def edit_answer(mid: str, body: EditBody, request: Request, user: CurrentUser = Depends(ui_user)):
     """Correct an answer in place; the (original, edited) pair is kept as feedback."""
     ctx = ctx_of(request)
@@ -466,7 +540,7 @@ def _prompt_list(prompt: list[ChatMsg]) -> list[dict]:
     return msgs
 
 
-@router.post("/label/sample")
+@router.post("/label/sample", responses={200: {"model": Samples}, **error_responses(400, 401, 403, 429, 502, 503)})
 async def label_sample(body: SampleBody, request: Request, _admin: CurrentUser = Depends(admin_user)):
     ctx = ctx_of(request)
     await ctx.host.ready()
@@ -481,7 +555,7 @@ async def label_sample(body: SampleBody, request: Request, _admin: CurrentUser =
     return {"responses": texts, "model": ctx.host.model_id}
 
 
-@router.post("/label/demonstrations")
+@router.post("/label/demonstrations", responses={200: {"model": Created}, **error_responses(400, 401, 403)})
 def label_demonstration(body: DemonstrationBody, request: Request, admin: CurrentUser = Depends(admin_user)):
     ctx = ctx_of(request)
     check_message_count(ctx, len(body.prompt), "prompt")
@@ -492,7 +566,7 @@ def label_demonstration(body: DemonstrationBody, request: Request, admin: Curren
         return {"ok": True, "id": d.id}
 
 
-@router.post("/label/rankings")
+@router.post("/label/rankings", responses={200: {"model": Created}, **error_responses(400, 401, 403)})
 def label_ranking(body: RankingBody, request: Request, admin: CurrentUser = Depends(admin_user)):
     ctx = ctx_of(request)
     check_message_count(ctx, len(body.prompt), "prompt")
@@ -508,17 +582,17 @@ def label_ranking(body: RankingBody, request: Request, admin: CurrentUser = Depe
         return {"ok": True, "id": r.id}
 
 
-@router.get("/label/stats")
+@router.get("/label/stats", responses={200: {"model": dict[str, int]}, **error_responses(401, 403)})
 def label_stats(request: Request, _admin: CurrentUser = Depends(admin_user)):
     from .export import feedback_counts
     return feedback_counts(ctx_of(request).store)
 
 
-@router.get("/admin/export/{kind}")
+@router.get("/admin/export/{kind}", response_class=NDJSONResponse, response_description="One JSON record per line",
+            responses=error_responses(400, 401, 403))
 def export_download(kind: Literal["sft", "comparisons"], request: Request, _admin: CurrentUser = Depends(admin_user)):
     from .export import comparison_records, sft_records
     store = ctx_of(request).store
     records = sft_records(store) if kind == "sft" else comparison_records(store)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return PlainTextResponse(text, media_type="application/x-ndjson",
-                             headers={"Content-Disposition": f'attachment; filename="{kind}.jsonl"'})
+    return NDJSONResponse(text, headers={"Content-Disposition": f'attachment; filename="{kind}.jsonl"'})
