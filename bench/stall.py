@@ -37,23 +37,27 @@ from serve_support import ServerProcess  # noqa: E402
 WORDS = ("alignment reward policy 模型 训练 数据 evaluation 反馈 library citation 检索 answer ").split()
 
 
-def heavy_requests(limits: dict, model: str) -> dict[str, tuple[str, str, dict]]:
-    """name -> (method path, content kind, request kwargs) for each heavy request at the server's limits."""
+def heavy_requests(limits: dict, model: str, scale: float = 1.0) -> dict[str, tuple[str, dict]]:
+    """name -> (method and path, request kwargs) for each heavy request, `scale` times the server's limits."""
     n = int(limits["max_messages"])
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} {WORDS[i % len(WORDS)]}"}
              for i in range(n - 1)] + [{"role": "user", "content": "Summarise our conversation."}]
     chat = {"model": model, "messages": turns, "max_tokens": 1, "temperature": 0}
-    # one message that fills the body cap, less room for the JSON around it
-    room = int(limits["max_body"]) - 1024
-    text = (" ".join(WORDS) + "\n") * (room // len((" ".join(WORDS) + "\n").encode()))
-    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 1}
-    upload_chars = int(limits.get("library_upload_chars") or 200_000)
+    # one message that fills the body cap (the JSON bytes themselves, as sent)
+    line = " ".join(WORDS) + "\n"
+    empty = json.dumps({"model": model, "messages": [{"role": "user", "content": ""}], "max_tokens": 1},
+                       ensure_ascii=False).encode()
+    per_line = len(json.dumps(line, ensure_ascii=False).encode()) - 2
+    lines = int((int(limits["max_body"]) * scale - len(empty)) // per_line)
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": line * lines}], "max_tokens": 1},
+                      ensure_ascii=False).encode()
+    upload_chars = int(int(limits.get("library_upload_chars") or 200_000) * scale)
     para = " ".join(WORDS) * 8
     doc = "\n\n".join(f"Paragraph {i}. {para}" for i in range(upload_chars // len(para) + 1))[:upload_chars]
     return {
-        "messages": ("POST /v1/chat/completions", "json", {"json": chat}),
-        "body": ("POST /v1/chat/completions", "json", {"json": body}),
-        "upload": ("POST /v1/library/documents", "bytes",
+        "messages": ("POST /v1/chat/completions", {"json": chat}),
+        "body": ("POST /v1/chat/completions", {"content": body, "headers": {"Content-Type": "application/json"}}),
+        "upload": ("POST /v1/library/documents",
                    {"params": {"filename": "stall.txt"}, "content": doc.encode(),
                     "headers": {"Content-Type": "application/octet-stream"}}),
     }
@@ -103,11 +107,19 @@ def main(argv=None) -> int:
             stop.set()
             poll_health(srv.url, stop, idle, min_polls=200)
             rows = []
-            for name, (method_path, _kind, kwargs) in heavy_requests(limits, model).items():
+            for name in ("messages", "body", "upload"):
+                # the heaviest the server accepts: the limits themselves, halved while a 413 says one is over
+                # another limit (the library's passage count, say)
+                scale = 1.0
                 for _ in range(args.rounds):
-                    res = measure(srv.url, method_path, kwargs)
-                    rows.append({"request": name, **res})
-                    print(f"{name:9s} status {res['status']}  request {res['seconds']:.2f} s  /health worst "
+                    while True:
+                        method_path, kwargs = heavy_requests(limits, model, scale)[name]
+                        res = measure(srv.url, method_path, kwargs)
+                        if res["status"] != 413 or scale < 0.01:
+                            break
+                        scale /= 2
+                    rows.append({"request": name, "scale": scale, **res})
+                    print(f"{name:9s} x{scale:<6g} status {res['status']}  request {res['seconds']:.2f} s  /health worst "
                           f"{res['worst'] * 1000:.1f} ms, median {res['median'] * 1000:.1f} ms over {res['polls']} polls",
                           flush=True)
         finally:
@@ -117,12 +129,12 @@ def main(argv=None) -> int:
     result = {"model": args.model, "machine": platform.processor() or platform.machine(), "limits": limits,
               "idle": {"worst": idle_worst, "median": idle_median, "polls": len(idle)}, "rows": rows}
     print(f"\nidle /health: worst {idle_worst * 1000:.1f} ms, median {idle_median * 1000:.1f} ms ({len(idle)} polls)")
-    lines = ["| request | status | request s | /health worst ms | /health median ms | worst / idle worst |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| request | of the limit | status | request s | /health worst ms | /health median ms | worst / idle worst |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['request']} | {r['status']} | {r['seconds']:.2f} | {r['worst'] * 1000:.1f} | "
+        lines.append(f"| {r['request']} | {r['scale']:g} | {r['status']} | {r['seconds']:.2f} | {r['worst'] * 1000:.1f} | "
                      f"{r['median'] * 1000:.1f} | {r['worst'] / idle_worst:.1f}x |")
-    lines.append(f"| (idle) | | | {idle_worst * 1000:.1f} | {idle_median * 1000:.1f} | 1.0x |")
+    lines.append(f"| (idle) | | | | {idle_worst * 1000:.1f} | {idle_median * 1000:.1f} | 1.0x |")
     print("\n".join(lines))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ Notable choices:
   otherwise nobody (401), decided by `auth.resolve_user`. The local user is resolved per request, so
   deleting it does not break the server.
 - In front of every route (guard.py): the Host allow-list, the cross-site request check and the body cap.
+- `/tokenize`, `/detokenize`, `/tokenizer_info` (tokenize_api.py) and Prometheus's `/metrics` (metrics.py,
+  which also counts every request) sit at the root, where vLLM has them.
 - The literature assistant's router (`alignchat.library.api.router`) is included when that module imports,
   and given the server's database and each request's account through its dependencies (`server_store`,
   `server_user`), so the library imports nothing of the server's app; the UI's Library tab mounts
@@ -28,7 +30,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from . import guard
+from . import guard, metrics
 from .auth import Accounts, LoginThrottle, resolve_user
 from .errors import install_handlers, install_openapi
 from .headers import install_security_headers
@@ -77,9 +79,11 @@ def create_app(model: str | None = None, db: str | None = None, host: str | None
     install_openapi(app)
     guard.install(app, cfg)
     install_security_headers(app)
+    metrics.install(app, ctx)  # after the guards: their refusals are counted too
 
-    from . import openai_api, ui
+    from . import openai_api, tokenize_api, ui
     app.include_router(openai_api.router)
+    app.include_router(tokenize_api.router)
     app.include_router(ui.router)
     try:
         from ..library import api as library_api  # the literature assistant, when installed

@@ -50,7 +50,7 @@ class ServeConfig:
     require_login: bool | None = None  # None: only when bound beyond loopback
     insecure_no_login: bool = False  # beyond loopback too, serve everyone as the admin `local` (never by default)
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides the bound and loopback ones; "*": any
-    max_body: int = 8 * 1024 * 1024  # request body cap in bytes (library uploads: library.api.MAX_UPLOAD_BYTES)
+    max_body: int = 2 * 1024 * 1024  # request body cap in bytes (library uploads: library.api.MAX_UPLOAD_BYTES)
     login_max_failures: int = 5  # failed logins of one user name before a lockout (4x that per client address)
     login_window: float = 900.0  # seconds without a failure after which failures are forgotten
     login_lockout: float = 30.0  # first lockout in seconds; doubles with each further failure

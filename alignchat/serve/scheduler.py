@@ -14,6 +14,9 @@ Notable choices:
   fails, each is admitted again on its own, so a request that cannot be prepared fails only itself, never
   the others admitted with it.
 - `stats()` exposes active/waiting counts, aborts and the largest batch stepped, for /health and the tests.
+- `metrics` (metrics.EngineMetrics, read by /metrics) counts prompt and generated tokens and times each
+  choice's first output, the gaps between outputs and its end; recorded by this thread before the event it
+  describes is handed to the event loop.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from .metrics import EngineMetrics
 
 log = logging.getLogger("alignchat.serve")
 
@@ -56,6 +61,7 @@ class RequestHandle:
     finished: bool = False
     cancelled: bool = False
     submitted: float = field(default_factory=time.monotonic)
+    last_output: float | None = None  # time.monotonic() of its latest output
     _scheduler: "Scheduler | None" = None
 
     def cancel(self) -> None:
@@ -85,6 +91,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self.counters = {"submitted": 0, "completed": 0, "aborted": 0, "errors": 0, "steps": 0,
                          "tokens": 0, "max_batch_stepped": 0}
+        self.metrics = EngineMetrics()
 
     # ---- called from the event loop -----------------------------------------------------------------------
     def start(self) -> None:
@@ -159,7 +166,11 @@ class Scheduler:
                     continue
                 req = out.request
                 logprob = None
-                if len(req.output_ids) > h.completion_tokens:  # a real token, not an end-of-turn stop token
+                now, real = time.monotonic(), len(req.output_ids) > h.completion_tokens
+                first = h.last_output is None
+                self.metrics.output(now - (h.submitted if first else h.last_output), first, real)
+                h.last_output = now
+                if real:  # a real token, not an end-of-turn stop token
                     h.completion_tokens = len(req.output_ids)
                     if req.params.logprobs and req.logprobs:
                         logprob = req.logprobs[-1]
@@ -214,6 +225,7 @@ class Scheduler:
         for h, req in zip(ready, reqs):
             h.engine_request = req
             self._active[id(req)] = h
+            self.metrics.admitted(len(h.prompt_ids))
 
     def _admit_alone(self, h: RequestHandle) -> None:
         from ..errors import UserError
@@ -226,6 +238,7 @@ class Scheduler:
             return
         h.engine_request = req
         self._active[id(req)] = h
+        self.metrics.admitted(len(h.prompt_ids))
 
     def _abort(self, h: RequestHandle) -> None:
         if h.finished:
@@ -245,6 +258,8 @@ class Scheduler:
         if h.finished:
             return
         h.finished = True
+        self.metrics.ended("error" if ev.kind == "error" else ev.finish_reason or "stop",
+                           time.monotonic() - h.submitted)
         if ev.kind == "error":
             with self._cond:
                 self.counters["errors"] += 1
