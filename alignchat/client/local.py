@@ -25,6 +25,7 @@ from collections import OrderedDict
 from typing import Sequence
 
 from .base import Completion, ModelClient, Prompt, Score, check_prompt, is_conversation, is_token_ids
+from ..commands.common import pick_device
 from .sampling import SAMPLING_DEFAULTS, Sampling
 
 MEMO_ENTRIES = 16384
@@ -42,12 +43,6 @@ def cpu_threads(requested: int = 0) -> int:
     return max(1, min(cores, int(cores - busy + 0.5)))
 
 
-def resolve_device(device: str | None) -> str:
-    """"auto" or None: CUDA when present, else the CPU; anything else as given."""
-    from ..commands.common import pick_device
-    return pick_device(None if device in (None, "", "auto") else device)
-
-
 class LocalClient(ModelClient):
     kind = "local"
 
@@ -57,7 +52,7 @@ class LocalClient(ModelClient):
         super().__init__()
         self.model_spec = str(model)
         self.name = self.model_spec
-        self.device = resolve_device(device)
+        self.device = pick_device(device)
         self.dtype = dtype
         self.max_batch, self.max_seq_len, self.score_batch = max_batch, max_seq_len, score_batch
         self.threads = threads

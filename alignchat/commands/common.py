@@ -38,8 +38,9 @@ def sampling_from_args(args):
                           seed=args.seed)
 
 
-def pick_device(name: str | None) -> str:
-    if name:
+def pick_device(name: str | None = "auto") -> str:
+    """The one device choice: "auto" (or None/"") is CUDA when present, else the CPU; anything else as given."""
+    if name and name != "auto":
         return name
     return "cuda" if torch.cuda.is_available() else "cpu"
 

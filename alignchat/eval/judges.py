@@ -70,11 +70,11 @@ class RewardJudge:
     """A reward model from the reward stage: the higher r(x, y) wins."""
 
     def __init__(self, path: str, device: str | None = "auto"):
-        from ..client.local import resolve_device
+        from ..commands.common import pick_device
         from ..hub import load_scored_model
         from ..train.reward import RewardScorer
 
-        model, tok, _ = load_scored_model(path, device=resolve_device(device))
+        model, tok, _ = load_scored_model(path, device=pick_device(device))
         self.scorer = RewardScorer(model, tok)
 
     def prefer_first(self, prompt: list[dict], a: str, b: str) -> float:

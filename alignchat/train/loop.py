@@ -127,9 +127,8 @@ class DistInfo:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    from ..commands.common import pick_device
+    return torch.device(pick_device(name))
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

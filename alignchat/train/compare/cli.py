@@ -130,7 +130,7 @@ def _print(obj: dict) -> None:
 # --- sample --------------------------------------------------------------------------------------------
 
 def cmd_sample(cfg: SampleConfig, args) -> int:
-    from ...client.local import resolve_device
+    from ...commands.common import pick_device
     from ...commands.common import load_for_inference
     from .prompts import read_prompts
     from .sampling import sample_responses
@@ -144,7 +144,7 @@ def cmd_sample(cfg: SampleConfig, args) -> int:
     done = {json.dumps(c.prompt, sort_keys=True) for c in existing}
     todo = [p for _, p in prompts if json.dumps(p, sort_keys=True) not in done]
     dtype = None if cfg.dtype == "auto" else cfg.dtype
-    loaded = load_for_inference(cfg.model, resolve_device(cfg.device), dtype)[:2] if todo else None
+    loaded = load_for_inference(cfg.model, pick_device(cfg.device), dtype)[:2] if todo else None
     new = []
     for start in range(0, len(todo), cfg.chunk):  # write as we go, so an interrupted run keeps its work
         chunk = todo[start:start + cfg.chunk]

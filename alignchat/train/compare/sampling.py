@@ -5,7 +5,7 @@ Notable choices:
   rerun draws the same responses and no two responses of one prompt share a random stream.
 - `systems` gives response i the system prompt `systems[i % len(systems)]` (cycled; "" or None: none),
   so one ranking can hold replies written under contrasting instructions.
-- `device` "auto" (or None) is CUDA when present, else the CPU (`alignchat.client.local.resolve_device`).
+- `device` "auto" (or None) is CUDA when present, else the CPU (`alignchat.commands.common.pick_device`).
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ def sample_responses(model_path: str, prompts: list[list[dict]], k: int, max_tok
     """K responses per prompt; response i is written under systems[i % len(systems)] when systems are given.
 
     `loaded`: a (model, tokenizer) already loaded (else `model_path` is loaded on `device` in `dtype`)."""
-    from ...client.local import resolve_device
+    from ...commands.common import pick_device
     from ...commands.common import load_for_inference
     from ...engine import Engine, SamplingParams
-    model, tok = loaded or load_for_inference(model_path, resolve_device(device), dtype)[:2]
+    model, tok = loaded or load_for_inference(model_path, pick_device(device), dtype)[:2]
     engine = Engine(model, tok, max_batch=batch)
     systems = systems or [None]
     flat_ids = [tok.render_chat(with_system(p, systems[i % len(systems)]), add_generation_prompt=True).ids
