@@ -5,10 +5,10 @@ Each verb lives in its own module, named after the verb, which defines `add_argu
 light verbs start quickly and one stage's heavy imports never slow another.
 
 Notable choices:
-- The stage verbs (tokenize, pretrain, sft, rm, ppo, dpo) share one contract (`alignchat.settings`): their
-  settings are one dataclass, flags are generated from its fields, `KEY=VALUE` and `--config FILE` set the
-  same fields, and the precedence is defaults, then the file, then the command line. Each says in its
-  `--help` what it reads and writes.
+- The stage verbs (tokenize, pretrain, sft, rm, ppo, dpo, compare, eval) share one contract
+  (`alignchat.settings`): their settings are one dataclass, flags are generated from its fields, `KEY=VALUE`
+  and `--config FILE` set the same fields, and the precedence is defaults, then the file, then the command
+  line. Every verb says in its `--help` what it reads and writes (`settings.describe_io`).
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from .errors import UserError
 
 # verb -> (module, one-line help). Order is the order of the pipeline.
 VERBS: dict[str, tuple[str, str]] = {
-    "models": ("alignchat.hub", "list, pull and inspect models (the default: smollm2-135m-instruct)"),
+    "models": ("alignchat.commands.models", "list, pull and inspect models (the default: smollm2-135m-instruct)"),
     "generate": ("alignchat.commands.generate", "complete one prompt with a model and print the answer"),
     "chat": ("alignchat.commands.chat", "multi-turn chat with a model in the terminal, streamed"),
-    "import": ("alignchat.commands.convert", "convert a GGUF file or Hugging Face directory into a checkpoint"),
+    "import": ("alignchat.commands.import_cli", "convert a GGUF file or Hugging Face directory into a checkpoint"),
     "export": ("alignchat.commands.export", "export a checkpoint (Hugging Face layout)"),
     "data": ("alignchat.data.cli", "fetch registry corpora, clean text (PII, dedup, quality), build instruction data"),
     "tokenizer": ("alignchat.data.tokenizer_cli", "train a byte-level BPE on Chinese+English text with the chat special tokens"),

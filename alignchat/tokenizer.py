@@ -7,6 +7,12 @@ Notable choices:
   serving and evaluation all call it, so train and serve can never disagree on the format. It renders the
   model's own Jinja template (Hugging Face conventions) or ChatML when the model has none, and returns an
   assistant mask computed from character offsets, so the mask is right whatever the template looks like.
+- Function calling renders here too: `render_chat(messages, tools=...)` hands the tools, the assistant's
+  `tool_calls` and the `tool` messages to a template with a tool format of its own (one that reads `tools`),
+  and otherwise writes them in `tools_format`'s format (Hermes / Qwen 2.5 style) as message content, so
+  the same rules (content is text, the mask covers the calls) hold. In a template's own format the tool
+  fields are its text, so a control token's text in them is refused. An assistant message with calls and
+  no content has no content slot; its turn is the generation prompt between its neighbours' slots.
 - Rendering is linear in the conversation: the template is rendered a fixed number of times (the real
   conversation, and once or twice with a unique placeholder in place of each message's content), and the
   placeholders show where each message's content sits in the text. Content the template trims is found
@@ -44,7 +50,7 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass
@@ -74,6 +80,7 @@ class Tokenizer:
         self._compiled_template = None
         self._text_hf: HFTokenizer | None = None  # a copy that reads special tokens' text as plain text
         self._special_set: frozenset[int] | None = None
+        self._tool_format: bool | None = None
 
     # --- basic properties ---------------------------------------------------------------
     @property
@@ -137,6 +144,11 @@ class Tokenizer:
             self._text_hf = hf
         return self._text_hf
 
+    def encode_content(self, text: str) -> list[int]:
+        """Token ids of `text` as message content: control tokens' text is read as text (as `render_chat`
+        encodes what messages say)."""
+        return self._text_tokenizer().encode(text, add_special_tokens=False).ids
+
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special)
 
@@ -153,20 +165,46 @@ class Tokenizer:
             self._compiled_template = env.from_string(self.chat_template)
         return self._compiled_template
 
-    def render_text(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
+    def render_text(self, messages: Sequence[dict], add_generation_prompt: bool = False,
+                    tools: Sequence[dict] | None = None) -> str:
         """The template's text for a conversation. For token ids use `render_chat`: encoding this text would
-        read control-token text typed inside a message as control tokens."""
+        read control-token text typed inside a message as control tokens. `tools` goes to the template as
+        Hugging Face passes it (only a template with its own tool format reads it)."""
         return self._template().render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                       tools=list(tools) if tools else None,
                                        bos_token=self.bos_token or "", eos_token=self.eos_token or "")
 
-    def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> ChatRendering:
+    @property
+    def has_tool_format(self) -> bool:
+        """Whether the chat template has a tool format of its own (it reads the `tools` variable)."""
+        if self._tool_format is None:
+            from jinja2 import meta
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+            ast = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).parse(self.chat_template)
+            self._tool_format = "tools" in meta.find_undeclared_variables(ast)
+        return self._tool_format
+
+    def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = False,
+                    tools: Sequence[dict] | None = None) -> ChatRendering:
         """Render a conversation to token ids and an assistant-token mask (see module docstring).
 
         The mask covers each assistant turn from the end of the generation prompt (what the model is given
-        before it answers) through its end-of-turn marker, not the whitespace after it."""
+        before it answers) through its end-of-turn marker, not the whitespace after it. `tools` (OpenAI's
+        list), tool calls and tool results are written in the template's own tool format when it has one,
+        else in `tools_format`'s, as message content."""
+        from .tools_format import ToolFormatError, to_plain_messages, tool_strings, validate_tools
         messages = validate_messages(messages)
-        text = self.render_text(messages, add_generation_prompt)
-        slots, gen = self._content_slots(messages, text, add_generation_prompt)
+        tools = validate_tools(tools)
+        if self.has_tool_format:
+            # the template writes the tools and calls as its own text: no control token may hide in them
+            specials = [t.content for i, t in self.hf.get_added_tokens_decoder().items() if t.special]
+            for param, value in tool_strings(messages, tools):
+                if hit := next((t for t in specials if t and t in value), None):
+                    raise ToolFormatError(param, f"contains the control token {hit!r}")
+        else:
+            messages, tools = to_plain_messages(messages, tools), None
+        text = self.render_text(messages, add_generation_prompt, tools)
+        slots, gen = self._content_slots(messages, text, add_generation_prompt, tools)
         ids, offsets = self._encode_rendered(text, slots)
         spans = self._assistant_spans(messages, text, slots, gen)
         mask = [0] * len(ids)
@@ -183,18 +221,20 @@ class Tokenizer:
             ids, mask = [self.bos_id] + ids, [0] + mask
         return ChatRendering(ids=ids, assistant_mask=mask, text=text)
 
-    def _content_slots(self, messages: list[dict], text: str, add_generation_prompt: bool
-                       ) -> tuple[list[tuple[int, int, int]], str]:
+    def _content_slots(self, messages: list[dict], text: str, add_generation_prompt: bool,
+                       tools: Sequence[dict] | None = None) -> tuple[list[tuple[int, int, int]], str]:
         """Where the template put each message's content in `text`, and the template's generation prompt.
 
         Slots are (message index, start, end), left to right; everything between them is the template's
         own text. A message may have no slot (a template that drops it) or several (one that repeats it).
-        The generation prompt is what add_generation_prompt appends (only looked up when the conversation
-        has an assistant message)."""
+        An assistant message with tool calls and no content keeps its empty content (templates test it), so
+        it has no slot. The generation prompt is what add_generation_prompt appends (only looked up when
+        the conversation has an assistant message)."""
         nonce = secrets.token_hex(8)
         placeholder = re.compile(re.escape(f"[[{nonce}:") + r"(\d+)\]\]")
-        marked_messages = [{"role": m["role"], "content": f"[[{nonce}:{i}]]"} for i, m in enumerate(messages)]
-        marked = self.render_text(marked_messages, add_generation_prompt)
+        marked_messages = [{**m, "content": "" if m.get("tool_calls") and not m["content"] else f"[[{nonce}:{i}]]"}
+                           for i, m in enumerate(messages)]
+        marked = self.render_text(marked_messages, add_generation_prompt, tools)
         template_text, order, last = [], [], 0
         for m in placeholder.finditer(marked):
             template_text.append(marked[last:m.start()])
@@ -223,7 +263,7 @@ class Tokenizer:
             raise refuse
         gen = ""
         if any(m["role"] == "assistant" for m in messages):
-            other = self.render_text(marked_messages, not add_generation_prompt)
+            other = self.render_text(marked_messages, not add_generation_prompt, tools)
             with_prompt, without = (marked, other) if add_generation_prompt else (other, marked)
             gen = with_prompt[len(without):] if with_prompt.startswith(without) else ""
         return slots, gen
@@ -267,28 +307,47 @@ class Tokenizer:
                          gen: str) -> list[tuple[int, int]]:
         """Character spans to train on: from the end of the generation prompt `gen` before each assistant
         message (its content's start where the template has none) through the end-of-turn marker after it.
-        Both are searched for in the template's own text only."""
+        Both are searched for in the template's own text only. An assistant message without a slot (tool
+        calls, no content) is the n-th generation prompt in the template text between its neighbours' slots."""
         count: dict[int, int] = {}
         for i, _, _ in slots:
             count[i] = count.get(i, 0) + 1
+        slotless = []
         for i, m in enumerate(messages):
             if m["role"] == "assistant" and count.get(i) != 1:
+                if count.get(i) is None and m.get("tool_calls") and gen:
+                    slotless.append(i)
+                    continue
                 raise UserError(f"the chat template repeats or drops assistant message {i}; cannot locate it")
         spans = []
+
+        def end_of_turn(b: int, limit: int) -> int:
+            after = text[b:limit]
+            for marker in ("<|im_end|>", self.eos_token or "", "<|eot_id|>"):
+                if marker and (j := after.find(marker)) != -1:
+                    return b + j + len(marker)
+            return b
+
         for k, (i, a, b) in enumerate(slots):
             if messages[i]["role"] != "assistant":
                 continue
             before = text[slots[k - 1][2] if k else 0:a]
             cut = before.rfind(gen) if gen else -1
             start = a - len(before) + cut + len(gen) if cut != -1 else a
-            after = text[b:slots[k + 1][1] if k + 1 < len(slots) else len(text)]
-            end = b
-            for marker in ("<|im_end|>", self.eos_token or "", "<|eot_id|>"):
-                if marker and (j := after.find(marker)) != -1:
-                    end = b + j + len(marker)
-                    break
-            spans.append((start, end))
-        return spans
+            spans.append((start, end_of_turn(b, slots[k + 1][1] if k + 1 < len(slots) else len(text))))
+        seen: dict[int, int] = {}  # region (index of the slot after it) -> generation prompts used in it
+        for i in slotless:
+            k = next((k for k, s in enumerate(slots) if s[0] > i), len(slots))
+            lo, hi = slots[k - 1][2] if k else 0, slots[k][1] if k < len(slots) else len(text)
+            pos = lo
+            for _ in range(seen.get(k, 0) + 1):
+                j = text.find(gen, pos, hi)
+                if j == -1:
+                    raise UserError(f"the chat template drops assistant message {i}; cannot locate it")
+                pos = j + len(gen)
+            seen[k] = seen.get(k, 0) + 1
+            spans.append((pos, end_of_turn(pos, hi)))
+        return sorted(spans)
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -360,7 +419,12 @@ class Tokenizer:
 
 
 def validate_messages(messages: Sequence[dict]) -> list[dict]:
-    """Check a conversation's shape; raise UserError saying which message is wrong."""
+    """Check a conversation's shape; raise UserError saying which message is wrong.
+
+    Returns `{"role", "content"}` messages; an assistant message's `tool_calls` and a tool message's
+    `tool_call_id` are kept, normalised (`tools_format`), and each tool message must answer a call of the
+    assistant message before it. An assistant message with tool calls may have null content."""
+    from .tools_format import ToolFormatError, check_tool_answers, validate_tool_calls
     if not isinstance(messages, (list, tuple)) or not messages:
         raise UserError("a conversation must be a non-empty list of messages")
     out = []
@@ -372,9 +436,24 @@ def validate_messages(messages: Sequence[dict]) -> list[dict]:
             raise UserError(f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        calls = m.get("tool_calls")
+        if calls is not None and role != "assistant":
+            raise ToolFormatError(f"messages.{i}.tool_calls", f"only assistant messages make tool calls, not {role}")
+        if content is None and calls:
+            content = ""
         if not isinstance(content, str):
             raise UserError(f"message {i} content must be a string")
-        out.append({"role": role, "content": content})
+        msg = {"role": role, "content": content}
+        if calls:
+            msg["tool_calls"] = validate_tool_calls(calls, f"messages.{i}.tool_calls")
+        if role == "tool":
+            tid = m.get("tool_call_id")
+            if not isinstance(tid, str) or not tid:
+                raise ToolFormatError(f"messages.{i}.tool_call_id", "a tool message needs the tool_call_id of "
+                                                                    "the call it answers")
+            msg["tool_call_id"] = tid
+        out.append(msg)
+    check_tool_answers(out)
     return out
 
 

@@ -110,8 +110,8 @@ MALFORMED = [
                                     "stream": "yes"}), None),
     ("too many stops", json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
                                    "stop": ["a", "b", "c", "d", "e"]}), None),
-    ("tools unsupported", json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
-                                      "tools": [{"type": "function", "function": {"name": "f"}}]}), "unsupported_parameter"),
+    ("legacy functions unsupported", json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                                                 "functions": [{"name": "f"}]}), "unsupported_parameter"),
     ("logit_bias unsupported", json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
                                            "logit_bias": {"5": 10}}), "unsupported_parameter"),
     ("image part", json.dumps({"model": "tiny", "messages": [{"role": "user", "content": [

@@ -133,7 +133,8 @@ def test_tokenize_refusals(http, server):
     assert refused({"messages": []})["param"] == "messages"
     assert refused({"messages": CHAT, "tools": [{"type": "function"}]})["param"] == "tools"
     assert refused({"prompt": "a", "model": "nope"}, 404)["code"] == "model_not_found"
-    r = http.post("/detokenize", json={"tokens": [0] * ((1 << 20) + 1)})
+    from alignchat.serve.tokenize_api import MAX_DETOKENIZE_TOKENS
+    r = http.post("/detokenize", json={"tokens": [0] * (MAX_DETOKENIZE_TOKENS + 1)})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tokens", r.text[:300]
     assert http.post("/detokenize", json={"tokens": []}).json() == {"prompt": ""}
 

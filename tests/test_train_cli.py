@@ -174,3 +174,51 @@ def test_eval_run_precedence_defaults_then_file_then_command_line(tmp_path, tiny
     config.write_text(json.dumps({"limit": "many"}))
     rc, err = _main(["eval", "run", "--model", tiny_ckpt, "--config", config, "--out", out], capsys)
     assert rc == 2 and "setting limit: " in err and "'many'" in err
+
+
+# --- every verb: what it reads and writes ------------------------------------------------------------------
+
+
+def _helps() -> list[tuple[str, ...]]:
+    """`(verb,)` for each verb in `alignchat.cli.VERBS`, or `(verb, sub)` for each subcommand of a verb that has
+    them, found in the verb's real parser (a subcommand added later is checked too)."""
+    import argparse
+
+    from alignchat.cli import VERBS, build_parser
+    out: list[tuple[str, ...]] = []
+    for verb in VERBS:
+        top = build_parser(verb)
+        verb_parser = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
+        subs = [a for a in verb_parser._actions if isinstance(a, argparse._SubParsersAction)]
+        out += [(verb, s) for s in subs[0].choices] if subs else [(verb,)]
+    return out
+
+
+HELPS = _helps()
+
+
+def test_every_verb_of_the_table_is_checked():
+    from alignchat.cli import VERBS
+    assert {h[0] for h in HELPS} == set(VERBS)
+    assert ("models", "pull") in HELPS and ("data", "instructions") in HELPS and ("library", "ask") in HELPS
+    assert ("import",) in HELPS and ("serve",) in HELPS
+
+
+@pytest.mark.parametrize("argv", HELPS, ids=" ".join)
+def test_every_verb_and_subcommand_says_what_it_reads_and_writes(argv, capsys):
+    from alignchat.cli import main
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert re.search(r"^reads: \S", text, re.M), f"alignchat {' '.join(argv)} --help has no reads: line"
+    assert re.search(r"^writes: \S", text, re.M), f"alignchat {' '.join(argv)} --help has no writes: line"
+
+
+def test_serve_device_defaults_to_auto(capsys):
+    from alignchat.cli import main
+    from alignchat.serve.runtime import ServeConfig
+    assert ServeConfig().device == "auto"
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert re.search(r"--device DEVICE\s+torch device for the model: auto \(cuda if available", capsys.readouterr().out)

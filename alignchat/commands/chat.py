@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ContextLengthError
+from ..settings import describe_io
 from .common import add_model_args, add_sampling_args, load_engine, sampling_from_args
 
 
@@ -15,6 +16,10 @@ def add_arguments(p) -> None:
     add_model_args(p)
     p.add_argument("--system", default=None, help="system prompt")
     add_sampling_args(p, max_tokens=512)
+    describe_io(p, reads="the model (--model; a registry name is pulled on first use) and your turns from standard "
+                         "input",
+                writes="the replies to standard output; no files: the conversation is not saved (a registry "
+                       "model's first pull aside)")
 
 
 def run(args) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from ..settings import describe_io
 from .common import add_model_args, add_sampling_args, load_engine, sampling_from_args
 
 
@@ -18,6 +19,9 @@ def add_arguments(p) -> None:
     p.add_argument("--beams", type=int, default=0, help="beam search with this many beams (0 = sampling)")
     p.add_argument("--no-stream", action="store_true", help="print the answer only when it is complete")
     add_sampling_args(p)
+    describe_io(p, reads="the model (--model; a registry name is pulled on first use) and the prompt (--prompt, or "
+                         "standard input with -p -)",
+                writes="the answer to standard output; no files (a registry model's first pull aside)")
 
 
 def run(args) -> int:

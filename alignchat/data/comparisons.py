@@ -77,13 +77,17 @@ class Comparison:
 
 # --- validation ----------------------------------------------------------------------------------------
 
-def validate_messages(messages: Any, where: str, what: str = "prompt") -> list[dict[str, str]]:
-    """A stored conversation: the chat checks of `tokenizer.validate_messages`, plus plain-string contents
-    (data files hold text, not the API's content parts); errors name `where` and the field."""
+def validate_messages(messages: Any, where: str, what: str = "prompt") -> list[dict[str, Any]]:
+    """A stored conversation: the chat checks of `tokenizer.validate_messages` (tool calls and tool results
+    included: `alignchat.tools_format`), plus plain-string contents (data files hold text, not the API's
+    content parts; an assistant message with tool calls may have null content); errors name `where` and
+    the field."""
     from ..tokenizer import validate_messages as validate_chat
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where}: '{what}' must be a non-empty list of messages")
     for i, m in enumerate(messages):
+        if isinstance(m, dict) and m.get("content") is None and m.get("tool_calls"):
+            continue
         if isinstance(m, dict) and not isinstance(m.get("content"), str):
             raise UserError(f"{where}: {what}: message {i} content must be a string, got "
                             f"{json.dumps(m.get('content'), ensure_ascii=False)[:120]}")
@@ -149,9 +153,17 @@ def validate_sft_record(obj: Any, where: str) -> dict[str, Any]:
     fmt = obj.get("format") or "dialogue"
     if fmt not in SFT_FORMATS:
         raise UserError(f"{where}: 'format' must be one of {', '.join(SFT_FORMATS)}, got {fmt!r}")
-    return {"id": str(obj.get("id") or content_id(messages)), "messages": messages,
-            "source": str(obj.get("source", "unknown")), "task": obj.get("task"), "format": fmt,
-            "meta": obj.get("meta") or {}}
+    from ..tools_format import validate_tools
+    try:  # the tools offered in the conversation (OpenAI's list), rendered as serving renders them
+        tools = validate_tools(obj.get("tools"))
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    rec = {"id": str(obj.get("id") or content_id(messages)), "messages": messages,
+           "source": str(obj.get("source", "unknown")), "task": obj.get("task"), "format": fmt,
+           "meta": obj.get("meta") or {}}
+    if tools:
+        rec["tools"] = tools
+    return rec
 
 
 # --- JSONL I/O -----------------------------------------------------------------------------------------

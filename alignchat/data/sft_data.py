@@ -93,9 +93,11 @@ class EncodedConversation:
         return sum(t != IGNORE_INDEX for t in self.targets)
 
 
-def encode_conversation(tokenizer, messages: list[dict], max_len: int, id: str = "") -> EncodedConversation | None:
-    """Render with the chat template and shift by one; truncate to `max_len` inputs. None if no targets left."""
-    r = tokenizer.render_chat(messages)
+def encode_conversation(tokenizer, messages: list[dict], max_len: int, id: str = "",
+                        tools: list[dict] | None = None) -> EncodedConversation | None:
+    """Render with the chat template (and the record's `tools`, as serving renders them) and shift by one;
+    truncate to `max_len` inputs. None if no targets left."""
+    r = tokenizer.render_chat(messages, tools=tools)
     ids, mask = r.ids[: max_len + 1], r.assistant_mask[: max_len + 1]
     if len(ids) < 2:
         return None
@@ -114,7 +116,8 @@ def encode_records(records: Iterable[dict], tokenizer, max_len: int, errors: lis
         where = str(rec.get("_where", rec.get("id", "?")))
         path, _, line = where.rpartition(":")
         try:
-            enc = encode_conversation(tokenizer, rec["messages"], max_len, id=str(rec.get("id", "")))
+            enc = encode_conversation(tokenizer, rec["messages"], max_len, id=str(rec.get("id", "")),
+                                      tools=rec.get("tools"))
         except UserError as e:
             bad = BadRecord(path or where, int(line) if line.isdigit() else 0, str(e))
             if errors is not None:

@@ -116,6 +116,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--zh-share", type=float, default=d.zh_share, help="share of Chinese characters (0..1)")
     p.add_argument("--text-field", default=d.text_field, help="JSONL/parquet text field (default %(default)s)")
     p.add_argument("--no-progress", action="store_true")
+    from ..settings import describe_io
+    describe_io(p, reads="INPUTS: .txt/.md, .jsonl, .parquet files or `datasets` directories (e.g. cleaned corpora)",
+                writes="tokenizer.json, tokenizer_config.json (with the chat template) and tokenizer_report.json "
+                       "(tokens per character on held-out documents) in --out")
 
 
 def run(args) -> int:

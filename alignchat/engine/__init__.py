@@ -11,6 +11,8 @@ Modules:
 - `sampling`: `SamplingParams` and the batched sampler: penalties, per-request logits processors (where
   constrained decoding plugs in), greedy, temperature, top-k and top-p by inverse CDF.
 - `decode`: one decode step, eager or replayed as CUDA graphs.
+- `grammar`: JSON-Schema and Lark constraints (llguidance) as per-request logits processors, for structured
+  output and forced tool calls.
 - `beam`: beam search. `scoring`: log-likelihoods and per-token log-probabilities. Both use the model
   with caches of their own, never the request slots.
 

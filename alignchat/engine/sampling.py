@@ -12,9 +12,12 @@ Notable choices:
   constrained decoding). `SamplingParams.logits_processors` holds callables `(output_ids, logits) ->
   logits` on one request's 1-D row of float32 logits over the vocabulary, applied in order after the
   penalties, so a mask (-inf on forbidden tokens) binds greedy and sampled rows alike. They run on the
-  engine's thread; `output_ids` is the request's own output so far. A processor that keeps state of its
-  own (a parser advanced token by token) must belong to one request: give each request its own
-  `SamplingParams`, since one params object may be shared by a batch (`Engine.generate`).
+  engine's thread; `output_ids` is the request's own output so far, so a processor that follows the
+  output (a parser advanced token by token) learns the token chosen at one step from `output_ids` at the
+  next. Such a processor keeps state that must belong to one request, while one params object may be
+  shared by a batch (`Engine.generate`): a processor with a `for_request()` method is replaced, as each
+  request is admitted, by what that method returns (`for_request`), so every request gets its own state.
+  Grammar-constrained decoding (grammar.py) is built this way.
 - Sampling is by inverse CDF: each request draws u ~ U[0, 1) from its generator and takes the first token
   whose cumulative probability reaches u.
 - Top-k/top-p sort only the `FILTER_CANDIDATES` most likely tokens when those provably hold every token the
@@ -22,6 +25,7 @@ Notable choices:
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
@@ -105,6 +109,16 @@ def apply_penalties(logits: torch.Tensor, req: Sampled) -> torch.Tensor:
         logits = logits.clone()
         logits[ids] -= p.presence_penalty + p.frequency_penalty * cnt
     return logits
+
+
+def for_request(params: SamplingParams) -> SamplingParams:
+    """`params` for one admitted request: each logits processor with a `for_request()` method replaced by
+    the fresh one it returns (a copy of `params`), or `params` itself when none has one."""
+    procs = params.logits_processors
+    if not any(hasattr(p, "for_request") for p in procs):
+        return params
+    return dataclasses.replace(params, logits_processors=[p.for_request() if hasattr(p, "for_request") else p
+                                                          for p in procs])
 
 
 def apply_logits_processors(logits: torch.Tensor, reqs: Sequence[Sampled]) -> torch.Tensor:

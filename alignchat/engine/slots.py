@@ -12,6 +12,8 @@ Notable choices:
   to the vocabulary. The step computes next-token logits at its end, so a freshly prefilled request samples
   its first token without another forward pass.
 - Every request of an admission is validated before any slot is taken: one bad prompt admits none.
+- Each admitted request gets its own copy of the logits processors that keep state (`sampling.for_request`),
+  so one `SamplingParams` with a grammar constraint can be shared by a batch.
 - Beam search (beam.py) and scoring (scoring.py) run on the same model with caches of their own.
 """
 from __future__ import annotations
@@ -103,7 +105,7 @@ class Engine(Scoring, BeamSearch):
         for prompt_ids, params in items:
             params = (params or SamplingParams()).validate()
             self.check_prompt(prompt_ids)
-            checked.append((list(prompt_ids), params))
+            checked.append((list(prompt_ids), sampling.for_request(params)))  # its own processor state
         free = [i for i, r in enumerate(self.slots) if r is None]
         if len(checked) > len(free):
             raise RuntimeError(f"{len(checked)} requests but {len(free)} free slots: admit at most "

@@ -79,6 +79,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("question")
     backend_args(b, "none")
 
+    from ..settings import describe_io
+    lib = "the library (--library DIR: --db, default DIR/library.sqlite, and DIR/embeddings.npy)"
+    model = ("the answering model (--model, pulled on first use; or the --endpoint server, sent the question "
+             "and passages)")
+    describe_io(a, reads="PATHs: PDF, BibTeX, RIS, Markdown and text files or directories; the embedding model "
+                         "(all-MiniLM-L6-v2, from the artifact store)",
+                writes=f"each new document, its passages and their vectors into {lib}, atomically")
+    describe_io(ls, reads=f"{lib}", writes="nothing (prints the documents)")
+    describe_io(rm, reads=f"{lib}", writes=f"deletes the document, its passages and vectors from {lib}")
+    describe_io(show, reads=f"{lib}", writes="nothing (prints the passage)")
+    describe_io(q, reads=f"{lib}; the embedding model; {model}",
+                writes="nothing (prints the verified answer, or its JSON record with --json)")
+    describe_io(r, reads=f"{lib}; the embedding model; {model}, if any",
+                writes="nothing (prints the cited review, or JSON with --json)")
+    describe_io(e, reads=f"{lib}; the embedding model", writes="nothing (prints the knowledge units as JSON)")
+    describe_io(b, reads=f"{lib}; the embedding model; {model}, if any",
+                writes="nothing (prints the search strings, or JSON with --json)")
+
 
 def _expand(paths: list[str]) -> list[Path]:
     from .ingest import SUPPORTED

@@ -65,8 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: {d.login_lockout:g})")
     parser.add_argument("--login-window", type=float, default=d.login_window, metavar="SECONDS",
                         help=f"forget failed logins after this long without one (default: {d.login_window:g})")
-    parser.add_argument("--device", default=None, help="torch device for the model (default: cpu); on cuda the "
-                                                        "engine decodes with CUDA graphs")
+    parser.add_argument("--device", default=None,
+                        help=f"torch device for the model: auto (cuda if available, else cpu), cpu, cuda, cuda:1 ... "
+                             f"(default: {d.device}); on cuda the engine decodes with CUDA graphs")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="weights dtype (default: float32 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--no-embeddings", action="store_true", help="do not offer /v1/embeddings")
@@ -82,6 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--upstream-timeout", type=float, default=d.upstream_timeout, metavar="SECONDS",
                     help=f"wait this long for its next event before answering 502 (default: {d.upstream_timeout:g})")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    from ..settings import describe_io
+    describe_io(parser, reads="the model (--model; a registry name is pulled on first use) or the --upstream server; "
+                              "the database (--db: accounts, API keys, sessions, conversations, feedback, the "
+                              "library's documents); client requests over HTTP",
+                writes="the database (conversations, feedback, labels, accounts' logins and API keys, uploaded "
+                       "library documents, with their embeddings beside a SQLite file); a log to standard error; "
+                       "a first pull of a registry model into $ALIGNCHAT_HOME")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ex.add_argument("--comparisons", default=None, help="comparison file (default: OUT/comparisons.jsonl)")
     st = sub.add_parser("stats", help="count the feedback in the database")
     st.add_argument("--db", default=None, help="database URL (default: the server's default SQLite file)")
+    from ..settings import describe_io
+    describe_io(ex, reads="the server's database (--db): feedback, rankings, edits and demonstrations with their "
+                          "conversations",
+                writes="the SFT JSONL (--sft, default OUT/sft.jsonl) and the comparison JSONL (--comparisons, "
+                       "default OUT/comparisons.jsonl); the database is only read")
+    describe_io(st, reads="the server's database (--db): the feedback it holds",
+                writes="nothing (prints the counts as JSON); the database is only read")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,8 +4,18 @@ Notable choices:
 - Request bodies are strict pydantic models: a string where a number belongs, a negative max_tokens or an
   unknown role is a 400 with OpenAI's error body naming the parameter, never a 500 or FastAPI's 422.
 - Unknown extra fields are ignored (clients send `user`, `store`, `metadata`, ...), but features we do not
-  implement (tools, logit_bias, top_logprobs, JSON mode, suffix, best_of) are refused with a 400 that says
-  so, rather than silently ignored.
+  implement (the legacy functions/function_call, logit_bias, top_logprobs, suffix, best_of) are refused
+  with a 400 that says so, rather than silently ignored.
+- Function calling: `tools`, `tool_choice` (none, auto, required, a named function), `parallel_tool_calls`,
+  assistant `tool_calls` and `tool` messages, whole and streamed as OpenAI streams them
+  (serve/tool_calling.py; the text format: alignchat/tools_format.py). A forced call's arguments are
+  generated under a grammar built from the tool's JSON Schema.
+- Structured output: `response_format` `{type: "json_object"}` or `{type: "json_schema", json_schema: {name,
+  schema, strict}}` (chat, and on /v1/completions as an extension) is enforced by grammar-constrained
+  decoding (engine/grammar.py), whatever `strict` says: the reply is JSON valid for the schema unless
+  `max_tokens` or a stop string cuts it short. The schema is compiled in a worker thread; one the library
+  cannot compile is a 400 naming `response_format` and the problem. It needs the local model's tokenizer:
+  with `--upstream` it is 501 `needs_local_model`.
 - Sampling maps onto the shared engine's `SamplingParams`: temperature (0 = greedy), top_p, top_k,
   presence/frequency/repetition penalties, stop strings, seed (choice i of n uses seed + i, so n > 1 with a
   seed gives n different but reproducible answers) and max_tokens (default: the rest of the context).
@@ -33,17 +43,19 @@ import base64
 import json
 import time
 import uuid
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from .auth import CurrentUser, resolve_user
 from ..client.sampling import SAMPLING_DEFAULTS
 from .errors import APIError, error_body, error_responses
 from .runtime import EMBEDDING_MODEL_ID, ServerContext
+from . import tool_calling
 from .validation import Text
+from ..tools_format import NAME_PATTERN
 
 router = APIRouter()
 
@@ -60,19 +72,78 @@ class ContentPart(_Strict):
     text: Text | None = None
 
 
+class FunctionCallIn(_Strict):
+    name: Text
+    arguments: Text  # JSON text, as OpenAI sends it
+
+
+class ToolCallIn(_Strict):
+    """An assistant message's earlier call (alignchat.tools_format checks it)."""
+    id: Text
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[Text, list[ContentPart], None] = None
     name: Text | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant messages
+    tool_call_id: Text | None = None  # tool messages: the call they answer
+
+
+class FunctionDef(_Strict):
+    name: Text = Field(pattern=NAME_PATTERN)
+    description: Text | None = None
+    parameters: dict[str, Any] | None = Field(None, description="A JSON Schema with an object root")
+    strict: bool | None = None  # accepted; a forced call always follows the schema
+
+
+class ToolDef(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: Text
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+TOOL_CHOICES = ("none", "auto", "required")
+
+
+def _tool_choice_mode(value: str) -> str:
+    if value not in TOOL_CHOICES:
+        raise ValueError(f"must be one of {', '.join(TOOL_CHOICES)} or {{\"type\": \"function\", \"function\": "
+                         f"{{\"name\": ...}}}}, got {value[:40]!r}")
+    return value
+
+
+# a str checked by a function (not a Literal), so that an error names `tool_choice` itself
+ToolChoiceMode = Annotated[str, AfterValidator(_tool_choice_mode),
+                           WithJsonSchema({"type": "string", "enum": list(TOOL_CHOICES)})]
 
 
 class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(_Strict):
+    """`response_format.json_schema`: the schema the reply must follow (always enforced, strict or not)."""
+    name: Text = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: Text | None = None
+    schema_: dict[str, Any] = Field(alias="schema", description="A JSON Schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(_Strict):
-    model_config = ConfigDict(strict=True, extra="allow")
-    type: Text
+    """`text` (the default), `json_object` (any JSON object) or `json_schema` (JSON valid for a schema)."""
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None  # required with type json_schema
 
 
 class _Sampling(_Strict):
@@ -99,8 +170,9 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[dict] | None = None
-    tool_choice: Union[str, dict, None] = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Union[ToolChoiceMode, NamedToolChoice, None] = None
+    parallel_tool_calls: bool | None = None
     functions: list[dict] | None = None
     function_call: Union[str, dict, None] = None
     response_format: ResponseFormat | None = None
@@ -113,6 +185,7 @@ class CompletionRequest(_Sampling):
     suffix: Text | None = None
     best_of: int | None = Field(None, ge=1)
     logprobs: int | None = Field(None, ge=0, le=5)
+    response_format: ResponseFormat | None = None  # extension (vLLM), as in chat
 
 
 class EmbeddingRequest(_Strict):
@@ -156,16 +229,28 @@ class ChatLogprobs(BaseModel):
     content: list[TokenLogprob]
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | None  # null when the reply is only tool calls
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
 
 
 class ChatCompletion(BaseModel):
@@ -285,7 +370,28 @@ def _check_common(req: _Sampling, ctx: ServerContext) -> None:
         raise _unsupported("logit_bias", "logit_bias")
 
 
-def sampling_params(req: _Sampling, max_tokens: int, n: int, want_logprobs: bool = False) -> list:
+async def response_constraint(ctx: ServerContext, fmt: ResponseFormat | None) -> list:
+    """The logits processors that enforce `response_format` (none for text): one grammar constraint, which
+    the engine copies for each choice. Compiled in a worker thread; a schema that cannot be compiled is a 400."""
+    if fmt is None or fmt.type == "text":
+        return []
+    if fmt.type == "json_schema" and fmt.json_schema is None:
+        raise APIError(400, "response_format.json_schema: required when type is 'json_schema'.",
+                       param="response_format.json_schema")
+    ctx.require_local_model("response_format", "response_format")
+    await ctx.host.ready()
+    from ..engine.grammar import json_constraint
+    from ..errors import UserError
+    schema = fmt.json_schema.schema_ if fmt.type == "json_schema" else None
+    try:
+        return [await asyncio.to_thread(json_constraint, ctx.host.tokenizer, schema)]
+    except UserError as e:
+        raise APIError(400, f"response_format: {e}", param="response_format", code="invalid_json_schema") from None
+
+
+def sampling_params(req: _Sampling, max_tokens: int, n: int, want_logprobs: bool = False,
+                    logits_processors: list | None = None) -> list:
+    """One engine `SamplingParams` per choice; `logits_processors` (e.g. `response_constraint`'s) go to each."""
     from ..engine import SamplingParams
     stops = _stop_list(req.stop)
     out = []
@@ -302,6 +408,7 @@ def sampling_params(req: _Sampling, max_tokens: int, n: int, want_logprobs: bool
             seed=None if req.seed is None else req.seed + i,
             ignore_eos=req.ignore_eos,
             logprobs=want_logprobs,
+            logits_processors=list(logits_processors or []),
         ))
     return out
 
@@ -337,7 +444,12 @@ def _chat_messages(req: ChatCompletionRequest) -> list[dict]:
             content = ""
         else:
             content = m.content
-        out.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+        msg = {"role": "system" if m.role == "developer" else m.role, "content": content}
+        if m.tool_calls:  # checked with the conversation by Tokenizer.validate_messages (tools_format)
+            msg["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+        if m.tool_call_id is not None:
+            msg["tool_call_id"] = m.tool_call_id
+        out.append(msg)
     return out
 
 
@@ -374,18 +486,38 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
     ctx = ctx_of(request)
     ctx.check_model(body.model)
     _check_common(body, ctx)
-    if body.tools or body.functions or (body.tool_choice not in (None, "none")) or body.function_call:
-        raise _unsupported("tools", "tool and function calling")
+    if body.functions or body.function_call:
+        raise _unsupported("functions", "the legacy functions and function_call (send tools and tool_choice)")
     if body.top_logprobs:
         raise _unsupported("top_logprobs", "top_logprobs")
-    if body.response_format is not None and body.response_format.type != "text":
-        raise _unsupported("response_format", f"response_format type {body.response_format.type!r}")
+    forced = body.tool_choice not in (None, "none", "auto")  # required or a named function
+    if forced and body.response_format is not None and body.response_format.type != "text":
+        raise APIError(400, "response_format: cannot be combined with a forced tool call (tool_choice "
+                            "'required' or a named function), whose arguments follow the tool's schema.",
+                       param="response_format")
     check_message_count(ctx, len(body.messages))
     messages = _chat_messages(body)
+    uses_tools = bool(body.tools) or forced or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+    if uses_tools:
+        ctx.require_local_model("tools", "tools")
     await ctx.host.ready()
-    prompt_ids = await render_prompt(ctx, messages)
+    constraint = await response_constraint(ctx, body.response_format)
+    plan = None  # a tool_calling.ToolPlan when the reply may hold tool calls
+    if uses_tools:
+        tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
+        choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, NamedToolChoice) else body.tool_choice
+        plan, prompt_ids, forced_constraint = await asyncio.to_thread(
+            tool_calling.prepare, ctx.host.tokenizer, messages, tools, choice, body.parallel_tool_calls)
+        constraint = constraint + forced_constraint
+        plan = plan if plan.choice != "none" else None
+        if plan is not None and body.logprobs and body.stream:
+            raise _unsupported("logprobs", "logprobs with tools in a stream")
+    else:
+        prompt_ids = await render_prompt(ctx, messages)
+    readers = [plan.reader() for _ in range(body.n)] if plan is not None else None
     max_tokens = ctx.fit_context(prompt_ids, body.max_completion_tokens or body.max_tokens)
-    params = sampling_params(body, max_tokens, body.n, want_logprobs=bool(body.logprobs))
+    params = sampling_params(body, max_tokens, body.n, want_logprobs=bool(body.logprobs),
+                             logits_processors=constraint)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     base = {"id": cid, "created": created, "model": ctx.host.model_id, "system_fingerprint": None}
 
@@ -400,10 +532,22 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
             try:
                 for i in range(body.n):
                     yield _sse({**base, "object": "chat.completion.chunk", "choices": [
-                        {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                         "finish_reason": None}]})
+                        {"index": i, "delta": {"role": "assistant", "content": None if forced else ""},
+                         "logprobs": None, "finish_reason": None}]})
                 while ev is not None:
-                    if ev.kind == "delta":
+                    if readers is not None and ev.kind in ("delta", "done"):  # a reply that may call tools
+                        if ev.kind == "delta":
+                            deltas, reason = readers[ev.index].push(ev.text), None
+                        else:
+                            completion_tokens += ev.completion_tokens
+                            deltas, reason = readers[ev.index].finish(ev.finish_reason)
+                        for d in deltas:
+                            yield _sse({**base, "object": "chat.completion.chunk", "choices": [
+                                {"index": ev.index, "delta": d, "logprobs": None, "finish_reason": None}]})
+                        if reason is not None:
+                            yield _sse({**base, "object": "chat.completion.chunk", "choices": [
+                                {"index": ev.index, "delta": {}, "logprobs": None, "finish_reason": reason}]})
+                    elif ev.kind == "delta":
                         lp = ({"content": [{"token": ev.text, "logprob": ev.logprob,
                                             "bytes": list(ev.text.encode("utf-8")), "top_logprobs": []}]}
                               if body.logprobs else None)
@@ -432,6 +576,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
     texts = [""] * body.n
     finish = ["stop"] * body.n
     lps: list[list] = [[] for _ in range(body.n)]
+    messages_out: list[dict | None] = [None] * body.n
     completion_tokens = 0
     group = await ctx.generate(prompt_ids, params, request=request)
     async for ev in group:
@@ -443,8 +588,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
         elif ev.kind == "done":
             finish[ev.index] = _finish(ev.finish_reason)
             completion_tokens += ev.completion_tokens
+            if readers is not None:  # the same reader as a stream's, over the whole text
+                reader = readers[ev.index]
+                reader.push(texts[ev.index])
+                finish[ev.index] = reader.finish(ev.finish_reason)[1]
+                messages_out[ev.index] = reader.message()
     return {**base, "object": "chat.completion",
-            "choices": [{"index": i, "message": {"role": "assistant", "content": texts[i]},
+            "choices": [{"index": i, "message": messages_out[i] or {"role": "assistant", "content": texts[i]},
                          "logprobs": {"content": lps[i]} if body.logprobs else None,
                          "finish_reason": finish[i]} for i in range(body.n)],
             "usage": _usage(group.prompt_tokens, completion_tokens)}
@@ -472,6 +622,7 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
     if body.max_tokens == 0 and body.stream:
         raise APIError(400, "max_tokens: 0 is not allowed with stream.", param="max_tokens")
     await ctx.host.ready()
+    constraint = await response_constraint(ctx, body.response_format)
     if body.echo:
         ctx.require_local_model("echo", "echo")
     if want_lp:
@@ -518,8 +669,8 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
                     from .scheduler import Event
                     await out_q.put(Event("done", pi * body.n + j, finish_reason="length"))
                 return
-            group = await ctx.generate(ids, sampling_params(body, budgets[pi], body.n, want_logprobs=want_lp),
-                                       request=req)
+            group = await ctx.generate(ids, sampling_params(body, budgets[pi], body.n, want_logprobs=want_lp,
+                                                            logits_processors=constraint), request=req)
             async for ev in group:
                 ev.index = pi * body.n + ev.index
                 await out_q.put(ev)

@@ -54,7 +54,7 @@ class ServeConfig:
     login_max_failures: int = 5  # failed logins of one user name before a lockout (4x that per client address)
     login_window: float = 900.0  # seconds without a failure after which failures are forgotten
     login_lockout: float = 30.0  # first lockout in seconds; doubles with each further failure
-    device: str = "cpu"
+    device: str = "auto"  # auto: cuda if available, else cpu (`commands.common.pick_device`); or cpu, cuda:1 ...
     dtype: str | None = None  # float32 | bfloat16 | float16; default float32 on CPU, bfloat16 on CUDA
     preload: bool = True
     enable_embeddings: bool = True
@@ -97,11 +97,12 @@ class ModelHost:
         try:
             import torch
             from ..hub import load_model
-            from ..commands.common import pick_dtype
+            from ..commands.common import pick_device, pick_dtype
             from ..engine import Engine
             t0 = time.monotonic()
-            dtype = pick_dtype(self.cfg.device, self.cfg.dtype)
-            model, tok, _meta = load_model(self.cfg.model, device=self.cfg.device, dtype=dtype)
+            device = pick_device(self.cfg.device)
+            dtype = pick_dtype(device, self.cfg.dtype)
+            model, tok, _meta = load_model(self.cfg.model, device=device, dtype=dtype)
             model.eval()
             torch.set_grad_enabled(False)
             self.engine = Engine(model, tok, max_batch=self.cfg.max_batch, max_seq_len=self.cfg.context)
@@ -110,7 +111,7 @@ class ModelHost:
             self.scheduler.start()
             self.loaded_at = time.time()
             log.info("model %s loaded in %.1fs on %s (%s, %s decoding)", self.model_id, time.monotonic() - t0,
-                     self.cfg.device, str(dtype).removeprefix("torch."), self.engine.decode_mode)
+                     device, str(dtype).removeprefix("torch."), self.engine.decode_mode)
         except BaseException as e:  # reported by /health and to every request
             log.exception("could not load model %s", self.cfg.model)
             self.error = e

@@ -38,7 +38,7 @@ from .validation import Text
 
 router = APIRouter()
 
-MAX_DETOKENIZE_TOKENS = 1 << 20  # ids per /detokenize request (the body cap bounds /tokenize's text)
+MAX_DETOKENIZE_TOKENS = 1 << 18  # ids per /detokenize request (the body cap bounds /tokenize's text)
 
 
 class TokenizeRequest(_Strict):

@@ -36,6 +36,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--remove", action="store_true")
     dl = sub.add_parser("delete", help="delete a user and all their conversations and feedback")
     dl.add_argument("username")
+    from ..settings import describe_io
+    db = "the server's database (--db)"
+    describe_io(a, reads=f"{db} and the password (the terminal, or the first line of standard input)",
+                writes=f"a new account, with the password's hash, into {db}")
+    describe_io(p, reads=f"{db} and the new password (the terminal, or the first line of standard input)",
+                writes=f"the account's password hash into {db}, ending the user's logins")
+    describe_io(sub.choices["list"], reads=f"{db}: the accounts", writes="nothing (prints one JSON line per user)")
+    describe_io(k, reads=f"{db}: the account", writes=f"the new key's hash into {db}; the key itself only to "
+                                                     "standard output, once")
+    describe_io(sub.choices["keys"], reads=f"{db}: the API keys (prefixes, never the keys)",
+                writes="nothing (prints one JSON line per key)")
+    describe_io(r, reads=f"{db}: the API keys", writes=f"the matching keys marked revoked in {db}")
+    describe_io(g, reads=f"{db}: the account", writes=f"the account's admin role in {db}")
+    describe_io(dl, reads=f"{db}: the account",
+                writes=f"deletes the account with its conversations, feedback, keys and logins from {db}, and "
+                       "its library (documents, passages, index vectors)")
 
 
 def _password(from_stdin: bool) -> str:

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..settings import describe_io
+
 
 def add_arguments(p) -> None:
     p.add_argument("source", help="registry name, .gguf file or Hugging Face model directory")
     p.add_argument("--out", "-o", required=True, help="checkpoint directory to write")
+    describe_io(p, reads="SOURCE: a .gguf file, a Hugging Face model directory or a registry name (pulled on first use)",
+                writes="an alignchat checkpoint directory at --out (model.safetensors, config.json, "
+                       "tokenizer.json, tokenizer_config.json, meta.json)")
 
 
 def run(args) -> int:
