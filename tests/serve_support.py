@@ -27,13 +27,13 @@ class ServerProcess:
     ("0.0.0.0", "") serves too."""
 
     def __init__(self, model: str | Path, db_path: Path, *extra: str, env: dict | None = None,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", source: str = "--model", log_level: str = "warning"):
         self.port = free_port()
         self.host = host
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_url = f"sqlite:///{db_path}"
-        cmd = [sys.executable, "-m", "alignchat.cli", "serve", "--model", str(model), "--db", self.db_url,
-               "--host", host, "--port", str(self.port), "--log-level", "warning", *extra]
+        cmd = [sys.executable, "-m", "alignchat.cli", "serve", source, str(model), "--db", self.db_url,
+               "--host", host, "--port", str(self.port), "--log-level", log_level, *extra]
         # beside the database, or in its nearest existing folder when the server is to create the database's
         log_dir = next(d for d in db_path.parents if d.exists())
         self.log_path = log_dir / f"{db_path.stem}.{self.port}.log"
@@ -59,6 +59,18 @@ class ServerProcess:
 
     def health(self) -> dict:
         return httpx.get(self.url + "/health", timeout=10).json()
+
+    def wait_scheduler(self, done=None, timeout: float = 120) -> dict:
+        """Poll /health until `done(scheduler_stats)` (default: nothing active or waiting) and return the
+        stats; the timeout only bounds a failing test, it is never what a test measures."""
+        done = done or (lambda s: s["active"] == 0 and s["waiting"] == 0)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s = self.health()["scheduler"]
+            if done(s):
+                return s
+            time.sleep(0.02)
+        raise AssertionError(f"the scheduler never reached the expected state: {self.health()}")
 
     def log(self) -> str:
         self._log.flush()
@@ -88,3 +100,26 @@ def users_cli(db_url: str, *args: str, stdin: str | None = None) -> str:
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
     return out.stdout
+
+
+class ProxyProcess(ServerProcess):
+    """`alignchat serve --upstream URL` (no local model) in a child process, logging at debug level (the tests
+    read the log to check that no key is in it)."""
+
+    def __init__(self, upstream: str, db_path: Path, *extra: str, env: dict | None = None):
+        super().__init__(upstream, db_path, *extra, env=env, source="--upstream", log_level="debug")
+
+    def wait_health(self, done, timeout: float = 120) -> dict:
+        """Poll /health until `done(health)`; the timeout only bounds a failing test."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                h = self.health()
+                if done(h):
+                    return h
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"/health never reached the expected state:\n{self.log()}")

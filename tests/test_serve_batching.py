@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import socket
-import time
 
 import httpx
 import pytest
@@ -65,21 +64,6 @@ def long_ckpt(tiny_tokenizer, tmp_path_factory):
 LONG_CONTEXT = 65536
 
 
-def _wait(srv: ServerProcess, done, timeout: float = 120) -> dict:
-    """Poll /health until `done(scheduler_stats)`; the timeout only bounds a failing test."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        s = srv.health()["scheduler"]
-        if done(s):
-            return s
-        time.sleep(0.02)
-    raise AssertionError(f"scheduler never reached the expected state: {srv.health()}")
-
-
-def _wait_idle(srv: ServerProcess) -> dict:
-    return _wait(srv, lambda s: s["active"] == 0 and s["waiting"] == 0)
-
-
 def test_disconnect_frees_slot(long_ckpt, tmp_path):
     srv = ServerProcess(long_ckpt, tmp_path / "d.db", "--max-batch", "1", "--context", str(LONG_CONTEXT)).wait_ready()
     max_tokens = LONG_CONTEXT - 64
@@ -98,7 +82,7 @@ def test_disconnect_frees_slot(long_ckpt, tmp_path):
                             h = srv.health()["scheduler"]
                             assert h["active"] == 1, str(h)  # still generating while we read the stream
                             break  # leaving iter_lines closes the connection: the client is gone
-        stats = _wait_idle(srv)
+        stats = srv.wait_scheduler()
         assert stats["aborted"] == 1 and stats["completed"] == 0
         assert stats["tokens"] < max_tokens  # stopped early, not run to max_tokens
 
@@ -109,8 +93,8 @@ def test_disconnect_frees_slot(long_ckpt, tmp_path):
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          b"Content-Type: application/json\r\nContent-Length: " + str(len(payload)).encode() +
                          b"\r\n\r\n" + payload)
-            _wait(srv, lambda s: s["active"] == 1)
-        stats = _wait_idle(srv)
+            srv.wait_scheduler(lambda s: s["active"] == 1)
+        stats = srv.wait_scheduler()
         assert stats["aborted"] == 2 and stats["completed"] == 0
         assert stats["tokens"] < 2 * max_tokens
 

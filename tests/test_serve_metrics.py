@@ -15,8 +15,7 @@ import jinja2.sandbox
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve_support import ServerProcess, free_port, users_cli
-from test_serve_upstream import ProxyProcess
+from serve_support import ProxyProcess, ServerProcess, free_port, users_cli
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]
 

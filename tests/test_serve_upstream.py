@@ -6,54 +6,20 @@ the upstream's key is sent and never shown."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from conftest import make_tiny_model
-from serve_support import ROOT, ServerProcess, free_port, users_cli
+from serve_support import ROOT, ProxyProcess, ServerProcess, free_port, users_cli
 
 LONG_CONTEXT = 65536  # so that one request could run for minutes: a hang-up always finds it still running
 KEY_ENV = "ALIGNCHAT_TEST_UPSTREAM_KEY"
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]
-
-
-class ProxyProcess(ServerProcess):
-    """`alignchat serve --upstream URL` (no local model) in a child process, with ServerProcess's helpers."""
-
-    def __init__(self, upstream: str, db_path: Path, *extra: str, env: dict | None = None):
-        self.port = free_port()
-        self.host = "127.0.0.1"
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db_url = f"sqlite:///{db_path}"
-        cmd = [sys.executable, "-m", "alignchat.cli", "serve", "--upstream", upstream, "--db", self.db_url,
-               "--host", self.host, "--port", str(self.port), "--log-level", "debug", *extra]
-        self.log_path = db_path.parent / f"{db_path.stem}.{self.port}.log"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
-
-    def wait_health(self, done, timeout: float = 120) -> dict:
-        """Poll /health until `done(health)`; the timeout only bounds a failing test."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                h = self.health()
-                if done(h):
-                    return h
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"/health never reached the expected state:\n{self.log()}")
 
 
 @pytest.fixture(scope="module")
@@ -101,17 +67,6 @@ def _direct(upstream, path: str, body: dict) -> dict:
     r = httpx.post(up.url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120)
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def _wait_scheduler(srv: ServerProcess, done, timeout: float = 120) -> dict:
-    """Poll a server's scheduler stats until `done(stats)`; the timeout only bounds a failing test."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        s = srv.health()["scheduler"]
-        if done(s):
-            return s
-        time.sleep(0.02)
-    raise AssertionError(f"the scheduler never reached the expected state: {srv.health()}")
 
 
 def _idle(s: dict) -> bool:
@@ -203,7 +158,7 @@ def test_client_disconnect_aborts_the_upstream_request(upstream, proxy):
     max_tokens = LONG_CONTEXT - 64
     body = {"model": "long", "messages": [{"role": "user", "content": "Tell me everything."}], "temperature": 0,
             "max_tokens": max_tokens, "ignore_eos": True}
-    start, mine = _wait_scheduler(up, _idle), _wait_scheduler(proxy, _idle)
+    start, mine = up.wait_scheduler(_idle), proxy.wait_scheduler(_idle)
 
     # streamed: read a few chunks from the proxy, then hang up
     with httpx.Client(timeout=60) as c:
@@ -216,7 +171,7 @@ def test_client_disconnect_aborts_the_upstream_request(upstream, proxy):
                     if got == 3:
                         assert up.health()["scheduler"]["active"] == 1  # the upstream is still generating
                         break  # leaving iter_lines closes the connection: the client is gone
-    s = _wait_scheduler(up, _idle)
+    s = up.wait_scheduler(_idle)
     assert s["aborted"] - start["aborted"] == 1 and s["completed"] == start["completed"]
     assert s["tokens"] - start["tokens"] < max_tokens  # stopped early, not run to max_tokens
 
@@ -226,11 +181,11 @@ def test_client_disconnect_aborts_the_upstream_request(upstream, proxy):
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Type: application/json\r\nContent-Length: " + str(len(payload)).encode() +
                      b"\r\n\r\n" + payload)
-        _wait_scheduler(up, lambda s: s["active"] == 1)
-    s = _wait_scheduler(up, _idle)
+        up.wait_scheduler(lambda s: s["active"] == 1)
+    s = up.wait_scheduler(_idle)
     assert s["aborted"] - start["aborted"] == 2 and s["completed"] == start["completed"]
     assert s["tokens"] - start["tokens"] < 2 * max_tokens
-    p = _wait_scheduler(proxy, _idle)
+    p = proxy.wait_scheduler(_idle)
     assert p["aborted"] - mine["aborted"] == 2 and p["completed"] == mine["completed"]
 
     # the upstream's slot is free again: the next request is answered in full
