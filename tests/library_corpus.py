@@ -34,6 +34,12 @@ def make_pdf(pages: list[str], title: str | None = None, draw_only: bool = False
     if title:
         objects.append(f"<< /Title ({title}) >>".encode("latin-1"))
         info = len(objects)
+    return pdf_file(objects, info)
+
+
+def pdf_file(objects: list[bytes], info: int | None = None) -> bytes:
+    """A PDF file of the numbered `objects` (object 1 is the catalog; `info` the number of an Info dict), with
+    its cross-reference table and trailer."""
     out = io.BytesIO()
     out.write(b"%PDF-1.4\n")
     offsets = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -12,6 +13,18 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def file_mode(path: Path) -> int:
+    """The permission bits of `path` (0o600 for an owner-only file)."""
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def openai_error(r: httpx.Response) -> dict:
+    """The `error` object of an error response, checked to have exactly OpenAI's four fields."""
+    body = r.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
 
 
 def free_port() -> int:

@@ -7,28 +7,16 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from serve_support import ROOT, ServerProcess, free_port, users_cli
+from serve_support import ROOT, ServerProcess, file_mode as _mode, free_port, openai_error as _error, users_cli
 
 MAX_BODY = 65536
-
-
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
-def _error(r: httpx.Response) -> dict:
-    body = r.json()
-    assert set(body["error"]) == {"message", "type", "param", "code"}, body
-    return body["error"]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import sqlite3
-import stat
 import subprocess
 import sys
 import threading
@@ -23,20 +22,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from library_corpus import CORAL, PHOTOSYNTHESIS, PRINTING, make_pdf  # noqa: E402
-from serve_support import ServerProcess, users_cli  # noqa: E402
+from library_corpus import CORAL, PHOTOSYNTHESIS, PRINTING, make_pdf, pdf_file  # noqa: E402
+from serve_support import ServerProcess, file_mode as _mode, openai_error as _error, users_cli  # noqa: E402
 
 OCTET = {"Content-Type": "application/octet-stream"}
-
-
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
-def _error(r: httpx.Response) -> dict:
-    body = r.json()
-    assert set(body["error"]) == {"message", "type", "param", "code"}, body
-    return body["error"]
 
 
 class _Users:
@@ -274,17 +263,7 @@ def _bomb_pdf(stream: bytes, pages: int) -> bytes:
         objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> "
                        f">> /Contents {5 + 2 * i} 0 R >>".encode())
         objects.append(b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n")
-    offsets = []
-    for i, body in enumerate(objects, 1):
-        offsets.append(out.tell())
-        out.write(f"{i} 0 obj\n".encode() + body + b"\nendobj\n")
-    xref = out.tell()
-    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
-    out.write(b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets))
-    out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
-    return out.getvalue()
+    return pdf_file(objects)
 
 
 def _peak_rss(pid: int) -> int:
