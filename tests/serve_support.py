@@ -1,6 +1,8 @@
 """Helpers for the serving tests: run `alignchat serve` as a real subprocess on a free port, reached via 127.0.0.1."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -136,3 +138,41 @@ class ProxyProcess(ServerProcess):
                 pass
             time.sleep(0.05)
         raise AssertionError(f"/health never reached the expected state:\n{self.log()}")
+
+
+@contextlib.contextmanager
+def keyed_server(model, db_path: Path, *extra: str, user: str = "alice", password: str = "correct horse battery"):
+    """A ready `alignchat serve --require-login` with one account and its API key: yields (server, key)."""
+    srv = ServerProcess(model, db_path, "--require-login", *extra)
+    try:
+        users_cli(srv.db_url, "add", user, "--password-stdin", stdin=password + "\n")
+        key = users_cli(srv.db_url, "key", user).strip()
+        srv.wait_ready()
+        yield srv, key
+    finally:
+        srv.stop()
+
+
+def stream_then_hang_up(url: str, body: dict, while_streaming) -> None:
+    """Stream a chat completion, call `while_streaming()` after its third content delta, then close the
+    connection, as a client that goes away mid-answer."""
+    with httpx.Client(timeout=60) as c:
+        with c.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}) as r:
+            assert r.status_code == 200
+            got = 0
+            for line in r.iter_lines():
+                if line.startswith("data: {") and '"delta": {"content": "' in line:
+                    got += 1
+                    if got == 3:
+                        while_streaming()
+                        break  # leaving iter_lines closes the connection: the client is gone
+
+
+def post_then_hang_up(port: int, body: dict, until) -> None:
+    """Send a non-streamed chat completion on a raw socket, wait for `until()`, then close the socket."""
+    payload = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: " + str(len(payload)).encode() +
+                     b"\r\n\r\n" + payload)
+        until()

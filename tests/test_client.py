@@ -18,7 +18,7 @@ from alignchat.client.cli import add_client_args, client_from_args
 from alignchat.client.endpoint import EndpointClient, EndpointError, normalise_base_url
 from alignchat.errors import UserError
 
-from serve_support import ROOT, ServerProcess, free_port, users_cli
+from serve_support import ROOT, ServerProcess, free_port, keyed_server
 
 KEY_ENV = "ALIGNCHAT_TEST_ENDPOINT_KEY"
 
@@ -26,15 +26,9 @@ KEY_ENV = "ALIGNCHAT_TEST_ENDPOINT_KEY"
 @pytest.fixture(scope="module")
 def served(tiny_ckpt, tmp_path_factory):
     """A real server that requires an API key: (server, key)."""
-    db = tmp_path_factory.mktemp("client") / "client.db"
-    srv = ServerProcess(tiny_ckpt, db, "--require-login", "--no-embeddings", "--max-batch", "2")
-    try:
-        users_cli(srv.db_url, "add", "alice", "--password-stdin", stdin="correct horse battery\n")
-        key = users_cli(srv.db_url, "key", "alice").strip()
-        srv.wait_ready()
-        yield srv, key
-    finally:
-        srv.stop()
+    with keyed_server(tiny_ckpt, tmp_path_factory.mktemp("client") / "client.db", "--no-embeddings", "--max-batch",
+                      "2") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,12 @@ disconnects frees its engine slot at once (its request is aborted, not run to th
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
-import socket
 
 import httpx
 import pytest
 
 from conftest import make_tiny_model
-from serve_support import ServerProcess
+from serve_support import ServerProcess, post_then_hang_up, stream_then_hang_up
 
 PROMPTS = ["What is the capital of France?", "Write a poem about the sea.", "床前明月光，下一句是什么？",
            "def add(a, b):", "Explain reinforcement learning from human feedback.", "你好！今天天气怎么样？"]
@@ -71,29 +69,17 @@ def test_disconnect_frees_slot(long_ckpt, tmp_path):
         body = {"model": "long", "messages": [{"role": "user", "content": "Tell me everything."}],
                 "temperature": 0, "max_tokens": max_tokens, "ignore_eos": True}
         # streamed: read a few chunks, then hang up
-        with httpx.Client(timeout=60) as c:
-            with c.stream("POST", srv.url + "/v1/chat/completions", json={**body, "stream": True}) as r:
-                assert r.status_code == 200
-                got = 0
-                for line in r.iter_lines():
-                    if line.startswith("data: {") and '"delta": {"content": "' in line:
-                        got += 1
-                        if got == 3:
-                            h = srv.health()["scheduler"]
-                            assert h["active"] == 1, str(h)  # still generating while we read the stream
-                            break  # leaving iter_lines closes the connection: the client is gone
+        def still_generating():
+            h = srv.health()["scheduler"]
+            assert h["active"] == 1, str(h)  # still generating while we read the stream
+        stream_then_hang_up(srv.url, body, still_generating)
         stats = srv.wait_scheduler()
         assert stats["aborted"] == 1 and stats["completed"] == 0
         assert stats["tokens"] < max_tokens  # stopped early, not run to max_tokens
 
         # non-streamed: send the request on a raw socket, wait until the server is generating it, then hang up;
         # the server notices the closed connection and aborts the request
-        payload = json.dumps(body).encode()
-        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: " + str(len(payload)).encode() +
-                         b"\r\n\r\n" + payload)
-            srv.wait_scheduler(lambda s: s["active"] == 1)
+        post_then_hang_up(srv.port, body, lambda: srv.wait_scheduler(lambda s: s["active"] == 1))
         stats = srv.wait_scheduler()
         assert stats["aborted"] == 2 and stats["completed"] == 0
         assert stats["tokens"] < 2 * max_tokens

@@ -6,7 +6,6 @@ the upstream's key is sent and never shown."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import openai
 import pytest
 
 from conftest import make_tiny_model
-from serve_support import ROOT, ProxyProcess, ServerProcess, free_port, users_cli
+from serve_support import ROOT, ProxyProcess, free_port, keyed_server, post_then_hang_up, stream_then_hang_up
 
 LONG_CONTEXT = 65536  # so that one request could run for minutes: a hang-up always finds it still running
 KEY_ENV = "ALIGNCHAT_TEST_UPSTREAM_KEY"
@@ -35,16 +34,9 @@ def long_ckpt(tiny_tokenizer, tmp_path_factory):
 @pytest.fixture(scope="module")
 def upstream(long_ckpt, tmp_path_factory):
     """The upstream: a real alignchat server that wants an API key. (server, key)"""
-    db = tmp_path_factory.mktemp("upstream") / "up.db"
-    srv = ServerProcess(long_ckpt, db, "--require-login", "--no-embeddings", "--max-batch", "2",
-                        "--context", str(LONG_CONTEXT))
-    try:
-        users_cli(srv.db_url, "add", "gateway", "--password-stdin", stdin="gateway password 1\n")
-        key = users_cli(srv.db_url, "key", "gateway").strip()
-        srv.wait_ready()
-        yield srv, key
-    finally:
-        srv.stop()
+    with keyed_server(long_ckpt, tmp_path_factory.mktemp("upstream") / "up.db", "--no-embeddings", "--max-batch",
+                      "2", "--context", str(LONG_CONTEXT), user="gateway", password="gateway password 1") as up:
+        yield up
 
 
 @pytest.fixture(scope="module")
@@ -161,27 +153,15 @@ def test_client_disconnect_aborts_the_upstream_request(upstream, proxy):
     start, mine = up.wait_scheduler(_idle), proxy.wait_scheduler(_idle)
 
     # streamed: read a few chunks from the proxy, then hang up
-    with httpx.Client(timeout=60) as c:
-        with c.stream("POST", proxy.url + "/v1/chat/completions", json={**body, "stream": True}) as r:
-            assert r.status_code == 200
-            got = 0
-            for line in r.iter_lines():
-                if line.startswith("data: {") and '"delta": {"content": "' in line:
-                    got += 1
-                    if got == 3:
-                        assert up.health()["scheduler"]["active"] == 1  # the upstream is still generating
-                        break  # leaving iter_lines closes the connection: the client is gone
+    def upstream_generating():
+        assert up.health()["scheduler"]["active"] == 1  # the upstream is still generating
+    stream_then_hang_up(proxy.url, body, upstream_generating)
     s = up.wait_scheduler(_idle)
     assert s["aborted"] - start["aborted"] == 1 and s["completed"] == start["completed"]
     assert s["tokens"] - start["tokens"] < max_tokens  # stopped early, not run to max_tokens
 
     # non-streamed: send the request on a raw socket, wait until the upstream generates it, then hang up
-    payload = json.dumps(body).encode()
-    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: " + str(len(payload)).encode() +
-                     b"\r\n\r\n" + payload)
-        up.wait_scheduler(lambda s: s["active"] == 1)
+    post_then_hang_up(proxy.port, body, lambda: up.wait_scheduler(lambda s: s["active"] == 1))
     s = up.wait_scheduler(_idle)
     assert s["aborted"] - start["aborted"] == 2 and s["completed"] == start["completed"]
     assert s["tokens"] - start["tokens"] < 2 * max_tokens
