@@ -176,3 +176,10 @@ def post_then_hang_up(port: int, body: dict, until) -> None:
                      b"Content-Type: application/json\r\nContent-Length: " + str(len(payload)).encode() +
                      b"\r\n\r\n" + payload)
         until()
+
+
+def sse_events(resp: httpx.Response):
+    """(event name, JSON data) for each server-sent event of a streamed response (the web UI's chat stream)."""
+    from httpx_sse import EventSource
+    for sse in EventSource(resp).iter_sse():
+        yield sse.event, json.loads(sse.data)

@@ -10,16 +10,7 @@ import sys
 import httpx
 import pytest
 
-from serve_support import ROOT, ServerProcess, users_cli
-
-
-def _sse_events(resp: httpx.Response):
-    name = None
-    for line in resp.iter_lines():
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            yield name, json.loads(line[6:])
+from serve_support import ROOT, ServerProcess, sse_events as _sse_events, users_cli
 
 
 def _chat(client: httpx.Client, cid: str, content: str, **extra) -> list[tuple[str, dict]]:

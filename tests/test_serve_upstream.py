@@ -14,7 +14,8 @@ import openai
 import pytest
 
 from conftest import make_tiny_model
-from serve_support import ROOT, ProxyProcess, free_port, keyed_server, post_then_hang_up, stream_then_hang_up
+from serve_support import (ROOT, ProxyProcess, free_port, keyed_server, post_then_hang_up, sse_events as _sse_events,
+                           stream_then_hang_up)
 
 LONG_CONTEXT = 65536  # so that one request could run for minutes: a hang-up always finds it still running
 KEY_ENV = "ALIGNCHAT_TEST_UPSTREAM_KEY"
@@ -63,15 +64,6 @@ def _direct(upstream, path: str, body: dict) -> dict:
 
 def _idle(s: dict) -> bool:
     return s["active"] == 0 and s["waiting"] == 0
-
-
-def _sse_events(resp: httpx.Response):
-    name = None
-    for line in resp.iter_lines():
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            yield name, json.loads(line[6:])
 
 
 def test_whole_and_streamed_replies_are_the_upstreams(upstream, proxy, client, tiny_tokenizer):
