@@ -35,10 +35,12 @@ chat: install
 	$(BIN)/alignchat chat --model $(MODEL)
 
 # Debian's packages the tests need, installed when missing and apt is usable: Chromium + ChromeDriver drive the
-# browser tests, bubblewrap isolates the code sandbox (alignchat/sandbox.py)
-SYSTEM_PACKAGES := chromium chromium-driver bubblewrap
+# browser tests, bubblewrap isolates the code sandbox (alignchat/sandbox.py), wordnet-base is the English
+# thesaurus for the library's Boolean strings
+SYSTEM_PACKAGES := chromium chromium-driver bubblewrap wordnet-base
 system:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v bwrap >/dev/null || \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v bwrap >/dev/null && \
+	  test -f /usr/share/wordnet/index.noun || \
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null) \
 	      || echo "could not install $(SYSTEM_PACKAGES); browser tests will be skipped, the sandbox falls back"; \

@@ -2,7 +2,9 @@
 
 Notable choices:
 - One dataclass describes every model alignchat builds or imports (Llama-style blocks: RoPE, RMSNorm,
-  SwiGLU, grouped-query attention, optional QKV bias as in Qwen2, optional tied embeddings).
+  SwiGLU, grouped-query attention, optional QKV bias as in Qwen2, optional tied embeddings). Gemma 3 is
+  the same family with switches: q/k norms, sandwich norms, (1 + weight) norms, GeLU-tanh gating, the
+  √dim embedding scale, local sliding-window layers with their own RoPE base, query_pre_attn_scalar.
 - GPT-shaped presets keep the GPT layer/head/width table. Their SwiGLU inner width is 8/3 of the model width,
   so the MLP has the same 8·d² weights as GPT's 4·d two-matrix MLP and parameter counts match the papers.
 - `param_count` is analytic, so the GPT-3 shape can be checked (≈175B) without allocating it.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,19 @@ class ModelConfig:
     norm_eps: float = setting(1e-5, "RMSNorm epsilon")
     tie_embeddings: bool = setting(False, "share the input embedding and the output projection")
     qkv_bias: bool = setting(False, "biases on the query/key/value projections (as in Qwen2)")
+    # Gemma 3's differences from Llama, each a switch (all off: a Llama block)
+    qk_norm: bool = setting(False, "RMSNorm on each query and key head before RoPE (Gemma 3)")
+    sandwich_norms: bool = setting(False, "extra RMSNorms on the attention and MLP outputs (Gemma 3)")
+    norm_plus_one: bool = setting(False, "RMSNorm scales by (1 + weight), weights stored around 0 (Gemma)")
+    mlp_act: str = setting("silu", "gating activation of the MLP", choices=("silu", "gelu_tanh"))
+    embed_scale: bool = setting(False, "multiply the input embeddings by sqrt(dim) (Gemma)")
+    sliding_window: int | None = setting(None, "keys a local layer's query sees (its own included); none: no local layers")
+    sliding_window_pattern: int = setting(0, "with sliding_window: every N-th layer is global, the rest local "
+                                             "(0: every layer local)")
+    rope_local_theta: float | None = setting(None, "RoPE base of the local layers; none: rope_theta")
+    query_pre_attn_scalar: float | None = setting(None, "attention scores scaled by this**-0.5; none: head_dim")
     # bookkeeping for import/export; not used by the math
-    family: str = setting("llama", "Hugging Face architecture to export as", choices=("llama", "qwen2"))
+    family: str = setting("llama", "Hugging Face architecture to export as", choices=("llama", "qwen2", "gemma3"))
     bos_token_id: int | None = setting(None, "beginning-of-sequence token id (export metadata)")
     eos_token_id: int | None = setting(None, "end-of-sequence token id (export metadata)")
 
@@ -57,6 +70,14 @@ class ModelConfig:
             self.head_dim = self.dim // self.n_heads
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be at least 1, got {self.sliding_window}")
+
+    def is_local_layer(self, i: int) -> bool:
+        """Whether layer i attends through the sliding window (and uses the local RoPE base)."""
+        if self.sliding_window is None:
+            return False
+        return not (self.sliding_window_pattern and (i + 1) % self.sliding_window_pattern == 0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,7 +104,7 @@ def param_count(cfg: ModelConfig, include_embeddings: bool = True) -> int:
     o = cfg.n_heads * hd * d
     bias = (cfg.n_heads + 2 * cfg.n_kv_heads) * hd if cfg.qkv_bias else 0
     mlp = 3 * d * cfg.hidden_dim
-    norms = 2 * d
+    norms = (4 if cfg.sandwich_norms else 2) * d + (2 * hd if cfg.qk_norm else 0)
     per_layer = q + kv + o + bias + mlp + norms
     total = cfg.n_layers * per_layer + d  # final norm
     if include_embeddings:
@@ -97,6 +118,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     t = seq_len or cfg.max_seq_len
     return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * t
 
+
+_GEMMA3 = dict(qk_norm=True, sandwich_norms=True, norm_plus_one=True, mlp_act="gelu_tanh", embed_scale=True,
+               rope_local_theta=10000.0, family="gemma3")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # test-sized: builds in milliseconds on a CPU
@@ -115,6 +139,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # SmolLM2-135M (the default chat model's shape)
     "smollm2-135m": dict(vocab_size=49152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3, hidden_dim=1536,
                          max_seq_len=8192, rope_theta=100000.0, norm_eps=1e-5, tie_embeddings=True),
+    # Gemma 3 270M (the gemma-3-270m registry model's shape): local layers with a 512-token window, every
+    # sixth layer global
+    "gemma3-270m": dict(vocab_size=262144, dim=640, n_layers=18, n_heads=4, n_kv_heads=1, head_dim=256,
+                        hidden_dim=2048, max_seq_len=32768, rope_theta=1e6, norm_eps=1e-6, tie_embeddings=True,
+                        **_GEMMA3, sliding_window=512, sliding_window_pattern=6, query_pre_attn_scalar=256),
+    # test-sized Gemma 3: every switch on, a 16-token window, every second layer global
+    "tiny-gemma3": dict(vocab_size=512, dim=64, n_layers=4, n_heads=4, n_kv_heads=1, head_dim=32, hidden_dim=128,
+                        max_seq_len=256, rope_theta=1e6, norm_eps=1e-6, tie_embeddings=True, **_GEMMA3,
+                        sliding_window=16, sliding_window_pattern=2, query_pre_attn_scalar=24),
 }
 PRESETS["gpt2"] = PRESETS["gpt2-124m"]
 

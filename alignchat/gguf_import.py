@@ -1,4 +1,4 @@
-"""Import a llama.cpp GGUF file (Llama or Qwen2 architecture) as a `Transformer` and its `Tokenizer`.
+"""Import a llama.cpp GGUF file (Llama, Qwen2 or Gemma 3 architecture) as a `Transformer` and its `Tokenizer`.
 
 Notable choices:
 - Tensors are read with the `gguf` package and dequantised with `gguf.quants.dequantize` (F32, F16, BF16,
@@ -6,7 +6,12 @@ Notable choices:
 - llama.cpp's converter permutes the rows of Q and K in Llama GGUFs so its interleaved RoPE works; we
   use the Hugging Face "rotate half" layout, so those rows are un-permuted here. Qwen2 GGUFs are not
   permuted by llama.cpp and are taken as they are.
-- The tokenizer (tokens, merges, control tokens) and the chat template come from the GGUF metadata.
+- The tokenizer (tokens, merges or SentencePiece pieces, control tokens) and the chat template come from
+  the GGUF metadata (`Tokenizer.from_gguf_fields`).
+- Gemma 3: llama.cpp stores RMSNorm weights as (1 + w) for its plain x·w kernel; our Gemma norms compute
+  (1 + w) themselves, so 1 is subtracted on import (and added back on export). Its Q/K are not permuted.
+  The file states neither the local layers' RoPE base nor the local/global pattern; they are Gemma 3's
+  (10,000; every sixth layer global), as in transformers' Gemma3TextConfig.
 - A truncated or malformed file raises `CheckpointError` naming the file.
 """
 from __future__ import annotations
@@ -20,7 +25,9 @@ from .config import ModelConfig
 from .errors import CheckpointError
 from .tokenizer import Tokenizer
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
+SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
+GEMMA3_LOCAL_ROPE_THETA = 10000.0
+GEMMA3_SLIDING_WINDOW_PATTERN = 6
 
 _LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -36,9 +43,23 @@ _LAYER_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+# Gemma 3: ffn_norm is the MLP's pre-norm, which Hugging Face's Gemma names apart from post_attention_layernorm
+_GEMMA3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+}
 
 
-def gguf_name_to_hf(name: str) -> str | None:
+def _layer_names(arch: str) -> dict[str, str]:
+    return _GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES
+
+
+def gguf_name_to_hf(name: str, arch: str = "llama") -> str | None:
+    names = _layer_names(arch)
     if name == "token_embd.weight":
         return "model.embed_tokens.weight"
     if name == "output_norm.weight":
@@ -47,13 +68,13 @@ def gguf_name_to_hf(name: str) -> str | None:
         return "lm_head.weight"
     if name.startswith("blk."):
         _, idx, rest = name.split(".", 2)
-        if rest in _LAYER_NAMES:
-            return f"model.layers.{idx}.{_LAYER_NAMES[rest]}"
+        if rest in names:
+            return f"model.layers.{idx}.{names[rest]}"
     return None
 
 
-def hf_name_to_gguf(name: str) -> str | None:
-    inverse = {v: k for k, v in _LAYER_NAMES.items()}
+def hf_name_to_gguf(name: str, arch: str = "llama") -> str | None:
+    inverse = {v: k for k, v in _layer_names(arch).items()}
     if name == "model.embed_tokens.weight":
         return "token_embd.weight"
     if name == "model.norm.weight":
@@ -113,6 +134,13 @@ def config_from_gguf(meta: dict, path: Path, tensor_names: set[str]) -> ModelCon
     dim = int(g("embedding_length"))
     vocab = int(g("vocab_size", len(meta.get("tokenizer.ggml.tokens", [])) or 0))
     key_len = g("attention.key_length")
+    gemma = {}
+    if arch == "gemma3":
+        window = g("attention.sliding_window")
+        gemma = dict(qk_norm=True, sandwich_norms=True, norm_plus_one=True, mlp_act="gelu_tanh", embed_scale=True,
+                     sliding_window=int(window) if window else None,
+                     sliding_window_pattern=GEMMA3_SLIDING_WINDOW_PATTERN, rope_local_theta=GEMMA3_LOCAL_ROPE_THETA,
+                     query_pre_attn_scalar=float(key_len or int(g("embedding_length")) // n_heads))
     return ModelConfig(
         vocab_size=vocab, dim=dim, n_layers=int(g("block_count")), n_heads=n_heads,
         n_kv_heads=int(g("attention.head_count_kv", n_heads)), hidden_dim=int(g("feed_forward_length")),
@@ -121,8 +149,9 @@ def config_from_gguf(meta: dict, path: Path, tensor_names: set[str]) -> ModelCon
         norm_eps=float(g("attention.layer_norm_rms_epsilon", 1e-5)),
         tie_embeddings="output.weight" not in tensor_names,
         qkv_bias="blk.0.attn_q.bias" in tensor_names,
-        family="qwen2" if arch == "qwen2" else "llama",
+        family=arch if arch in ("qwen2", "gemma3") else "llama",
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"), eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+        **gemma,
     )
 
 
@@ -139,9 +168,10 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, max_seq_len:
         cfg.max_seq_len = max_seq_len
     tokenizer = Tokenizer.from_gguf_fields(meta)
     state = {}
-    permute = meta.get("general.architecture") == "llama"
+    arch = meta.get("general.architecture")
+    permute = arch == "llama"
     for t in reader.tensors:
-        hf_name = gguf_name_to_hf(t.name)
+        hf_name = gguf_name_to_hf(t.name, arch)
         if hf_name is None:
             continue
         try:
@@ -153,6 +183,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, max_seq_len:
             arr = unpermute_rope_rows(arr, cfg.n_heads)
         elif permute and ".attn_k." in t.name:
             arr = unpermute_rope_rows(arr, cfg.n_kv_heads)
+        elif cfg.norm_plus_one and t.name.endswith("norm.weight"):
+            arr = arr - np.float32(1.0)
         state[hf_name] = torch.from_numpy(arr.copy()).to(dtype)
     if cfg.vocab_size != state["model.embed_tokens.weight"].shape[0]:
         cfg.vocab_size = state["model.embed_tokens.weight"].shape[0]

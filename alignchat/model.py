@@ -10,6 +10,13 @@ Notable choices:
 - The KV cache is static and preallocated: one slot per sequence, written in place at each token's
   position. Decode steps never change a tensor's shape except the attended key length, which the engine
   can fix to the full cache length for CUDA-graph capture.
+- Gemma 3 is the same family, not a second model: config switches add q/k RMSNorm, the post-attention
+  and post-MLP ("sandwich") norms, RMSNorm's (1 + weight) convention, GeLU-tanh gating, the √dim
+  embedding scale, query_pre_attn_scalar, and local layers that attend through a sliding window with a
+  RoPE base of their own. Parameter names are then those of Hugging Face's `Gemma3ForCausalLM`.
+- The sliding window is a mask over positions, built once per forward beside the global one, so the KV
+  cache, batched decode and the CUDA-graph path (a mask over cache positions) serve local layers as they
+  are; the cache keeps every position.
 - Reward and value models are the same backbone with a `ScalarHead` (`ScoredTransformer`, through
   `return_hidden=True`), so the reward stage, PPO and eval share one class without importing a stage.
 """
@@ -25,16 +32,24 @@ from .config import ModelConfig
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5):
+    """RMSNorm; `plus_one` scales by (1 + weight) in float32 (Gemma), else by weight after the cast (Llama)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, plus_one: bool = False):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.plus_one = eps, plus_one
+        self.weight = nn.Parameter(torch.zeros(dim) if plus_one else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.plus_one:
+            return (x * (1.0 + self.weight.float())).to(dtype)
         return self.weight * x.to(dtype)
+
+
+def _norm(cfg: ModelConfig, dim: int | None = None) -> RMSNorm:
+    return RMSNorm(dim or cfg.dim, cfg.norm_eps, plus_one=cfg.norm_plus_one)
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +93,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
+        if cfg.qk_norm:
+            self.q_norm, self.k_norm = _norm(cfg, hd), _norm(cfg, hd)
+        self.scale = cfg.query_pre_attn_scalar ** -0.5 if cfg.query_pre_attn_scalar else None
 
     def forward(self, x, cos, sin, attn_mask=None, cache: KVCache | None = None, slots=None, positions=None,
                 prefill: bool = False, slot_range: tuple[int, int] | None = None):
@@ -86,6 +104,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]
@@ -102,9 +122,9 @@ class Attention(nn.Module):
         # grouped-query attention: SDPA broadcasts each KV head over its group without copying K and V
         gqa = cfg.n_heads != cfg.n_kv_heads
         if attn_mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa, scale=self.scale)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa, scale=self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, cfg.n_heads * cfg.head_dim))
 
 
@@ -114,22 +134,36 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.gelu = cfg.mlp_act == "gelu_tanh"
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        g = self.gate_proj(x)
+        g = F.gelu(g, approximate="tanh") if self.gelu else F.silu(g)
+        return self.down_proj(g * self.up_proj(x))
 
 
 class Block(nn.Module):
+    """Llama: post_attention_layernorm is the MLP's pre-norm. With sandwich norms (Gemma 3, Hugging Face's
+    names) it normalises the attention output, and pre_/post_feedforward_layernorm wrap the MLP."""
+
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.sandwich = cfg.sandwich_norms
+        self.local = cfg.is_local_layer(layer_idx)
+        self.input_layernorm = _norm(cfg)
         self.self_attn = Attention(cfg, layer_idx)
-        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.post_attention_layernorm = _norm(cfg)
+        if self.sandwich:
+            self.pre_feedforward_layernorm = _norm(cfg)
+            self.post_feedforward_layernorm = _norm(cfg)
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, **attn_kwargs):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, **attn_kwargs)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        if not self.sandwich:
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin, **attn_kwargs)
+            return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, **attn_kwargs))
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
 class Backbone(nn.Module):
@@ -137,7 +171,7 @@ class Backbone(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.norm = _norm(cfg)
 
 
 class ScalarHead(nn.Module):
@@ -164,9 +198,20 @@ class Transformer(nn.Module):
             self.lm_head = None
         else:
             self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.init_rope()
+
+    def init_rope(self, length: int | None = None) -> None:
+        """(Re)build the RoPE tables: the global ones, and the local layers' when their base differs."""
+        cfg = self.cfg
+        length = length or cfg.max_seq_len
+        device = self.rope_cos.device if hasattr(self, "rope_cos") and self.rope_cos.device.type != "meta" else None
+        cos, sin = rope_tables(cfg.head_dim, length, cfg.rope_theta, device=device)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        if cfg.rope_local_theta is not None and cfg.rope_local_theta != cfg.rope_theta:
+            cos, sin = rope_tables(cfg.head_dim, length, cfg.rope_local_theta, device=device)
+            self.register_buffer("rope_cos_local", cos, persistent=False)
+            self.register_buffer("rope_sin_local", sin, persistent=False)
 
     # --- construction helpers -------------------------------------------------
     def init_weights(self, seed: int | None = None, std: float = 0.02) -> "Transformer":
@@ -174,7 +219,7 @@ class Transformer(nn.Module):
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         for name, p in self.named_parameters():
             if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
-                nn.init.ones_(p)
+                (nn.init.zeros_ if self.cfg.norm_plus_one else nn.init.ones_)(p)
             elif name.endswith(".bias"):
                 nn.init.zeros_(p)
             else:
@@ -192,8 +237,7 @@ class Transformer(nn.Module):
 
     def ensure_rope(self, length: int) -> None:
         if length > self.rope_cos.shape[0]:
-            cos, sin = rope_tables(self.cfg.head_dim, length, self.cfg.rope_theta, device=self.rope_cos.device)
-            self.rope_cos, self.rope_sin = cos, sin
+            self.init_rope(length)
 
     # --- forward ----------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
@@ -215,6 +259,8 @@ class Transformer(nn.Module):
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         x = self.model.embed_tokens(input_ids)
+        if self.cfg.embed_scale:
+            x = x * torch.tensor(self.cfg.dim ** 0.5, dtype=x.dtype)
         kw = dict(attn_mask=attn_mask)
         if kv_cache is not None:
             if slots is None:
@@ -223,15 +269,36 @@ class Transformer(nn.Module):
             key_pos = torch.arange(kv_len or kv_cache.max_len, device=input_ids.device)
             kw.update(cache=kv_cache, slots=slots, positions=positions, prefill=prefill, slot_range=slot_range,
                       attn_mask=None if prefill else (key_pos[None, None, :] <= positions[:, :, None]).unsqueeze(1))
+        local_kw, local_rope = kw, (cos, sin)
+        if self.cfg.sliding_window is not None and any(layer.local for layer in self.model.layers):
+            local_kw = dict(kw, attn_mask=self._window_mask(kw["attn_mask"], positions, T,
+                                                            key_pos if kv_cache is not None else None, prefill))
+            if hasattr(self, "rope_cos_local"):
+                local_rope = self.rope_cos_local[positions], self.rope_sin_local[positions]
         for layer in self.model.layers:
-            x = layer(x, cos, sin, **kw)
+            x = layer(x, *local_rope, **local_kw) if layer.local else layer(x, cos, sin, **kw)
         x = self.model.norm(x)
         if return_hidden:
             return x
         return self.logits_from_hidden(x)
 
+    def _window_mask(self, mask, positions, T: int, key_pos, prefill: bool):
+        """The local layers' mask: the global one (or causal) and, as Hugging Face's Gemma 3, keys at most
+        sliding_window - 1 positions before the query. Reading the cache, by cache position; otherwise (training,
+        prefill) by index in the row, which packed documents' block mask keeps within one document."""
+        W = self.cfg.sliding_window
+        if key_pos is not None and not prefill:
+            return mask & (key_pos[None, None, :] > positions[:, :, None] - W).unsqueeze(1)
+        if T <= W:  # the window covers the whole row: the global mask as it is
+            return mask
+        i = torch.arange(T, device=positions.device)
+        band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - W)  # (T, T) causal within the window
+        return band[None, None] if mask is None else mask & band
+
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.output_weight)
+        if self.lm_head is not None:  # a Linear, or a quantised head (alignchat.quant) even when tied
+            return self.lm_head(hidden)
+        return F.linear(hidden, self.model.embed_tokens.weight)
 
 
 class ScoredTransformer(Transformer):

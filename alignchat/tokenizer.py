@@ -7,6 +7,11 @@ Notable choices:
   serving and evaluation all call it, so train and serve can never disagree on the format. It renders the
   model's own Jinja template (Hugging Face conventions) or ChatML when the model has none, and returns an
   assistant mask computed from character offsets, so the mask is right whatever the template looks like.
+  Gemma's template (`<start_of_turn>user ... <end_of_turn>`, the system message folded into the first user
+  turn) is ours too (`CHAT_TEMPLATES`): a Gemma 3 base GGUF carries none, and its turn tokens are in the vocabulary.
+- A GGUF's SentencePiece vocabulary (Gemma's) becomes a `tokenizers` BPE with byte fallback, merges ranked
+  by the file's token order (as transformers' GGUF converter does), so encoding matches transformers' and
+  streaming decodes `<0xNN>` byte tokens only once a character is whole.
 - Function calling renders here too: `render_chat(messages, tools=...)` hands the tools, the assistant's
   `tool_calls` and the `tool` messages to a template with a tool format of its own (one that reads `tools`),
   and otherwise writes them in `tools_format`'s format (Hermes / Qwen 2.5 style) as message content, so
@@ -37,7 +42,7 @@ from typing import Iterable, Sequence
 
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from .errors import CheckpointError, UserError
 
@@ -49,6 +54,25 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+# Gemma's turns: "model" for the assistant, the system message folded into the first user turn (Gemma has no
+# system role), tool results as user turns, each content trimmed as Gemma's own template does
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else 'user') + '\n' }}"
+    "{% if loop.first %}{{ first_user_prefix }}{% endif %}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if loop_messages | length == 0 and first_user_prefix %}"
+    "{{ '<start_of_turn>user\n' + first_user_prefix + '<end_of_turn>\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+CHAT_TEMPLATES = {"chatml": CHATML_TEMPLATE, "gemma": GEMMA_TEMPLATE}
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -112,7 +136,7 @@ class Tokenizer:
     def stop_token_ids(self) -> list[int]:
         """Tokens that end an assistant turn: the eos token and the chat end-of-turn markers."""
         ids = []
-        for t in (self.eos_token, "<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        for t in (self.eos_token, "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"):
             i = self.token_to_id(t) if t else None
             if i is not None and i not in ids:
                 ids.append(i)
@@ -323,7 +347,7 @@ class Tokenizer:
 
         def end_of_turn(b: int, limit: int) -> int:
             after = text[b:limit]
-            for marker in ("<|im_end|>", self.eos_token or "", "<|eot_id|>"):
+            for marker in ("<|im_end|>", self.eos_token or "", "<|eot_id|>", "<end_of_turn>"):
                 if marker and (j := after.find(marker)) != -1:
                     return b + j + len(marker)
             return b
@@ -392,30 +416,69 @@ class Tokenizer:
 
     @classmethod
     def from_gguf_fields(cls, meta: dict) -> "Tokenizer":
-        """Build from GGUF metadata (`tokenizer.ggml.*`): a byte-level BPE with its merges and specials."""
+        """Build from GGUF metadata (`tokenizer.ggml.*`): a byte-level BPE with its merges and specials
+        ("gpt2"), or a SentencePiece vocabulary ("llama", as Gemma's) as a byte-fallback BPE."""
         model = meta.get("tokenizer.ggml.model")
-        if model != "gpt2":
-            raise CheckpointError(f"GGUF tokenizer type {model!r} is not supported (only byte-level BPE 'gpt2')")
+        if model not in ("gpt2", "llama"):
+            raise CheckpointError(f"GGUF tokenizer type {model!r} is not supported (byte-level BPE 'gpt2' or "
+                                  f"SentencePiece 'llama')")
         tokens: list[str] = meta["tokenizer.ggml.tokens"]
-        merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
         types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-        vocab = {t: i for i, t in enumerate(tokens)}
-        hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-        hf.pre_tokenizer = _byte_level_pre_tokenizer(individual_digits=True)
-        hf.decoder = decoders.ByteLevel()
-        # control tokens (type 3) are special: matched whole in text, skipped when decoding
-        hf.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                               for t, ty in zip(tokens, types) if ty == 3])
+        if model == "llama":
+            hf, tokens = _sentencepiece_bpe(tokens, types, meta.get("tokenizer.ggml.merges"),
+                                            meta.get("tokenizer.ggml.unknown_token_id"))
+        else:
+            merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+            vocab = {t: i for i, t in enumerate(tokens)}
+            hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+            hf.pre_tokenizer = _byte_level_pre_tokenizer(individual_digits=True)
+            hf.decoder = decoders.ByteLevel()
+            # control tokens (type 3) are special: matched whole in text, skipped when decoding
+            hf.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                   for t, ty in zip(tokens, types) if ty == 3])
 
         def special(key):
             i = meta.get(key)
             return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
 
+        template = meta.get("tokenizer.chat_template")
+        if template is None and meta.get("general.architecture") == "gemma3":
+            template = GEMMA_TEMPLATE  # a base model's file carries none; Gemma's turns are in its vocabulary
         return cls(hf, bos_token=special("tokenizer.ggml.bos_token_id"),
                    eos_token=special("tokenizer.ggml.eos_token_id"),
                    pad_token=special("tokenizer.ggml.padding_token_id"),
-                   chat_template=meta.get("tokenizer.chat_template"),
-                   add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)))
+                   chat_template=template,
+                   # SentencePiece vocabularies add BOS unless the file says otherwise (as llama.cpp does)
+                   add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", model == "llama")))
+
+
+def _sentencepiece_bpe(tokens: list[str], types: Sequence[int], merges: Sequence[str] | None,
+                       unk_id: int | None) -> tuple[HFTokenizer, list[str]]:
+    """A SentencePiece BPE vocabulary (GGUF `llama` tokenizer) as a `tokenizers` BPE with byte fallback.
+
+    Spaces are "▁" (a normalizer writes them, the decoder reads them back); bytes outside the vocabulary are
+    the `<0xNN>` tokens. Files without merges (Gemma's) get them from the vocabulary: every split of a token
+    into two tokens is a merge, ranked by the token's place in the file (SentencePiece's own order, which
+    the scores do not follow), longer left part first. Tokens of spaces alone are stored with real spaces
+    and are spelled with "▁" here, as the normalizer writes them. Returns the tokenizer and its tokens."""
+    given, tokens = tokens, ["\u2581" * len(t) if " " in t and not t.strip() else t for t in tokens]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if merges:
+        pairs = [tuple(m.split(" ", 1)) for m in merges]
+    else:
+        pairs = []
+        for t in tokens:
+            pairs += [(t[:k], t[k:]) for k in range(len(t) - 1, 0, -1) if t[:k] in vocab and t[k:] in vocab]
+    unk = tokens[unk_id] if unk_id is not None and 0 <= int(unk_id) < len(tokens) else None
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    hf.normalizer = normalizers.Replace(" ", "\u2581")
+    hf.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    # control tokens (type 3) are special; user-defined ones (type 4: "\n", "\n\n", ...) are matched whole
+    hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == 3])
+    hf.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty, g in zip(tokens, types, given)
+                   if ty == 4 and t == g])
+    return hf, tokens
 
 
 def validate_messages(messages: Sequence[dict]) -> list[dict]:

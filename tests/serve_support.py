@@ -47,6 +47,11 @@ class ServerProcess:
         self.host = host
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_url = f"sqlite:///{db_path}"
+        # float32 unless a test chooses: the CPU default (bfloat16 where the CPU has it natively, covered by
+        # tests/test_quant.py) rounds differently at other batch sizes, and these tests compare batched
+        # replies with solo ones and with the in-process engine
+        if source == "--model" and not {"--dtype", "--quantize"} & set(extra):
+            extra = ("--dtype", "float32", *extra)
         cmd = [sys.executable, "-m", "alignchat.cli", "serve", source, str(model), "--db", self.db_url,
                "--host", host, "--port", str(self.port), "--log-level", log_level, *extra]
         # beside the database, or in its nearest existing folder when the server is to create the database's

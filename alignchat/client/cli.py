@@ -5,6 +5,7 @@
     --api-key-env VAR                          the environment variable holding the endpoint's key
     --device auto|cpu|cuda|cuda:N              where a local model runs (auto: CUDA when present)
     --dtype float32|bfloat16|float16           its weights (default: bfloat16 on CUDA, float32 on the CPU)
+    --quantize int8|int4                       quantise its weights at load (alignchat.quant)
 
 Notable choices:
 - A verb whose model plays a role names the role as a prefix: `--judge-model`, `--judge-endpoint`,
@@ -47,6 +48,8 @@ def add_client_args(p: argparse.ArgumentParser, prefix: str = "", default_model:
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 ...")
     g.add_argument("--dtype", default=None, choices=DTYPES,
                    help="weights dtype of a local model (default: bfloat16 on CUDA, float32 on the CPU)")
+    from ..commands.common import add_quantize_arg
+    add_quantize_arg(g)
     for old, new in (aliases or {}).items():
         p.add_argument(old, dest=new.lstrip("-").replace("-", "_"), help=argparse.SUPPRESS)
 
@@ -84,4 +87,4 @@ def client_from_args(args, prefix: str = "", **local_options):
     if model is None:
         return None
     return make_client(model=model, device=getattr(args, "device", "auto"), dtype=getattr(args, "dtype", None),
-                       **local_options)
+                       quantize=getattr(args, "quantize", None), **local_options)

@@ -48,12 +48,13 @@ class LocalClient(ModelClient):
 
     def __init__(self, model: str, device: str | None = "auto", dtype: str | None = None, max_batch: int = 8,
                  max_seq_len: int | None = None, threads: int | None = None, score_batch: int = 16,
-                 loaded=None):
+                 loaded=None, quantize: str | None = None):
         super().__init__()
         self.model_spec = str(model)
         self.name = self.model_spec
         self.device = pick_device(device)
         self.dtype = dtype
+        self.quantize = quantize  # "int8" | "int4": weights quantised at load (alignchat.quant)
         self.max_batch, self.max_seq_len, self.score_batch = max_batch, max_seq_len, score_batch
         self.threads = threads
         self._loaded = loaded  # (model, tokenizer, meta) already in memory
@@ -71,7 +72,8 @@ class LocalClient(ModelClient):
             from ..engine import Engine
             if self.threads is not None and self.device.startswith("cpu"):
                 torch.set_num_threads(cpu_threads(self.threads))
-            model, tok, meta = self._loaded or load_for_inference(self.model_spec, self.device, self.dtype)
+            model, tok, meta = self._loaded or load_for_inference(self.model_spec, self.device, self.dtype,
+                                                                        self.quantize)
             self.device = str(next(model.parameters()).device)
             self.meta = meta
             self._engine = Engine(model, tok, max_batch=self.max_batch, max_seq_len=self.max_seq_len)

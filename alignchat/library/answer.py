@@ -26,10 +26,11 @@ from ..errors import UserError
 from .retrieve import NOT_FOUND_THRESHOLD, Hit
 from .store import DEFAULT_USER, Library, Passage
 from .text import content_terms, is_chinese, sentence_spans, tokens
-from .verify import Verification, Verifier
+from .verify import Verification, Verifier, sub_citations
 
 NOT_FOUND_EN = "Not found in your library: no passage in your library supports an answer to this question."
 NOT_FOUND_ZH = "在你的文献库中未找到：文献库中没有能支持回答这个问题的段落。（not found in your library）"
+_CITE = re.compile(r"\[(\d+)\]")
 EVIDENCE_MIN = 0.25  # passages below this are not shown to the model at all
 
 SYSTEM_EN = ("You answer questions using only the numbered passages from the user's library. After every "
@@ -113,7 +114,7 @@ def _renumber(text: str, table: dict[int, Passage]) -> tuple[str, list[tuple[int
             order[old] = len(order) + 1
         return f"[{order[old]}]"
 
-    new = re.sub(r"\[(\d+)\]", sub, text)
+    new = sub_citations(_CITE, sub, text, table)  # quoted subscripts (`heap[0]`) are text, not markers
     return new, [(new_n, table[old]) for old, new_n in order.items()]
 
 

@@ -3,12 +3,15 @@
 Routes (JSON; errors have the server's OpenAI-shaped bodies):
     POST   /v1/library/documents?filename=NAME   body = the file's bytes -> {"results": [...]}
     GET    /v1/library/documents          -> {"data": [document, ...], "indexing": [upload in progress, ...]}
+    GET    /v1/library/documents/{id}     -> {"document", "references": [parsed entry, ...], "citations":
+                                           {"cites": [doc id, ...], "cited_by": [...]}}
     DELETE /v1/library/documents/{id}
     GET    /v1/library/passages/{id}      -> passage + its document's reference
     POST   /v1/library/ask                {"question", "mode": strict|creative, "strategy": auto|model|extractive,
                                            "k"} -> {answer, citations: [{n, passage_id, doc_id, title, page, text,
                                            reference}], references, verification, not_found, ...}
-    POST   /v1/library/review             {"doc_ids"?, "topic"?}
+    POST   /v1/library/review             {"doc_ids"?, "topic"?} -> {text, groups, table, table_markdown, table_csv,
+                                           gaps, citations, ...}
     POST   /v1/library/extract            {"doc_ids"?}
     POST   /v1/library/boolean            {"question"}
 
@@ -285,6 +288,18 @@ class ReviewOut(BaseModel):
     references: list[str]
     verification: dict[str, Any]
     papers: list[dict[str, Any]]
+    groups: list[dict[str, Any]]  # tasks.Group: facet, label, doc_ids, paragraph
+    table: list[dict[str, Any]]  # the comparison table: document, doc_id, problem, method, data, result
+    table_markdown: str
+    table_csv: str
+    gaps: str
+    language: str
+
+
+class DocumentOut(BaseModel):  # store.Document.to_dict(), its parsed references and its citation links
+    document: dict[str, Any]
+    references: list[dict[str, Any]]
+    citations: dict[str, list[str]]  # {"cites": [doc ids in the library], "cited_by": [...]}
 
 
 class Extracted(BaseModel):
@@ -293,11 +308,17 @@ class Extracted(BaseModel):
 
 class BooleanOut(BaseModel):
     question: str
+    language: str
     concepts: list[list[str]]
+    groups: list[dict[str, Any]]  # boolean.Concept.to_dict(): concept, vocabulary_id, terms [{term, source, proposed}]
+    strings: dict[str, str]
+    checked: bool
     generic: str
     pubmed: str
     scopus: str
+    wos: str
     cnki: str | None
+    cnki_tka: str | None
 
 
 UPLOAD_BODY = {"requestBody": {"required": True, "description": "The file's bytes (any Content-Type but a form's)",
@@ -382,6 +403,22 @@ async def list_documents(request: Request):
     busy = getattr(request.app.state, "library_indexing", None) or {}
     return {"object": "list", "data": [d.to_dict() for d in docs],
             "indexing": [dict(e) for e in list(busy.get(user, {}).values())]}
+
+
+@router.get("/documents/{doc_id}", responses={200: {"model": DocumentOut}, **error_responses(401, 404)})
+async def get_document(doc_id: str, request: Request):
+    user = user_of(request)
+    lib = await _library(request)
+
+    def find():
+        d = lib.document(doc_id, user)
+        return None if d is None else {"document": d.to_dict(), "references": lib.references(doc_id, user),
+                                       "citations": lib.citation_graph(doc_id, user)}
+
+    out = await asyncio.to_thread(find)
+    if out is None:
+        raise HTTPException(404, f"No document {doc_id!r} in your library.")
+    return out
 
 
 @router.delete("/documents/{doc_id}", responses={200: {"model": Deleted}, **error_responses(401, 404)})

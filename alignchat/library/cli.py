@@ -47,8 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rm = sub.add_parser("remove", help="remove a document (by id)")
     rm.add_argument("doc_id")
 
-    show = sub.add_parser("show", help="print one passage (by id, e.g. doc-1a2b3c4d5e:p3)")
-    show.add_argument("passage_id")
+    show = sub.add_parser("show", help="print a document's metadata, references and citations (by id, e.g. "
+                                       "doc-1a2b3c4d5e), or one passage (doc-1a2b3c4d5e:p3)")
+    show.add_argument("passage_id", metavar="ID")
+    show.add_argument("--json", action="store_true")
 
     def backend_args(sp: argparse.ArgumentParser, default: str) -> None:
         add_client_args(sp, default_model=default, allow_none=True,
@@ -88,7 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                 writes=f"each new document, its passages and their vectors into {lib}, atomically")
     describe_io(ls, reads=f"{lib}", writes="nothing (prints the documents)")
     describe_io(rm, reads=f"{lib}", writes=f"deletes the document, its passages and vectors from {lib}")
-    describe_io(show, reads=f"{lib}", writes="nothing (prints the passage)")
+    describe_io(show, reads=f"{lib}", writes="nothing (prints the document or passage)")
     describe_io(q, reads=f"{lib}; the embedding model; {model}",
                 writes="nothing (prints the verified answer, or its JSON record with --json)")
     describe_io(r, reads=f"{lib}; the embedding model; {model}, if any",
@@ -108,6 +110,32 @@ def _expand(paths: list[str]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def _describe(doc, refs: list[dict], graph: dict) -> str:
+    """A document's metadata, reference list and citation links, as `library show` prints them."""
+    lines = [doc.title, ""]
+    for label, value in (("Authors", ", ".join(doc.authors)), ("Affiliations", "; ".join(doc.meta.get("affiliations")
+                                                                                          or [])),
+                         ("Year", doc.year), ("Venue", doc.venue), ("DOI", doc.doi), ("Kind", doc.kind),
+                         ("Source", doc.source), ("Passages", doc.n_passages)):
+        if value:
+            lines.append(f"{label}: {value}")
+    if doc.meta.get("abstract"):
+        lines += ["", f"Abstract: {doc.meta['abstract']}"]
+    if doc.meta.get("keywords"):
+        lines.append(f"Keywords: {'; '.join(doc.meta['keywords'])}")
+    if refs:
+        lines += ["", f"References ({len(refs)})"]
+        for r in refs:
+            who = ", ".join(r["authors"][:3]) + (" et al." if len(r["authors"]) > 3 else "")
+            bits = [b for b in (who, f"({r['year']})" if r["year"] else "", r["title"], r["venue"],
+                                f"doi:{r['doi']}" if r["doi"] else "", f"[{r['type']}]") if b]
+            link = f"  -> {r['cited_doc_id']}" if r["cited_doc_id"] else ""
+            lines.append(f"  {r['label'] or '-'}. " + " ".join(bits) + link)
+    lines += ["", f"Cites in this library: {', '.join(graph['cites']) or 'none'}",
+              f"Cited by in this library: {', '.join(graph['cited_by']) or 'none'}"]
+    return "\n".join(lines)
 
 
 def _backend(args: argparse.Namespace):
@@ -155,6 +183,17 @@ def run(args: argparse.Namespace) -> int:
         if not lib.remove(args.doc_id, user):
             raise UserError(f"no document {args.doc_id!r} in this library")
         print(f"removed {args.doc_id}")
+        return 0
+    if args.action == "show" and ":" not in args.passage_id:
+        doc = lib.document(args.passage_id, user)
+        if doc is None:
+            raise UserError(f"no document {args.passage_id!r} in this library")
+        refs, graph = lib.references(doc.id, user), lib.citation_graph(doc.id, user)
+        if args.json:
+            print(json.dumps({"document": doc.to_dict(), "references": refs, "citations": graph},
+                             ensure_ascii=False, indent=2))
+        else:
+            print(_describe(doc, refs, graph))
         return 0
     if args.action == "show":
         p = lib.passage(args.passage_id, user)

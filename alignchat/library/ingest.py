@@ -9,6 +9,9 @@ Notable choices:
   being indexed as an empty document.
 - A malformed BibTeX/RIS file is refused as a whole with the file and line of the bad record, so a half
   imported bibliography never looks complete.
+- Full texts (PDF, Markdown, text) are read for their structure when they are finished (`structure`): the
+  front matter fills the metadata the file itself lacks (a PDF's from its first page as laid out), the
+  reference list is parsed, and `roles` marks what is not body text.
 - Every document carries two fingerprints for duplicate detection: the SHA-256 of the source bytes (or,
   for a record, of its DOI or normalised title and year) and the SHA-256 of its normalised text.
 - Uploads are hostile input, so the work one upload (`limited=True`) may cause is bounded: `MAX_UPLOAD_CHARS`
@@ -33,12 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from .structure import (clean_title, continued_entries, document_roles, ends_reference_list, front_matter,
+                        parse_reference, parse_references, reference_section)
 
 PDF_SUFFIXES = {".pdf"}
 BIBTEX_SUFFIXES = {".bib", ".bibtex"}
 RIS_SUFFIXES = {".ris"}
 MARKDOWN_SUFFIXES = {".md", ".markdown"}
 TEXT_SUFFIXES = {".txt", ".text", ".rst", ""}
+FULL_TEXT_KINDS = ("pdf", "markdown", "text")  # documents whose text has structure (not bibliography records)
 SUPPORTED = sorted(PDF_SUFFIXES | BIBTEX_SUFFIXES | RIS_SUFFIXES | MARKDOWN_SUFFIXES | TEXT_SUFFIXES - {""})
 
 MAX_UPLOAD_CHARS = 2_000_000  # characters of text one upload may carry
@@ -73,6 +79,11 @@ class ParsedDocument:
     source_sha256: str = ""
     text_sha256: str = ""
     meta: dict = field(default_factory=dict)
+    # filled by `finish` for full texts (`structure`): page -> sorted non-body spans (start, end, role), and the
+    # parsed reference list as (page, start, end, Reference)
+    roles: dict = field(default_factory=dict)
+    references: list = field(default_factory=list)
+    front_text: str | None = None  # the first page as laid out (a PDF's, before its lines are joined)
 
     def finish(self) -> "ParsedDocument":
         # text out of a PDF may hold lone UTF-16 surrogates, which no database or JSON encoder accepts
@@ -81,12 +92,44 @@ class ParsedDocument:
         self.title, self.venue, self.doi, self.citekey = (
             _valid_unicode(x) if isinstance(x, str) else x for x in (self.title, self.venue, self.doi, self.citekey))
         self.meta = {k: _valid_unicode(v) if isinstance(v, str) else v for k, v in self.meta.items()}
-        self.title = _clean(self.title) or "(untitled)"
+        if self.kind in FULL_TEXT_KINDS:
+            self._read_structure()
+        self.title = clean_title(_clean(self.title)) or "(untitled)"
         self.doi = normalize_doi(self.doi)
         if not self.text_sha256:
             joined = "\n".join(t for _, t in self.pages)
             self.text_sha256 = hashlib.sha256(re.sub(r"\s+", " ", joined).strip().lower().encode()).hexdigest()
         return self
+
+    def _read_structure(self) -> None:
+        """Front matter into the metadata (what the file's own metadata lacks), reference entries and caption
+        and author lines into `roles` and `references` (see `structure`)."""
+        if not self.pages:
+            return
+        fm = front_matter(self.front_text or self.pages[0][1])
+        self.title = self.title or fm.title
+        self.authors = self.authors or fm.authors
+        self.year = self.year or fm.year
+        for key, value in (("affiliations", fm.affiliations), ("abstract", fm.abstract), ("keywords", fm.keywords)):
+            if value and not self.meta.get(key):
+                self.meta[key] = value
+        in_refs = False
+        for i, (page, text) in enumerate(self.pages):
+            spans = document_roles(text, front=i == 0, continued=in_refs)
+            entries = [(s, e) for s, e, r in spans if r == "reference"]
+            if spans:
+                self.roles[page] = spans
+            refs = (parse_references(text) if not in_refs else
+                    [(a, b, parse_reference(text[a:b], lab)) for a, b, lab in continued_entries(text)])
+            self.references += [(page, a, b, ref) for a, b, ref in refs]
+            # a reference list that runs to the end of its page goes on over the next pages (a PDF)
+            in_refs = bool(entries) and not ends_reference_list(text)
+        cited = {r.doi for *_, r in self.references if r.doi}
+        if self.doi and normalize_doi(self.doi) in cited:  # the DOI of a cited work, not the document's own
+            before = self.pages[0][1]
+            sec = reference_section(before)
+            own = [d for d in DOI_RE.findall(before[:sec[0] if sec else 5000][:5000]) if normalize_doi(d) not in cited]
+            self.doi = own[0] if own else None
 
 
 def _valid_unicode(s: str) -> str:
@@ -262,7 +305,7 @@ def parse_pdf(data: bytes, name: str, limited: bool = False) -> ParsedDocument:
     doi = doi_meta or (DOI_RE.search(" ".join(t for _, t in pages[:2])) or [None, None])[1]
     return ParsedDocument(title=title, kind="pdf", pages=pages, authors=_split_authors(author_meta),
                           year=_year(year_meta) if year_meta else None, venue=subject_meta or None,
-                          doi=str(doi) if doi else None, meta={"n_pages": len(pages)})
+                          doi=str(doi) if doi else None, meta={"n_pages": len(pages)}, front_text=first)
 
 
 def _tidy_pdf_text(text: str) -> str:
@@ -281,7 +324,7 @@ def _tidy_pdf_text(text: str) -> str:
             if prev.endswith("-") and ln[:1].islower():
                 out[-1] = prev[:-1]  # a word hyphenated across the line break
             else:
-                out[-1] = prev + ("" if re.search(f"[\u4e00-\u9fff]$", prev) else " ")
+                out[-1] = prev + ("" if re.search("[\u4e00-\u9fff]$", prev) else " ")
         out.append(ln)
         # a short line without end punctuation is a heading; a short line with it ends a paragraph
         if len(ln) < 0.6 * typical:

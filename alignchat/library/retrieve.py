@@ -4,6 +4,7 @@ Notable choices:
 - BM25 (rank-bm25's Okapi) runs over `text.tokens`, i.e. stemmed English words and Chinese character
   unigrams + bigrams, so Chinese questions find Chinese passages without a segmenter.
 - The dense side is a dot product with the stored unit-length MiniLM vectors.
+- Only body passages are searched: reference-list entries, captions and author lines are never evidence.
 - Reciprocal-rank fusion, score = Σ 1/(60 + rank) over the two rankings (Cormack et al. 2009), needs no
   score calibration between BM25 and cosine.
 - Ranking and deciding are separate. RRF orders the passages; whether a passage is *evidence* is
@@ -69,7 +70,8 @@ class Hit:
 class HybridRetriever:
     def __init__(self, library: Corpus, user: str):
         self.library = library
-        self.passages = library.passages(user)
+        # only body text is evidence: reference entries, captions and author lines are never retrieved
+        self.passages = [p for p in library.passages(user) if getattr(p, "role", "body") == "body"]
         self.docs = {d.id: d for d in library.documents(user)}
         emb = library.embeddings()
         rows = [p.emb_row for p in self.passages]

@@ -2,8 +2,9 @@
 
 Layout of a library directory (default `$ALIGNCHAT_HOME/library`; 0700, every file in it 0600):
 
-    library.sqlite     tables library_documents, library_passages, library_state (or the server's own
-                       database file: every table is prefixed `library_`, so they sit beside the server's)
+    library.sqlite     tables library_documents, library_passages, library_references, library_state (or
+                       the server's own database file: every table is prefixed `library_`, so they sit
+                       beside the server's)
     embeddings.npy     float32 (rows, 384): row `emb_row` of each passage, unit length (all-MiniLM-L6-v2)
     .lock              advisory lock (flock) held while the index is written
 
@@ -30,6 +31,14 @@ Notable choices:
 - Retrieval only ever sees the asking owner's passages.
 - Duplicates are recognised by the source fingerprint, the text fingerprint or the DOI (per owner).
 - Passage ids are stable and human-readable: `<doc_id>:p<ordinal>`.
+- Every passage has a role (`structure.roles`): only `body` passages are evidence (`evidence_passages`, the
+  retriever); `reference` entries, `caption`s and `front` (author, affiliation) lines are kept so a reader can
+  open them. A document's parsed reference list is in `library_references`; the citation graph
+  (`citation_graph`) links an entry to a library document by DOI or normalised title when asked, so it is
+  never stale after an addition or removal.
+- The schema is versioned in `library_state` ('schema', `SCHEMA_VERSION`); a library of an older schema is
+  migrated when opened (`_migrate`): schema 1 -> 2 adds the roles and references to documents already there
+  without re-embedding them.
 """
 from __future__ import annotations
 
@@ -70,11 +79,20 @@ CREATE INDEX IF NOT EXISTS library_documents_user ON library_documents(user_id);
 CREATE TABLE IF NOT EXISTS library_passages (
     id TEXT PRIMARY KEY, doc_id TEXT NOT NULL REFERENCES library_documents(id) ON DELETE CASCADE,
     user_id TEXT NOT NULL, ordinal INTEGER NOT NULL, page INTEGER, char_start INTEGER NOT NULL,
-    char_end INTEGER NOT NULL, text TEXT NOT NULL, emb_row INTEGER NOT NULL);
+    char_end INTEGER NOT NULL, text TEXT NOT NULL, emb_row INTEGER NOT NULL, role TEXT NOT NULL DEFAULT 'body');
 CREATE INDEX IF NOT EXISTS library_passages_doc ON library_passages(doc_id);
 CREATE INDEX IF NOT EXISTS library_passages_user ON library_passages(user_id);
 CREATE TABLE IF NOT EXISTS library_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS library_references (
+    id TEXT PRIMARY KEY, doc_id TEXT NOT NULL REFERENCES library_documents(id) ON DELETE CASCADE,
+    user_id TEXT NOT NULL, ordinal INTEGER NOT NULL, passage_id TEXT, label TEXT, style TEXT NOT NULL,
+    type TEXT NOT NULL, authors TEXT NOT NULL, title TEXT NOT NULL, venue TEXT, year INTEGER, doi TEXT,
+    norm_title TEXT NOT NULL, raw TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS library_references_doc ON library_references(doc_id);
+CREATE INDEX IF NOT EXISTS library_references_user ON library_references(user_id);
 """
+SCHEMA_VERSION = 2  # library_state 'schema': 1 = no passage roles or references (before), 2 = both
+EVIDENCE_ROLE = "body"  # passages of other roles (front, reference, caption) are never evidence
 
 DEFAULT_USER = "local"
 MAX_UPLOAD_PASSAGES = 3_000  # passages one upload may add (each is embedded: the costly part)
@@ -207,6 +225,7 @@ class Passage:
     char_end: int
     text: str
     emb_row: int
+    role: str = EVIDENCE_ROLE  # body | front | reference | caption
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -232,7 +251,7 @@ def _doc_from_row(r: sqlite3.Row, n_passages: int = 0) -> Document:
 
 def _passage_from_row(r: sqlite3.Row) -> Passage:
     return Passage(id=r["id"], doc_id=r["doc_id"], ordinal=r["ordinal"], page=r["page"], char_start=r["char_start"],
-                   char_end=r["char_end"], text=r["text"], emb_row=r["emb_row"])
+                   char_end=r["char_end"], text=r["text"], emb_row=r["emb_row"], role=r["role"])
 
 
 class Library:
@@ -263,11 +282,86 @@ class Library:
         self._retrievers: dict[tuple[str, int], object] = {}
         self._retrievers_lock = threading.Lock()
         try:
-            self._db.executescript(SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as e:
             raise UserError(f"{self.db_path}: not a usable SQLite database ({e})") from e
         if repair:
             self._repair_embeddings()
+
+    # ---- schema ------------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        """Create the tables, or bring a library written by an older version up to `SCHEMA_VERSION`."""
+        conn = self._db
+        has_passages = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                                    "name='library_passages'").fetchone() is not None
+        if has_passages:
+            cols = {r[1] for r in conn.execute("PRAGMA table_info(library_passages)")}
+            if "role" not in cols:
+                with conn:
+                    conn.execute("ALTER TABLE library_passages ADD COLUMN role TEXT NOT NULL DEFAULT 'body'")
+        conn.executescript(SCHEMA)
+        r = conn.execute("SELECT value FROM library_state WHERE key='schema'").fetchone()
+        if r is not None and int(r[0]) >= SCHEMA_VERSION:
+            return
+        with self._writing():
+            self._restructure_existing()
+            with conn:
+                conn.execute("INSERT INTO library_state(key, value) VALUES('schema', ?) ON CONFLICT(key) "
+                             "DO UPDATE SET value=excluded.value", (str(SCHEMA_VERSION),))
+                self._bump_version(conn)
+
+    def _restructure_existing(self) -> None:
+        """Schema 1 -> 2: read the structure of documents added before passages had roles. Each page's text is
+        put back together from its passages (they overlap, and carry their offsets); the passages keep their
+        ids and vectors and only get their role (the role of the span that holds most of the passage),
+        the reference list is parsed, and the front matter fills metadata the document lacks."""
+        from .ingest import FULL_TEXT_KINDS, ParsedDocument
+        conn = self._db
+        marks = ",".join("?" * len(FULL_TEXT_KINDS))
+        for d in conn.execute(f"SELECT * FROM library_documents WHERE kind IN ({marks})", FULL_TEXT_KINDS).fetchall():
+            ps = [_passage_from_row(r) for r in conn.execute(
+                "SELECT * FROM library_passages WHERE doc_id=? ORDER BY ordinal", (d["id"],))]
+            pages: dict = {}
+            for p in ps:
+                buf = pages.setdefault(p.page, [])
+                if len(buf) < p.char_end:
+                    buf.extend(" " * (p.char_end - len(buf)))
+                buf[p.char_start:p.char_end] = list(p.text)
+            parsed = ParsedDocument(title=d["title"], kind=d["kind"], authors=json.loads(d["authors"]), year=d["year"],
+                                    pages=[(pg, "".join(buf)) for pg, buf in pages.items()], source=d["source"] or "",
+                                    meta=json.loads(d["meta"] or "{}"), source_sha256=d["source_sha256"],
+                                    text_sha256=d["text_sha256"])
+            parsed.finish()
+            updates = []
+            for p in ps:
+                share: dict[str, int] = {}
+                for s, e, r in parsed.roles.get(p.page, []):
+                    share[r] = share.get(r, 0) + max(0, min(e, p.char_end) - max(s, p.char_start))
+                role, best = max(share.items(), key=lambda kv: kv[1], default=(EVIDENCE_ROLE, 0))
+                if best * 2 >= p.char_end - p.char_start:
+                    updates.append((role, p.id))
+            with conn:
+                conn.executemany("UPDATE library_passages SET role=? WHERE id=?", updates)
+                conn.execute("UPDATE library_documents SET title=?, authors=?, year=?, meta=? WHERE id=?",
+                             (parsed.title, json.dumps(parsed.authors, ensure_ascii=False), parsed.year,
+                              json.dumps(parsed.meta, ensure_ascii=False), d["id"]))
+                self._insert_references(conn, d["id"], d["user_id"], parsed, ps)
+
+    @staticmethod
+    def _insert_references(conn: sqlite3.Connection, doc_id: str, user: str, doc: ParsedDocument,
+                           passages: list) -> None:
+        """The parsed reference list of `doc`, each entry linked to the passage that holds its start."""
+        rows = []
+        for i, (page, start, _end, ref) in enumerate(doc.references):
+            holder = next((p.id for p in passages if p.page == page and p.char_start <= start < p.char_end
+                           and p.role != EVIDENCE_ROLE), None) or next(
+                (p.id for p in passages if p.page == page and p.char_start <= start < p.char_end), None)
+            rows.append((f"{doc_id}:r{i}", doc_id, user, i, holder, ref.label, ref.style, ref.type,
+                         json.dumps(ref.authors, ensure_ascii=False), ref.title, ref.venue, ref.year, ref.doi,
+                         normalize_title(ref.title), ref.raw))
+        conn.executemany("INSERT OR REPLACE INTO library_references(id, doc_id, user_id, ordinal, passage_id, label, "
+                         "style, type, authors, title, venue, year, doi, norm_title, raw) "
+                         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     # ---- connections and locks ----------------------------------------------------------------------
     @property
@@ -431,13 +525,13 @@ class Library:
         if progress:
             progress("reading", 0, 0)
         docs = parse_path(path, data=data, name=name, limited=limited)
-        items = [(d, chunk_pages(d.pages, target=self.chunk_target)) for d in docs]
+        items = [(d, chunk_pages(d.pages, target=self.chunk_target, roles=d.roles)) for d in docs]
         if limited:
             self._check_passages(sum(len(c) for _, c in items), name or Path(path).name)
         return self._add(items, user, progress)
 
     def add_document(self, doc: ParsedDocument, user: str = DEFAULT_USER) -> AddResult:
-        return self._add([(doc, chunk_pages(doc.pages, target=self.chunk_target))], user)[0]
+        return self._add([(doc, chunk_pages(doc.pages, target=self.chunk_target, roles=doc.roles))], user)[0]
 
     def _add(self, items: list[tuple[ParsedDocument, list[Chunk]]], user: str,
              progress: Progress | None = None) -> list[AddResult]:
@@ -499,7 +593,7 @@ class Library:
                                  doc.text_sha256, now, json.dumps(doc.meta, ensure_ascii=False)))
                     for i, c in enumerate(chunks):
                         rows.append((f"{doc_id}:p{i}", doc_id, user, i, c.page, c.char_start, c.char_end, c.text,
-                                     base + len(rows)))
+                                     base + len(rows), c.role))
                 with self._db as conn:
                     conn.executemany(
                         "INSERT INTO library_documents(id, user_id, kind, title, authors, year, venue, doi, citekey,"
@@ -507,7 +601,11 @@ class Library:
                         docs)
                     conn.executemany(
                         "INSERT INTO library_passages(id, doc_id, user_id, ordinal, page, char_start, char_end,"
-                        " text, emb_row) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                        " text, emb_row, role) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+                    for doc, doc_id, chunks, _ in new:
+                        held = [Passage(f"{doc_id}:p{i}", doc_id, i, c.page, c.char_start, c.char_end, c.text, -1,
+                                        c.role) for i, c in enumerate(chunks)]
+                        self._insert_references(conn, doc_id, user, doc, held)
                     v = self._bump_version(conn)
                 self._set_embeddings(grown, v)
             return results
@@ -524,6 +622,7 @@ class Library:
             marks = ",".join("?" * len(ids))
             rows = [r[0] for r in conn.execute(f"SELECT emb_row FROM library_passages WHERE doc_id IN ({marks})",
                                                ids)]
+            conn.execute(f"DELETE FROM library_references WHERE doc_id IN ({marks})", ids)
             conn.execute(f"DELETE FROM library_passages WHERE doc_id IN ({marks})", ids)
             conn.execute(f"DELETE FROM library_documents WHERE id IN ({marks})", ids)
             v = self._bump_version(conn)
@@ -546,6 +645,7 @@ class Library:
                 stray = [r[0] for r in conn.execute("SELECT emb_row FROM library_passages WHERE user_id=?", (user,))]
                 if stray:
                     conn.execute("DELETE FROM library_passages WHERE user_id=?", (user,))
+                conn.execute("DELETE FROM library_references WHERE user_id=?", (user,))
             self._zero_rows(stray)
         with self._retrievers_lock:
             self._retrievers = {k: r for k, r in self._retrievers.items() if k[0] != user}
@@ -581,6 +681,8 @@ class Library:
                                          (key, owner, created)).rowcount
                     conn.execute("UPDATE library_passages SET user_id=? WHERE user_id=? AND doc_id IN "
                                  "(SELECT id FROM library_documents WHERE user_id=?)", (key, owner, key))
+                    conn.execute("UPDATE library_references SET user_id=? WHERE user_id=? AND doc_id IN "
+                                 "(SELECT id FROM library_documents WHERE user_id=?)", (key, owner, key))
                     if moved:
                         self._bump_version(conn)
                 if purge_replaced:
@@ -590,7 +692,7 @@ class Library:
     def documents(self, user: str = DEFAULT_USER) -> list[Document]:
         rows = self._db.execute(
             "SELECT d.*, (SELECT COUNT(*) FROM library_passages p WHERE p.doc_id=d.id) AS n "
-            "FROM library_documents d WHERE user_id=? ORDER BY added, id", (user,)).fetchall()
+            "FROM library_documents d WHERE user_id=? ORDER BY added, rowid", (user,)).fetchall()
         return [_doc_from_row(r, r["n"]) for r in rows]
 
     def document(self, doc_id: str, user: str = DEFAULT_USER) -> Document | None:
@@ -612,6 +714,51 @@ class Library:
             rows = self._db.execute("SELECT * FROM library_passages WHERE user_id=? AND doc_id=? ORDER BY ordinal",
                                     (user, doc_id)).fetchall()
         return [_passage_from_row(r) for r in rows]
+
+    def evidence_passages(self, user: str = DEFAULT_USER, doc_id: str | None = None) -> list[Passage]:
+        """The passages that may be cited as evidence: body text, never reference entries, captions or
+        author lines."""
+        return [p for p in self.passages(user, doc_id) if p.role == EVIDENCE_ROLE]
+
+    def references(self, doc_id: str, user: str = DEFAULT_USER) -> list[dict]:
+        """The parsed reference list of a document, in order; `cited_doc_id` is the library document an entry
+        names (same DOI, or the same normalised title), or None."""
+        rows = self._db.execute("SELECT * FROM library_references WHERE doc_id=? AND user_id=? ORDER BY ordinal",
+                                (doc_id, user)).fetchall()
+        by_doi, by_title = self._citable(user)
+        out = []
+        for r in rows:
+            cited = (by_doi.get(r["doi"]) if r["doi"] else None) or by_title.get(r["norm_title"])
+            out.append({"id": r["id"], "label": r["label"], "style": r["style"], "type": r["type"],
+                        "authors": json.loads(r["authors"]), "title": r["title"], "venue": r["venue"],
+                        "year": r["year"], "doi": r["doi"], "raw": r["raw"], "passage_id": r["passage_id"],
+                        "cited_doc_id": cited if cited != doc_id else None})
+        return out
+
+    def _citable(self, user: str) -> tuple[dict[str, str], dict[str, str]]:
+        """This owner's documents by DOI and by normalised title (titles under 12 characters never match)."""
+        by_doi, by_title = {}, {}
+        for r in self._db.execute("SELECT id, doi, title FROM library_documents WHERE user_id=? ORDER BY added, rowid",
+                                  (user,)):
+            if r["doi"]:
+                by_doi.setdefault(r["doi"].lower(), r["id"])
+            t = normalize_title(r["title"])
+            if len(t) >= 12:
+                by_title.setdefault(t, r["id"])
+        return by_doi, by_title
+
+    def citation_graph(self, doc_id: str, user: str = DEFAULT_USER) -> dict:
+        """{"cites": [doc ids this document cites that are in the library], "cited_by": [doc ids citing it]}."""
+        doc = self.document(doc_id, user)
+        if doc is None:
+            return {"cites": [], "cited_by": []}
+        cites = list(dict.fromkeys(r["cited_doc_id"] for r in self.references(doc_id, user) if r["cited_doc_id"]))
+        want_title = normalize_title(doc.title)
+        rows = self._db.execute(
+            "SELECT DISTINCT doc_id FROM library_references WHERE user_id=? AND doc_id != ? AND "
+            "((doi IS NOT NULL AND doi = ?) OR (norm_title = ? AND length(norm_title) >= 12)) ORDER BY doc_id",
+            (user, doc_id, (doc.doi or "").lower() or None, want_title)).fetchall()
+        return {"cites": cites, "cited_by": [r[0] for r in rows]}
 
     def retriever(self, user: str = DEFAULT_USER):
         """The hybrid BM25 + dense retriever over this owner's passages, rebuilt after any change."""

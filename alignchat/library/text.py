@@ -9,7 +9,8 @@ Notable choices:
   not end a sentence. Documents are hostile input: every pattern here runs in time linear in the text.
 - Passages are built from whole sentences, about `target` units long (a unit is a Latin word or a Han
   character), and each keeps its page and character offsets in the page text, so a citation can point
-  at the exact place.
+  at the exact place. Spans of other roles (reference entries, captions, author lines; `structure.roles`)
+  are cut into passages of their own, so body passages never contain them.
 """
 from __future__ import annotations
 
@@ -161,45 +162,63 @@ class Chunk:
     char_start: int  # offsets into that page's (or the whole document's) extracted text
     char_end: int
     text: str
+    role: str = "body"  # body | front | reference | caption (`structure.roles`): only body text is evidence
+
+
+def _chunk_span(page: int | None, text: str, lo: int, hi: int, target: int, overlap_sentences: int,
+                max_units: int, role: str) -> list[Chunk]:
+    """Passages of whole sentences of text[lo:hi] (offsets into `text`)."""
+    spans: list[tuple[int, int]] = []
+    for s, e in sentence_spans(text[lo:hi]):
+        s, e = s + lo, e + lo
+        if units(text[s:e]) <= max_units:
+            spans.append((s, e))
+            continue
+        pos = s
+        while pos < e:  # split an over-long sentence into pieces of about `target` units
+            count, cut = 0, pos
+            for m in _UNIT_RE.finditer(text, pos, e):
+                count += 1
+                cut = m.end()
+                if count >= target:
+                    break
+            else:
+                cut = e
+            spans.append((pos, cut))
+            pos = cut
+            while pos < e and text[pos].isspace():
+                pos += 1
+    chunks: list[Chunk] = []
+    i = 0
+    while i < len(spans):
+        j, size = i, 0
+        while j < len(spans) and (size == 0 or size + units(text[spans[j][0]:spans[j][1]]) <= target):
+            size += units(text[spans[j][0]:spans[j][1]])
+            j += 1
+        start, end = spans[i][0], spans[j - 1][1]
+        chunks.append(Chunk(page, start, end, text[start:end], role))
+        if j >= len(spans):
+            break
+        i = max(i + 1, j - overlap_sentences)
+    return chunks
 
 
 def chunk_pages(pages: list[tuple[int | None, str]], target: int = 120, overlap_sentences: int = 1,
-                max_units: int = 220) -> list[Chunk]:
+                max_units: int = 220, roles: dict | None = None) -> list[Chunk]:
     """Cut each page into passages of whole sentences, ~`target` units, overlapping by one sentence.
 
     Passages never cross a page boundary, so every passage has one page number a reader can open.
     A sentence longer than `max_units` (tables, run-on text) is cut on whitespace/characters.
+    `roles` maps a page to its sorted non-body spans (start, end, role): each span (a reference entry, a
+    caption, an author line) becomes passages of its own with that role, and body passages never include it.
     """
     chunks: list[Chunk] = []
     for page, text in pages:
-        spans: list[tuple[int, int]] = []
-        for s, e in sentence_spans(text):
-            if units(text[s:e]) <= max_units:
-                spans.append((s, e))
-                continue
-            pos = s
-            while pos < e:  # split an over-long sentence into pieces of about `target` units
-                count, cut = 0, pos
-                for m in _UNIT_RE.finditer(text, pos, e):
-                    count += 1
-                    cut = m.end()
-                    if count >= target:
-                        break
-                else:
-                    cut = e
-                spans.append((pos, cut))
-                pos = cut
-                while pos < e and text[pos].isspace():
-                    pos += 1
-        i = 0
-        while i < len(spans):
-            j, size = i, 0
-            while j < len(spans) and (size == 0 or size + units(text[spans[j][0]:spans[j][1]]) <= target):
-                size += units(text[spans[j][0]:spans[j][1]])
-                j += 1
-            start, end = spans[i][0], spans[j - 1][1]
-            chunks.append(Chunk(page, start, end, text[start:end]))
-            if j >= len(spans):
-                break
-            i = max(i + 1, j - overlap_sentences)
+        pos = 0
+        for s, e, role in (roles or {}).get(page, []):
+            if s > pos:
+                chunks += _chunk_span(page, text, pos, s, target, overlap_sentences, max_units, "body")
+            chunks += _chunk_span(page, text, s, e, target, 0, max_units, role)
+            pos = max(pos, e)
+        chunks += _chunk_span(page, text, pos, len(text), target, overlap_sentences, max_units, "body")
     return [c for c in chunks if c.text.strip()]

@@ -3,9 +3,12 @@
 What it does, in order:
 1. Drops any reference list the model wrote itself (the reference list is built from library metadata).
 2. Finds citations. `[n]` must be a number of a passage the answer was given; `[doc-…:pN]`/`[doc-…]`
-   must be a passage/document of this user's library; author-year citations such as "(Smith et al.,
+   must be a body passage/document of this user's library (a reference entry, caption or author line is
+   never evidence, so citing one is removed like a fabricated citation); author-year citations such as "(Smith et al.,
    2019)" and DOIs must match a library document. Anything else is a fabricated citation: it is removed
-   from the text and reported in `removed`.
+   from the text and reported in `removed`. A bracket written onto an identifier (`heap[0]`, `m[1][2]`) whose
+   whole expression appears in a given passage is quoted code, not a citation, and is left as it is
+   (`sub_citations`); the same bracket not found in the passages is still read as a citation.
 3. Splits the answer into sentences and scores each against the passages it cites:
 
        support = 0.5 · lexical + 0.5 · dense
@@ -45,6 +48,32 @@ _DOI = re.compile(r"(?:https?://(?:dx\.)?doi\.org/|doi:\s*)?\b10\.\d{4,9}/[^\s\"
 _REF_HEADER = re.compile(r"^\s*(?:#+\s*)?(?:\*\*)?(references|reference list|bibliography|sources|works cited|"
                          r"参考文献|引用文献)(?:\*\*)?\s*[:：]?\s*$", re.IGNORECASE | re.MULTILINE)
 UNVERIFIED_EN, UNVERIFIED_ZH = "[unverified]", "[未核实]"
+_BEFORE_BRACKET = re.compile(r"[A-Za-z0-9_)\]]")  # ASCII only: a citation may follow a Chinese character directly
+_HEAD = re.compile(r"\S*$")
+
+
+def _quoted_subscript(m: re.Match, passage_texts: list[str]) -> bool:
+    """Is the bracket `m` an index on an identifier that the passages contain (`heap[0]`), i.e. quoted text?"""
+    text, start = m.string, m.start()
+    if start == 0 or not _BEFORE_BRACKET.match(text[start - 1]):
+        return False
+    head = re.sub(r"^[^A-Za-z0-9_]+", "", _HEAD.search(text, max(0, start - 200), start).group())
+    if not re.match(r"[A-Za-z_]", head):
+        return False  # "[1][2]": a citation after a citation
+    expr = head + m.group()
+    return any(expr in t for t in passage_texts)
+
+
+def sub_citations(pattern: re.Pattern, repl: Callable[[re.Match], str], text: str,
+                  table: dict[int, Passage]) -> str:
+    """`pattern.sub(repl, text)` over citation markers only: quoted subscripts from the passages are kept."""
+    texts = [p.text for p in table.values()]
+    return pattern.sub(lambda m: m.group() if _quoted_subscript(m, texts) else repl(m), text)
+
+
+def find_citations(pattern: re.Pattern, text: str, table: dict[int, Passage]) -> list[re.Match]:
+    texts = [p.text for p in table.values()]
+    return [m for m in pattern.finditer(text) if not _quoted_subscript(m, texts)]
 
 
 @dataclass
@@ -129,7 +158,7 @@ class Verifier:
             a, b = int(mm.group(1)), int(mm.group(2))
             return "[" + ",".join(str(i) for i in range(a, b + 1)) + "]" if 0 < b - a < 20 else mm.group()
 
-        text = _RANGE_CITE.sub(ranges, text)
+        text = sub_citations(_RANGE_CITE, ranges, text, table)
 
         def numeric(mm: re.Match) -> str:
             keep = []
@@ -141,12 +170,16 @@ class Verifier:
                     removed.append({"citation": f"[{n}]", "reason": "no such numbered passage among the evidence"})
             return "".join(f"[{n}]" for n in keep)
 
-        text = _NUM_CITE.sub(numeric, text)
+        text = sub_citations(_NUM_CITE, numeric, text, table)
 
         def by_id(mm: re.Match) -> str:
             ident = mm.group(1).lower()
             if ":p" in ident:
                 p = self.library.passage(ident, self.user)
+                if p is not None and p.role != "body":
+                    removed.append({"citation": mm.group(), "reason": f"a {p.role} passage (reference entry, caption "
+                                                                      f"or author line), not evidence"})
+                    return ""
                 if p is not None:
                     n = next((k for k, v in table.items() if v.id == p.id), None)
                     if n is None:
@@ -154,7 +187,7 @@ class Verifier:
                         table[n] = p
                     return f"[{n}]"
             elif self.library.document(ident, self.user) is not None:
-                ps = self.library.passages(self.user, doc_id=ident)
+                ps = self.library.evidence_passages(self.user, doc_id=ident)
                 if ps:
                     n = next((k for k, v in table.items() if v.doc_id == ident), None)
                     if n is None:
@@ -211,13 +244,14 @@ class Verifier:
         clean, removed, dropped = self.strip_fabricated(text, table)
         report = Verification(mode=mode, threshold=self.threshold, removed=removed, dropped_reference_list=dropped)
         spans = sentence_spans(clean)
-        bare = [re.sub(r"\s+([.,;:!?。，；：！？])", r"\1", _NUM_CITE.sub("", clean[s:e])).strip() for s, e in spans]
+        bare = [re.sub(r"\s+([.,;:!?。，；：！？])", r"\1", sub_citations(_NUM_CITE, lambda m: "", clean[s:e], table))
+                .strip() for s, e in spans]
         vecs = self.library.embedder.embed(bare) if bare else np.zeros((0, 384), np.float32)
         shown: list[str] = []
         marker = UNVERIFIED_ZH if is_chinese(clean) else UNVERIFIED_EN
         for (s, e), sentence, vec in zip(spans, bare, vecs):
             raw = clean[s:e]
-            cites = [int(n) for g in _NUM_CITE.findall(raw) for n in re.split(r"[,，;；]", g)]
+            cites = [int(n) for m in find_citations(_NUM_CITE, raw, table) for n in re.split(r"[,，;；]", m.group(1))]
             if len(content_terms(sentence)) < MIN_CONTENT_TERMS:
                 check = SentenceCheck(sentence, cites, True, 1.0, "not a claim")
             elif not cites:

@@ -85,6 +85,8 @@ def create_app(model: str | None = None, db: str | None = None, host: str | None
     app.include_router(openai_api.router)
     app.include_router(tokenize_api.router)
     app.include_router(ui.router)
+    from . import moderation  # POST /v1/moderations and the admin's moderation events
+    app.include_router(moderation.router)
     try:
         from ..library import api as library_api  # the literature assistant, when installed
     except Exception as e:  # noqa: BLE001 - absent or broken: the chat server still runs
@@ -101,7 +103,8 @@ def create_app(model: str | None = None, db: str | None = None, host: str | None
         return {"status": ctx.host.status(), "model": ctx.host.model_id,
                 "engine": {"device": str(engine.device), "dtype": str(engine.cache_dtype).removeprefix("torch."),
                            "decode": engine.decode_mode, "max_batch": engine.max_batch,
-                           "context": engine.max_seq_len} if engine is not None else None,
+                           "context": engine.max_seq_len,
+                           "precision": getattr(ctx.host, "precision", None)} if engine is not None else None,
                 "error": str(ctx.host.error) if ctx.host.error else None,
                 "require_login": ctx.require_login,
                 "limits": {"max_body": cfg.max_body, "max_messages": cfg.max_messages, **_library_limits()},

@@ -15,6 +15,9 @@ Notable choices:
   locked out for a time that doubles with each further failure, and the answer is 429 with Retry-After.
   A success clears the user name's failures, not the address's, so logging into one's own account does not
   reset a password spray. Attempts in flight count against the limit, so parallel guesses gain nothing.
+- Built-in tool rights: an account's `tools` (None: every tool the deployment enables) and an API key's
+  (None: the account's) are intersected into `CurrentUser.tools`, so a key can only narrow what its account
+  may use; the deployment's `--tools` narrows it again where the tool runs (`alignchat.tools`).
 - Every login attempt costs one scrypt call: an unknown user name, or a user without a password, is checked
   against a dummy hash made once per process, so the answer's timing does not tell which names exist.
 """
@@ -192,10 +195,26 @@ class CurrentUser:
     id: int
     username: str
     is_admin: bool
+    tools: frozenset[str] | None = None  # built-in tools it may use; None: every tool the deployment enables
+
+    def may_use(self, enabled) -> list[str]:
+        """The deployment's `enabled` tools (in their order) that this user, with this key, may use."""
+        return [t for t in enabled if self.tools is None or t in self.tools]
 
 
-def _snapshot(u: User) -> CurrentUser:
-    return CurrentUser(id=u.id, username=u.username, is_admin=bool(u.is_admin))
+def _snapshot(u: User, key: ApiKey | None = None) -> CurrentUser:
+    tools = None if u.tools is None else frozenset(u.tools)
+    if key is not None and key.tools is not None:
+        tools = frozenset(key.tools) if tools is None else tools & frozenset(key.tools)
+    return CurrentUser(id=u.id, username=u.username, is_admin=bool(u.is_admin), tools=tools)
+
+
+def _tool_names(tools) -> list[str] | None:
+    """A tool-rights setting checked against the built-in tools (None: no restriction)."""
+    if tools is None:
+        return None
+    from ..tools import parse_names
+    return parse_names(tools)
 
 
 class Accounts:
@@ -230,6 +249,22 @@ class Accounts:
         with self.store.session() as s, s.begin():
             self._require(s, username).is_admin = is_admin
 
+    def set_tools(self, username: str, tools) -> list[str] | None:
+        """Set the built-in tools `username` may use (names, or None for every tool the server enables)."""
+        names = _tool_names(tools)
+        with self.store.session() as s, s.begin():
+            self._require(s, username).tools = names
+        return names
+
+    def set_key_tools(self, prefix: str, tools) -> int:
+        """Set the built-in tools the active keys with this prefix may use (None: their account's)."""
+        names = _tool_names(tools)
+        with self.store.session() as s, s.begin():
+            keys = list(s.scalars(select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked.is_(False))))
+            for k in keys:
+                k.tools = names
+            return len(keys)
+
     def delete_user(self, username: str) -> None:
         with self.store.session() as s, s.begin():
             u = self._require(s, username)
@@ -240,7 +275,7 @@ class Accounts:
     def list_users(self) -> list[dict]:
         with self.store.session() as s:
             return [{"username": u.username, "admin": bool(u.is_admin), "created": u.created.isoformat(),
-                     "can_login": u.password_hash is not None}
+                     "can_login": u.password_hash is not None, "tools": u.tools}
                     for u in s.scalars(select(User).order_by(User.id))]
 
     def _require(self, s: Session, username: str) -> User:
@@ -254,14 +289,16 @@ class Accounts:
         return _snapshot(self.store.ensure_user(LOCAL_USERNAME, is_admin=True))
 
     # ---- API keys -----------------------------------------------------------------------------------------
-    def create_api_key(self, username: str, name: str = "") -> str:
-        """Make a key for `username` and return it; it is shown this once and only its hash is kept."""
+    def create_api_key(self, username: str, name: str = "", tools=None) -> str:
+        """Make a key for `username` and return it; it is shown this once and only its hash is kept.
+        `tools`: the built-in tools it may use (None: its account's)."""
+        names = _tool_names(tools)
         key = API_KEY_PREFIX + secrets.token_urlsafe(32)
         if username == LOCAL_USERNAME:
             self.local_user()
         with self.store.session() as s, s.begin():
             u = self._require(s, username)
-            s.add(ApiKey(user_id=u.id, key_hash=token_hash(key), prefix=key[:10], name=name))
+            s.add(ApiKey(user_id=u.id, key_hash=token_hash(key), prefix=key[:10], name=name, tools=names))
         return key
 
     def revoke_api_key(self, prefix: str) -> int:
@@ -277,13 +314,13 @@ class Accounts:
             if username:
                 q = q.where(User.username == username)
             return [{"prefix": k.prefix, "user": u.username, "name": k.name, "created": k.created.isoformat(),
-                     "revoked": k.revoked} for k, u in s.execute(q)]
+                     "revoked": k.revoked, "tools": k.tools} for k, u in s.execute(q)]
 
     def user_for_api_key(self, key: str) -> CurrentUser | None:
         with self.store.session() as s:
-            row = s.execute(select(User).join(ApiKey, ApiKey.user_id == User.id)
-                            .where(ApiKey.key_hash == token_hash(key), ApiKey.revoked.is_(False))).scalar()
-            return _snapshot(row) if row else None
+            row = s.execute(select(User, ApiKey).join(ApiKey, ApiKey.user_id == User.id)
+                            .where(ApiKey.key_hash == token_hash(key), ApiKey.revoked.is_(False))).first()
+            return _snapshot(row[0], row[1]) if row else None
 
     # ---- login sessions -----------------------------------------------------------------------------------
     def login(self, username: str, password: str, client: str | None = None) -> str | None:

@@ -10,7 +10,7 @@ With `--upstream URL` there is no local model: an OpenAI-compatible server (vLLM
 another alignchat) answers, behind this server's API, UI, accounts, history and feedback (serve/upstream.py).
 
 Notable choices:
-- The flags that only a local model uses (`--model`, `--model-id`, `--device`, `--dtype`, `--context`,
+- The flags that only a local model uses (`--model`, `--model-id`, `--device`, `--dtype`, `--quantize`, `--context`,
   `--max-batch`) are refused next to `--upstream` rather than ignored, so a command line never says
   something the server does not do.
 """
@@ -24,7 +24,7 @@ from ..client.endpoint import DEFAULT_API_KEY_ENV
 from ..errors import UserError
 from .runtime import ServeConfig
 
-LOCAL_MODEL_FLAGS = ("model", "model_id", "device", "dtype", "context", "max_batch")
+LOCAL_MODEL_FLAGS = ("model", "model_id", "device", "dtype", "quantize", "context", "max_batch")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +69,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"torch device for the model: auto (cuda if available, else cpu), cpu, cuda, cuda:1 ... "
                              f"(default: {d.device}); on cuda the engine decodes with CUDA graphs")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="weights dtype (default: float32 on CPU, bfloat16 on CUDA)")
+                        help="weights dtype (default: bfloat16 on CUDA and on a CPU with native bf16, else float32; "
+                             "/health says which and why)")
+    from ..commands.common import add_quantize_arg
+    add_quantize_arg(parser)
     parser.add_argument("--no-embeddings", action="store_true", help="do not offer /v1/embeddings")
+    parser.add_argument("--tools", default="", metavar="LIST",
+                        help="built-in tools the server runs for the model, comma-separated: calculator, python, "
+                             "library_search (default: none); accounts and keys may be narrowed with "
+                             "`alignchat users tools`")
+    parser.add_argument("--max-tool-rounds", type=int, default=d.max_tool_rounds, metavar="N",
+                        help=f"most tool rounds of one answer (default: {d.max_tool_rounds})")
+    parser.add_argument("--tool-timeout", type=float, default=d.tool_timeout, metavar="SECONDS",
+                        help=f"seconds the python tool's program may run (default: {d.tool_timeout:g})")
     up = parser.add_argument_group("upstream (instead of a local model)")
     up.add_argument("--upstream", default=None, metavar="URL",
                     help="answer with this OpenAI-compatible server (vLLM, llama.cpp's server, another alignchat; "
@@ -82,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help=f"environment variable holding its API key (default: {DEFAULT_API_KEY_ENV}; unset: no key)")
     up.add_argument("--upstream-timeout", type=float, default=d.upstream_timeout, metavar="SECONDS",
                     help=f"wait this long for its next event before answering 502 (default: {d.upstream_timeout:g})")
+    parser.add_argument("--moderation-policy", default=None, metavar="FILE",
+                        help="TOML/YAML moderation policy: per category and direction (input/output) block, flag "
+                             "or allow (default: moderation on, see docs/safety.md)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     from ..settings import describe_io
     describe_io(parser, reads="the model (--model; a registry name is pulled on first use) or the --upstream server; "
@@ -118,16 +132,25 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-messages must be at least 1")
     if args.max_body < 1:
         raise UserError("--max-body must be at least 1 byte")
+    from ..tools import parse_names
+    tools = tuple(parse_names(args.tools, "--tools"))
+    if args.max_tool_rounds < 0:
+        raise UserError("--max-tool-rounds must be 0 or more")
+    if not args.tool_timeout > 0:
+        raise UserError("--tool-timeout must be positive")
     if args.login_lockout <= 0 or args.login_window <= 0:
         raise UserError("--login-lockout and --login-window must be positive")
     cfg = ServeConfig(model=args.model, model_id=args.model_id, host=args.host, port=args.port, db=args.db,
                       max_batch=args.max_batch, max_waiting=args.max_waiting, context=args.context,
                       require_login=True if args.require_login else None, device=args.device, dtype=args.dtype,
+                      quantize=args.quantize,
                       enable_embeddings=not args.no_embeddings, insecure_no_login=args.insecure_no_login,
                       allowed_hosts=tuple(args.allowed_host), max_body=args.max_body, max_messages=args.max_messages,
                       login_lockout=args.login_lockout, login_window=args.login_window,
                       upstream=args.upstream, upstream_model=args.upstream_model,
-                      upstream_api_key_env=args.upstream_api_key_env or None, upstream_timeout=args.upstream_timeout)
+                      upstream_api_key_env=args.upstream_api_key_env or None, upstream_timeout=args.upstream_timeout,
+                      tools=tools, max_tool_rounds=args.max_tool_rounds, tool_timeout=args.tool_timeout,
+                      moderation_policy=args.moderation_policy)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(config=cfg)
     ctx = app.state.ctx

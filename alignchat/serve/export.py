@@ -9,6 +9,8 @@
 - Record ids are stable (`ui-<kind>-<row id>`), so re-exporting gives the same lines and downstream
   deduplication works. `labeller` is `human:<username>`.
 - Files are written atomically: an interrupted export never leaves a half file.
+- `redact_pii=True` (`alignchat feedback export --redact-pii`) replaces e-mail addresses, phone and ID
+  numbers in every string of every record with the cleaning stage's placeholders (`alignchat.safety.pii`).
 """
 from __future__ import annotations
 
@@ -80,10 +82,13 @@ def feedback_counts(store: Store) -> dict:
         return out
 
 
-def export_feedback(store: Store, sft_path: str | Path, comparisons_path: str | Path) -> dict[str, int]:
+def export_feedback(store: Store, sft_path: str | Path, comparisons_path: str | Path,
+                    redact_pii: bool = False) -> dict[str, int]:
     """Write both files (atomically); return how many records each holds."""
-    sft = [json.dumps(r, ensure_ascii=False) for r in sft_records(store)]
-    comps = [json.dumps(r, ensure_ascii=False) for r in comparison_records(store)]
-    atomic_write_text(sft_path, "".join(line + "\n" for line in sft))
-    atomic_write_text(comparisons_path, "".join(line + "\n" for line in comps))
+    from ..safety.pii import redact_obj
+    clean = redact_obj if redact_pii else (lambda r: r)
+    sft = [json.dumps(clean(r), ensure_ascii=False) for r in sft_records(store)]
+    comps = [json.dumps(clean(r), ensure_ascii=False) for r in comparison_records(store)]
+    atomic_write_text(sft_path, "".join(line + "\n" for line in sft), private=True)  # users' conversations
+    atomic_write_text(comparisons_path, "".join(line + "\n" for line in comps), private=True)
     return {"sft": len(sft), "comparisons": len(comps)}

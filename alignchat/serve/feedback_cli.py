@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ex.add_argument("--out", default="feedback", help="output directory (default: ./feedback)")
     ex.add_argument("--sft", default=None, help="SFT file (default: OUT/sft.jsonl)")
     ex.add_argument("--comparisons", default=None, help="comparison file (default: OUT/comparisons.jsonl)")
+    ex.add_argument("--redact-pii", action="store_true",
+                    help="replace e-mail addresses, phone numbers and ID numbers with <EMAIL>/<PHONE>/<ID> "
+                         "(the cleaning stage's detectors)")
     st = sub.add_parser("stats", help="count the feedback in the database")
     st.add_argument("--db", default=None, help="database URL (default: the server's default SQLite file)")
     from ..settings import describe_io
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         sft = Path(args.sft) if args.sft else out / "sft.jsonl"
         comps = Path(args.comparisons) if args.comparisons else out / "comparisons.jsonl"
-        counts = export_feedback(store, sft, comps)
+        counts = export_feedback(store, sft, comps, redact_pii=args.redact_pii)
         print(f"wrote {counts['sft']} SFT conversations to {sft}")
         print(f"wrote {counts['comparisons']} comparisons to {comps}")
         return 0

@@ -10,6 +10,9 @@ Notable choices:
   assistant `tool_calls` and `tool` messages, whole and streamed as OpenAI streams them
   (serve/tool_calling.py; the text format: alignchat/tools_format.py). A forced call's arguments are
   generated under a grammar built from the tool's JSON Schema.
+- Built-in tools (an extension): `builtin_tools: ["calculator", ...]` makes the server run the tool loop
+  and answer with the final text, listing its calls in `builtin_tool_calls` (serve/builtin_tools.py says
+  who may use which and what combines with it).
 - Structured output: `response_format` `{type: "json_object"}` or `{type: "json_schema", json_schema: {name,
   schema, strict}}` (chat, and on /v1/completions as an extension) is enforced by grammar-constrained
   decoding (engine/grammar.py), whatever `strict` says: the reply is JSON valid for the schema unless
@@ -22,6 +25,8 @@ Notable choices:
 - /v1/completions returns legacy `logprobs` (tokens, token_logprobs, top_logprobs up to 5, text_offset),
   with `echo` over the prompt too, and accepts max_tokens=0 with echo: so evaluation harnesses can score
   multiple choice over HTTP. They are computed by one scoring pass of the model after generation.
+- Moderation: a chat request's latest user message and its reply pass through serve/moderation.py (the
+  deployment's policy); a blocked one ends with finish_reason "content_filter".
 - Streaming is Server-Sent Events ending in `data: [DONE]`; `stream_options.include_usage` adds the usage
   chunk. An error after the stream began is sent as one `data: {"error": ...}` event.
 - Embeddings use the MiniLM encoder (`alignchat.embeddings`), imported on first use; both `float` and the
@@ -49,11 +54,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
-from .auth import CurrentUser, resolve_user
+from .auth import CurrentUser
 from ..client.sampling import SAMPLING_DEFAULTS
+from .deps import api_user
 from .errors import APIError, error_body, error_responses
 from .runtime import EMBEDDING_MODEL_ID, ServerContext
-from . import tool_calling
+from . import moderation, tool_calling
 from .validation import Text
 from ..tools_format import NAME_PATTERN
 
@@ -176,6 +182,8 @@ class ChatCompletionRequest(_Sampling):
     functions: list[dict] | None = None
     function_call: Union[str, dict, None] = None
     response_format: ResponseFormat | None = None
+    builtin_tools: list[Text] | None = Field(None, max_length=16)  # extension: serve/builtin_tools.py
+    max_tool_rounds: int | None = Field(None, ge=0)  # extension: at most the server's --max-tool-rounds
 
 
 class CompletionRequest(_Sampling):
@@ -250,7 +258,15 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None
-    finish_reason: Literal["stop", "length", "tool_calls"]
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+class BuiltinToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: str
+    result: str
+    error: bool
 
 
 class ChatCompletion(BaseModel):
@@ -261,6 +277,7 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None
     choices: list[ChatChoice]
     usage: Usage
+    builtin_tool_calls: list[BuiltinToolCall] | None = None  # extension: with builtin_tools
 
 
 class LegacyLogprobs(BaseModel):
@@ -324,14 +341,6 @@ def json_or_stream(model: type[BaseModel], description: str) -> dict:
 
 def ctx_of(request: Request) -> ServerContext:
     return request.app.state.ctx
-
-
-def api_user(request: Request) -> CurrentUser:
-    user = resolve_user(request)
-    if user is None:
-        raise APIError(401, "Missing or invalid API key. Send `Authorization: Bearer <key>`; create a key with "
-                            "`alignchat users key NAME`.", code="invalid_api_key")
-    return user
 
 
 def _unsupported(param: str, what: str) -> APIError:
@@ -423,7 +432,7 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def _finish(reason: str | None) -> str:
-    return "length" if reason == "length" else "stop"
+    return reason if reason in ("length", "content_filter") else "stop"
 
 
 def _chat_messages(req: ChatCompletionRequest) -> list[dict]:
@@ -497,6 +506,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
                        param="response_format")
     check_message_count(ctx, len(body.messages))
     messages = _chat_messages(body)
+    if body.builtin_tools is not None:  # the server runs the tool loop (serve/builtin_tools.py)
+        from .builtin_tools import api_tool_loop
+        return await api_tool_loop(ctx, body, messages, _user, request, sampling_params)
     uses_tools = bool(body.tools) or forced or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
     if uses_tools:
         ctx.require_local_model("tools", "tools")
@@ -523,7 +535,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        group = await ctx.generate(prompt_ids, params)
+        group = await moderation.generate(ctx, messages, prompt_ids, params, route="api", user=_user, stream=True)
         first = await group.next_event()  # errors before the first token are ordinary HTTP errors
 
         async def stream():
@@ -578,7 +590,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
     lps: list[list] = [[] for _ in range(body.n)]
     messages_out: list[dict | None] = [None] * body.n
     completion_tokens = 0
-    group = await ctx.generate(prompt_ids, params, request=request)
+    group = await moderation.generate(ctx, messages, prompt_ids, params, route="api", user=_user, stream=False,
+                                      request=request)
     async for ev in group:
         if ev.kind == "delta":
             texts[ev.index] += ev.text

@@ -14,6 +14,9 @@ Notable choices:
   one scheduler request per choice and yields their events merged; leaving the iterator (client gone, stop
   pressed, exception) cancels whatever is still running, which frees the engine slots at once (with an
   upstream: closes its connections, so that it aborts too).
+- Without `--dtype` the model runs in `commands.common.load_with_precision`'s choice (on a CPU with native
+  bf16, bfloat16 or float32, whichever decodes faster in a step timed at load), with `--quantize`
+  quantised at load; the start-up log and /health (`engine.precision`) say what was chosen and why.
 - A prompt that does not fit the context is refused before it reaches the engine, with both numbers (an
   upstream checks its own context, and its refusal is passed through).
 """
@@ -29,6 +32,7 @@ from pathlib import Path
 from ..errors import ContextLengthError
 from .errors import APIError
 from .scheduler import Event, Scheduler, SchedulerBusy
+from .streams import EventStream
 
 log = logging.getLogger("alignchat.serve")
 
@@ -55,13 +59,18 @@ class ServeConfig:
     login_window: float = 900.0  # seconds without a failure after which failures are forgotten
     login_lockout: float = 30.0  # first lockout in seconds; doubles with each further failure
     device: str = "auto"  # auto: cuda if available, else cpu (`commands.common.pick_device`); or cpu, cuda:1 ...
-    dtype: str | None = None  # float32 | bfloat16 | float16; default float32 on CPU, bfloat16 on CUDA
+    dtype: str | None = None  # float32 | bfloat16 | float16; default `commands.common.pick_precision`'s choice
+    quantize: str | None = None  # int8 | int4: weights quantised at load (alignchat.quant)
     preload: bool = True
     enable_embeddings: bool = True
     upstream: str | None = None  # an OpenAI-compatible server to answer with instead of `model`
     upstream_model: str | None = None  # the model name sent to it; default: the first one it lists
     upstream_api_key_env: str | None = "OPENAI_API_KEY"  # the variable holding its API key
     upstream_timeout: float = 300.0  # seconds to wait for the upstream's next event before answering 502
+    tools: tuple[str, ...] = ()  # built-in tools this deployment enables (alignchat/tools; serve/builtin_tools.py)
+    max_tool_rounds: int = 4  # most tool rounds of one answer (then a final answer with no tools offered)
+    tool_timeout: float = 5.0  # seconds the python tool's program may run
+    moderation_policy: str | None = None  # TOML/YAML moderation policy (alignchat.safety.policy); None: the default
 
 
 def default_model_id(spec: str) -> str:
@@ -82,6 +91,7 @@ class ModelHost:
         self.model = self.tokenizer = self.engine = self.scheduler = None
         self.error: BaseException | None = None
         self.loaded_at: float | None = None
+        self.precision: dict | None = None  # what the weights run in and why (/health)
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._started = False
@@ -96,13 +106,19 @@ class ModelHost:
     def _load(self) -> None:
         try:
             import torch
-            from ..hub import load_model
-            from ..commands.common import pick_device, pick_dtype
+            from ..commands.common import load_with_precision, pick_device
             from ..engine import Engine
             t0 = time.monotonic()
             device = pick_device(self.cfg.device)
-            dtype = pick_dtype(device, self.cfg.dtype)
-            model, tok, _meta = load_model(self.cfg.model, device=device, dtype=dtype)
+            model, tok, meta, dtype, why = load_with_precision(self.cfg.model, device, self.cfg.dtype,
+                                                               self.cfg.quantize)
+            quant = meta.get("quantization")
+            self.precision = {"dtype": str(dtype).removeprefix("torch."), "reason": why,
+                              "quantization": quant["scheme"] if quant else None}
+            if quant:
+                kernels = sorted({v[k] for v in quant["kernels"]["shapes"].values()
+                                  for k in ("small_rows", "many_rows")})
+                self.precision.update(kernels=kernels, group_size=quant.get("group_size"))
             model.eval()
             torch.set_grad_enabled(False)
             self.engine = Engine(model, tok, max_batch=self.cfg.max_batch, max_seq_len=self.cfg.context)
@@ -112,6 +128,8 @@ class ModelHost:
             self.loaded_at = time.time()
             log.info("model %s loaded in %.1fs on %s (%s, %s decoding)", self.model_id, time.monotonic() - t0,
                      device, str(dtype).removeprefix("torch."), self.engine.decode_mode)
+            log.info("precision: %s%s", why, f"; weights {quant['scheme']} (kernels timed here: "
+                        f"{', '.join(self.precision['kernels'])})" if quant else "")
         except BaseException as e:  # reported by /health and to every request
             log.exception("could not load model %s", self.cfg.model)
             self.error = e
@@ -170,6 +188,10 @@ class ServerContext:
             self.host = ModelHost(cfg)
         from .auth import login_required
         self.require_login = login_required(cfg)
+        from ..safety.pii import install_log_redaction
+        from .moderation import ModerationService
+        install_log_redaction()  # personal data never reaches a log handler
+        self.moderation = ModerationService.from_config(cfg, store)  # serve/moderation.py
         self.started = time.time()
 
     def check_model(self, name: str | None) -> None:
@@ -217,7 +239,7 @@ class ServerContext:
                                prompt_tokens=self.host.prompt_tokens(prompt_ids))
 
 
-class GenerationGroup:
+class GenerationGroup(EventStream):
     """The n choices of one request. Iterate it for their events (each choice ends with `done`);
     `cancel()` (synchronous, idempotent) frees every slot still held — called on any exit from iteration.
 
@@ -280,13 +302,3 @@ class GenerationGroup:
                 self.remaining -= 1
             return ev
         return None
-
-    def __aiter__(self):
-        return self._iter()
-
-    async def _iter(self):
-        try:
-            while (ev := await self.next_event()) is not None:
-                yield ev
-        finally:
-            self.cancel()

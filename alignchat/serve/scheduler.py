@@ -179,10 +179,10 @@ class Scheduler:
                 h._emit(Event("delta", h.index, text=out.text or "", token_id=out.token_id, logprob=logprob))
                 if out.finished:
                     del self._active[id(out.request)]
+                    with self._cond:  # counted before the client hears of it, so /health agrees with the reply
+                        self.counters["completed"] += 1
                     self._finish(h, Event("done", h.index, finish_reason=out.finish_reason or "stop",
                                           completion_tokens=h.completion_tokens))
-                    with self._cond:
-                        self.counters["completed"] += 1
         # shutting down: tell every listener
         for h in list(self._active.values()) + list(self._waiting):
             self._finish(h, Event("error", h.index, error=RuntimeError("the server is shutting down")))

@@ -14,6 +14,12 @@ Notable choices:
 - The SQLite file is owner-only (0600), created so before SQLite opens it; SQLite gives its -wal, -shm and
   -journal files the database's mode, and an existing file or sibling that is more open is tightened.
   A directory the store creates for it is 0700, and so is the default $ALIGNCHAT_HOME/serve.
+- Built-in tools (alignchat/tools) are opt-in at three levels stored here: `User.tools` and `ApiKey.tools`
+  (the tools an account, and a key, may use; NULL: every tool the deployment enables, resp. the account's)
+  and `Conversation.tools` (the UI's toggles). A tool round is stored as an assistant message whose
+  `meta.tool_calls` holds its calls and one `tool` message per result (`meta.tool_call_id`, `name`,
+  `arguments`, `error`), so a reload shows them and the next turn's prompt has them.
+- Moderation decisions are `ModerationEvent` rows (serve/moderation.py), kept free of personal data.
 - Feedback rows are self-contained snapshots (the prompt messages and the responses as they were shown),
   so an export stays correct after a conversation is edited or deleted.
 """
@@ -59,6 +65,7 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)  # None: cannot log in
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    tools: Mapped[list | None] = mapped_column(JSON, nullable=True, default=None)  # None: every enabled tool
 
 
 class ApiKey(Base):
@@ -70,6 +77,7 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(128), default="")
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    tools: Mapped[list | None] = mapped_column(JSON, nullable=True, default=None)  # None: the account's tools
 
 
 class LoginSession(Base):
@@ -87,6 +95,7 @@ class Conversation(Base):
     title: Mapped[str] = mapped_column(String(200), default="")
     system_prompt: Mapped[str] = mapped_column(Text, default="")
     settings: Mapped[dict] = mapped_column(JSON, default=dict)  # sampling settings last used
+    tools: Mapped[list] = mapped_column(JSON, default=list)  # built-in tools switched on in this chat
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     messages: Mapped[list["Message"]] = relationship(back_populates="conversation", cascade="all, delete-orphan",
@@ -150,6 +159,23 @@ class Ranking(Base):
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class ModerationEvent(Base):
+    """One moderation decision (serve/moderation.py): no message text except, for a flagged one, a short
+    excerpt with personal data replaced by placeholders."""
+    __tablename__ = "moderation_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    direction: Mapped[str] = mapped_column(String(8))  # "input" | "output"
+    action: Mapped[str] = mapped_column(String(8), index=True)  # "block" | "flag" | "allow"
+    categories: Mapped[list] = mapped_column(JSON, default=list)  # the flagged categories
+    scores: Mapped[dict] = mapped_column(JSON, default=dict)  # their scores (none flagged: the top one)
+    route: Mapped[str] = mapped_column(String(16), default="")  # "api" | "ui"
+    lang: Mapped[str] = mapped_column(String(8), default="")
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    excerpt: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
 class SchemaVersion(Base):
     __tablename__ = "schema_version"
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -168,9 +194,22 @@ def _m2_message_order_index(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_messages_conv_seq ON messages (conversation_id, seq)"))
 
 
+def _m3_tool_settings(conn: Connection) -> None:
+    cols = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in ("users", "api_keys", "conversations")}
+    for table in ("users", "api_keys", "conversations"):
+        if "tools" not in cols[table]:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN tools JSON"))
+
+
+def _m4_moderation_events(conn: Connection) -> None:
+    ModerationEvent.__table__.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "baseline schema", _m1_baseline),
     (2, "index messages by (conversation, seq)", _m2_message_order_index),
+    (3, "built-in tool settings of users, API keys and conversations", _m3_tool_settings),
+    (4, "moderation events", _m4_moderation_events),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

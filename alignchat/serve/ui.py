@@ -11,6 +11,12 @@ Notable choices:
 - Regenerate and edit-and-resend hide the replaced messages rather than deleting them.
 - Feedback rows snapshot the prompt and responses (see store.py). Labelling mode (sample K answers,
   demonstrations, K-way rankings) and the export download are for admins only.
+- Built-in tools (serve/builtin_tools.py): a conversation's `tools` are its toggles, checked against the
+  deployment and the account when set (400/403/501) and again at each turn (a tool the admin disabled since
+  is no longer offered). With tools on, a turn runs the tool loop (`alignchat.tools.loop.steps`) on the
+  engine: the text streams as `delta` events, each executed round comes as a `tool` event (the stored
+  assistant call message and its `tool` result messages) and the final answer as `done`; every round is
+  committed before its event, so a reload shows it. Compare mode answers without tools.
 - Client text is `validation.Text` (a lone surrogate is a 400 naming the field); a prompt holds at most the
   API's message limit. Each route documents its reply and its errors in /openapi.json (errors.error_responses). The chat template is rendered in a worker thread (with the conversation's database
   work), never on the event loop, and message content is text: only the template makes control tokens.
@@ -28,7 +34,9 @@ from sqlalchemy import func, select
 
 from ..client.sampling import SAMPLING_DEFAULTS
 from .auth import SESSION_COOKIE, SESSION_DAYS, CurrentUser, resolve_user
+from .deps import admin_user, ui_user
 from .errors import APIError, error_responses
+from . import moderation
 from .openai_api import SEED_MAX, SEED_MIN, check_message_count, event_stream, render_prompt
 from .runtime import ServerContext
 from .store import Conversation, Demonstration, Feedback, Message, Ranking, iso, utcnow
@@ -66,6 +74,7 @@ class ConversationBody(_Body):
     title: _bounded(200) = None
     system_prompt: _bounded(100_000) = None
     settings: Settings | None = None
+    tools: list[Text] | None = Field(None, max_length=16)  # built-in tools switched on in this chat
 
 
 class ChatBody(_Body):
@@ -129,17 +138,29 @@ class Me(BaseModel):
     model: str
     model_status: str
     context_length: int | None
+    tools: list[str] = []  # the built-in tools this user may switch on
 
 
 class MessageOut(BaseModel):
     id: str
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
     finish_reason: str | None
     model: str | None
     created: str
     rating: int
     edited: bool
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant message that called tools
+    tool: dict[str, Any] | None = None  # a tool message: {tool_call_id, name, arguments, error}
+
+
+class ToolRights(_Body):
+    tools: list[Text] | None = Field(max_length=16)  # None: every tool the server enables
+
+
+class ToolRightsOut(BaseModel):
+    username: str
+    tools: list[str] | None
 
 
 class ConversationOut(BaseModel):
@@ -147,6 +168,7 @@ class ConversationOut(BaseModel):
     title: str
     system_prompt: str
     settings: dict[str, Any]
+    tools: list[str] = []
     created: str
     updated: str
     messages: list[MessageOut] | None = None  # in GET /conversations/{cid} and POST /conversations
@@ -187,19 +209,6 @@ def ctx_of(request: Request) -> ServerContext:
     return request.app.state.ctx
 
 
-def ui_user(request: Request) -> CurrentUser:
-    user = resolve_user(request)
-    if user is None:
-        raise APIError(401, "Please log in.", code="login_required")
-    return user
-
-
-def admin_user(user: CurrentUser = Depends(ui_user)) -> CurrentUser:
-    if not user.is_admin:
-        raise APIError(403, "Only an admin can do this (labelling and export).", code="admin_required")
-    return user
-
-
 def _own_conversation(s, user: CurrentUser, cid: str) -> Conversation:
     conv = s.get(Conversation, cid)
     if conv is None or conv.user_id != user.id:
@@ -216,14 +225,30 @@ def _own_message(s, user: CurrentUser, mid: str) -> tuple[Message, Conversation]
 
 
 def _msg_json(m: Message, thumbs: dict[str, int] | None = None) -> dict:
-    return {"id": m.id, "role": m.role, "content": m.content, "finish_reason": m.finish_reason,
-            "model": m.model, "created": iso(m.created), "rating": (thumbs or {}).get(m.id, 0),
-            "edited": bool((m.meta or {}).get("original") is not None)}
+    meta = m.meta or {}
+    out = {"id": m.id, "role": m.role, "content": m.content, "finish_reason": m.finish_reason,
+           "model": m.model, "created": iso(m.created), "rating": (thumbs or {}).get(m.id, 0),
+           "edited": bool(meta.get("original") is not None)}
+    if meta.get("tool_calls"):
+        out["tool_calls"] = meta["tool_calls"]
+    if m.role == "tool":
+        out["tool"] = {k: meta.get(k) for k in ("tool_call_id", "name", "arguments", "error")}
+    return out
+
+
+def _prompt_message(m: Message) -> dict:
+    """A stored message as the model reads it: tool calls and tool results included."""
+    meta = m.meta or {}
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": meta.get("tool_call_id", ""), "content": m.content}
+    if meta.get("tool_calls"):
+        return {"role": m.role, "content": m.content or None, "tool_calls": meta["tool_calls"]}
+    return {"role": m.role, "content": m.content}
 
 
 def _conv_json(conv: Conversation, messages: bool = False, thumbs: dict[str, int] | None = None) -> dict:
     out = {"id": conv.id, "title": conv.title, "system_prompt": conv.system_prompt, "settings": conv.settings or {},
-           "created": iso(conv.created), "updated": iso(conv.updated)}
+           "tools": list(conv.tools or []), "created": iso(conv.created), "updated": iso(conv.updated)}
     if messages:
         out["messages"] = [_msg_json(m, thumbs) for m in conv.messages if not m.hidden]
     return out
@@ -256,7 +281,9 @@ async def me(request: Request):
             "context_length": ctx.host.context_length if ctx.host.model is not None else None}
     if user is None:
         raise APIError(401, "Please log in.", code="login_required")
-    return {"user": {"username": user.username, "is_admin": user.is_admin}, **info}
+    from .builtin_tools import available_tools
+    return {"user": {"username": user.username, "is_admin": user.is_admin}, **info,
+            "tools": available_tools(ctx, user)}
 
 
 @router.post("/login", responses={200: {"model": Ok}, **error_responses(400, 401, 429)})
@@ -301,10 +328,13 @@ def list_conversations(request: Request, user: CurrentUser = Depends(ui_user)):
 
 @router.post("/conversations", responses={200: {"model": ConversationOut}, **error_responses(400, 401)})
 def create_conversation(body: ConversationBody, request: Request, user: CurrentUser = Depends(ui_user)):
+    from .builtin_tools import check_requested
     ctx = ctx_of(request)
+    tools = check_requested(ctx, user, body.tools, "tools") if body.tools else []
     with ctx.store.session() as s, s.begin():
         conv = Conversation(user_id=user.id, title=body.title or "", system_prompt=body.system_prompt or "",
-                            settings=body.settings.model_dump(exclude_none=True) if body.settings else {})
+                            settings=body.settings.model_dump(exclude_none=True) if body.settings else {},
+                            tools=tools)
         s.add(conv)
         s.flush()
         return _conv_json(conv, messages=True)
@@ -327,9 +357,13 @@ def get_conversation(cid: str, request: Request, user: CurrentUser = Depends(ui_
 @router.patch("/conversations/{cid}", responses={200: {"model": ConversationOut},
                                                   **error_responses(400, 401, 404)})
 def update_conversation(cid: str, body: ConversationBody, request: Request, user: CurrentUser = Depends(ui_user)):
+    from .builtin_tools import check_requested
     ctx = ctx_of(request)
+    tools = check_requested(ctx, user, body.tools, "tools") if body.tools is not None else None
     with ctx.store.session() as s, s.begin():
         conv = _own_conversation(s, user, cid)
+        if tools is not None:
+            conv.tools = tools
         if body.title is not None:
             conv.title = body.title
         if body.system_prompt is not None:
@@ -350,8 +384,9 @@ def delete_conversation(cid: str, request: Request, user: CurrentUser = Depends(
 
 # ---- chat ---------------------------------------------------------------------------------------------------
 
-def _prepare_turn(ctx: ServerContext, user: CurrentUser, cid: str, body: ChatBody) -> tuple[list[dict], dict | None]:
-    """Apply the user's action to the stored conversation (committed); return the prompt and the new user message."""
+def _prepare_turn(ctx: ServerContext, user: CurrentUser, cid: str, body: ChatBody) -> tuple[list[dict], dict | None, list]:
+    """Apply the user's action to the stored conversation (committed); return the prompt, the new user message
+    and the conversation's tool toggles."""
     with ctx.store.session() as s, s.begin():
         conv = _own_conversation(s, user, cid)
         if body.system_prompt is not None:
@@ -364,7 +399,7 @@ def _prepare_turn(ctx: ServerContext, user: CurrentUser, cid: str, body: ChatBod
         if body.regenerate:
             if not visible:
                 raise APIError(400, "Nothing to regenerate: the conversation is empty.", param="regenerate")
-            if visible[-1].role == "assistant":
+            while visible and visible[-1].role in ("assistant", "tool"):  # the answer and its tool rounds
                 visible[-1].hidden = True
                 visible = visible[:-1]
             if not visible or visible[-1].role != "user":
@@ -389,9 +424,9 @@ def _prepare_turn(ctx: ServerContext, user: CurrentUser, cid: str, body: ChatBod
                 conv.title = " ".join(body.content.split())[:60]
         conv.updated = utcnow()
         prompt = ([{"role": "system", "content": conv.system_prompt}] if conv.system_prompt else []) + \
-                 [{"role": m.role, "content": m.content} for m in visible]
+                 [_prompt_message(m) for m in visible]
         check_message_count(ctx, len(prompt))  # raised inside the transaction: nothing is committed
-        return prompt, user_msg
+        return prompt, user_msg, list(conv.tools or [])
 
 
 def _save_answer(ctx: ServerContext, cid: str, text: str, finish_reason: str, meta: dict | None = None) -> dict:
@@ -407,6 +442,24 @@ def _save_answer(ctx: ServerContext, cid: str, text: str, finish_reason: str, me
         return _msg_json(m)
 
 
+def _save_tool_round(ctx: ServerContext, cid: str, content: str | None, tool_calls: list[dict],
+                     records: list) -> tuple[dict, list[dict]]:
+    """One executed tool round: the assistant's call message and one `tool` message per result (committed)."""
+    with ctx.store.session() as s, s.begin():
+        conv = s.get(Conversation, cid)
+        seq = (s.scalar(select(func.max(Message.seq)).where(Message.conversation_id == cid)) or 0) + 1
+        call = Message(conversation_id=cid, seq=seq, role="assistant", content=content or "",
+                       model=ctx.host.model_id, finish_reason="tool_calls", meta={"tool_calls": tool_calls})
+        results = [Message(conversation_id=cid, seq=seq + 1 + i, role="tool", content=r.result,
+                           meta={"tool_call_id": r.id, "name": r.name, "arguments": r.arguments, "error": r.error})
+                   for i, r in enumerate(records)]
+        s.add_all([call, *results])
+        if conv is not None:
+            conv.updated = utcnow()
+        s.flush()
+        return _msg_json(call), [_msg_json(r) for r in results]
+
+
 @router.post("/conversations/{cid}/chat", responses={
     200: {"description": "The reply as events: user (the message, committed), delta, done, pair (compare), error",
           "content": event_stream(["user", "delta", "done", "pair", "error"])},
@@ -417,13 +470,22 @@ async def chat(cid: str, body: ChatBody, request: Request, user: CurrentUser = D
     host = ctx.host
 
     def prepare():  # database work and the chat template: in a worker thread, not on the event loop
-        prompt, user_msg = _prepare_turn(ctx, user, cid, body)
-        return prompt, user_msg, host.render_chat(prompt)
+        prompt, user_msg, toggles = _prepare_turn(ctx, user, cid, body)
+        return prompt, user_msg, toggles, host.render_chat(prompt)
 
-    prompt, user_msg, prompt_ids = await asyncio.to_thread(prepare)
+    prompt, user_msg, toggles, prompt_ids = await asyncio.to_thread(prepare)
     n = 2 if body.compare else 1
+    if toggles and n == 1:
+        from .builtin_tools import available_tools
+        if not host.local:
+            ctx.require_local_model("built-in tools", "tools")
+        tools = [t for t in toggles if t in available_tools(ctx, user)]
+        if tools:
+            return StreamingResponse(_tool_turn(ctx, user, request, cid, body, prompt, user_msg, tools),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     params = _settings_params(ctx, prompt_ids, body.settings, n)
-    group = await ctx.generate(prompt_ids, params)
+    group = await moderation.generate(ctx, prompt, prompt_ids, params, route="ui", user=user, stream=True)
 
     async def stream():
         texts, finish = [""] * n, [None] * n
@@ -459,6 +521,49 @@ async def chat(cid: str, body: ChatBody, request: Request, user: CurrentUser = D
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _tool_turn(ctx: ServerContext, user: CurrentUser, request: Request, cid: str, body: ChatBody,
+                     prompt: list[dict], user_msg: dict | None, tools: list[str]):
+    """A turn with built-in tools: the tool loop on the engine, streamed as `delta`, `tool` and `done` events."""
+    from ..tools.loop import execute_calls, steps
+    from .builtin_tools import generate_round, tool_context
+    context = tool_context(ctx, user, request)
+    loop = steps(prompt, tools, ctx.cfg.max_tool_rounds, False)
+    text, saved, answer, reply = "", False, None, None
+    try:
+        if user_msg is not None:
+            yield _sse("user", {"message": user_msg})
+        while True:
+            try:
+                step = loop.send(answer)
+            except StopIteration:  # the loop's decision: the last reply is the answer
+                msg = await asyncio.to_thread(_save_answer, ctx, cid, reply.content or "",
+                                              reply.finish_reason or "stop")
+                saved = True
+                yield _sse("done", {"index": 0, "message": msg})
+                break
+            if step[0] == "generate":
+                text = ""
+                async for kind, value in generate_round(ctx, step[1], step[2], step[3],
+                                                        lambda ids: _settings_params(ctx, ids, body.settings, 1),
+                                                        route="ui", user=user, stream=True):
+                    if kind == "content":
+                        text += value
+                        yield _sse("delta", {"index": 0, "text": value})
+                    else:
+                        answer = reply = value
+            else:
+                records = await asyncio.to_thread(execute_calls, step[1], tools, context)
+                call, results = await asyncio.to_thread(_save_tool_round, ctx, cid, reply.content, step[1], records)
+                text = ""
+                yield _sse("tool", {"call": call, "results": results})
+                answer = records
+    except APIError as e:
+        yield _sse("error", {"error": {"message": e.message, "code": e.code}})
+    finally:
+        if not saved and text:
+            _save_answer(ctx, cid, text, "abort")  # stopped or disconnected: keep the partial answer
 
 
 @router.post("/pairs/{pair_id}/choose", responses={200: {"model": Chosen}, **error_responses(400, 401, 404, 409)})
@@ -506,7 +611,7 @@ def _prompt_before(conv: Conversation, msg: Message) -> list[dict]:
         if m.id == msg.id:
             break
         if not m.hidden:
-            out.append({"role": m.role, "content": m.content})
+            out.append(_prompt_message(m))
     return out
 
 
@@ -586,6 +691,21 @@ def label_ranking(body: RankingBody, request: Request, admin: CurrentUser = Depe
 def label_stats(request: Request, _admin: CurrentUser = Depends(admin_user)):
     from .export import feedback_counts
     return feedback_counts(ctx_of(request).store)
+
+
+@router.put("/admin/users/{username}/tools", responses={200: {"model": ToolRightsOut},
+                                                       **error_responses(400, 401, 403, 404)})
+def set_tool_rights(username: str, body: ToolRights, request: Request, _admin: CurrentUser = Depends(admin_user)):
+    """Set the built-in tools an account may use (`tools: null`: every tool the server enables)."""
+    from ..errors import UserError
+    ctx = ctx_of(request)
+    try:
+        names = ctx.accounts.set_tools(username, body.tools)
+    except UserError as e:
+        if "no user named" in str(e):
+            raise APIError(404, f"No user {username[:64]!r}.", code="not_found") from None
+        raise APIError(400, str(e), param="tools", code="invalid_value") from None
+    return {"username": username, "tools": names}
 
 
 @router.get("/admin/export/{kind}", response_class=NDJSONResponse, response_description="One JSON record per line",

@@ -21,6 +21,8 @@ Notable choices:
   - /v1/completions with token-id prompts: forwarded as ids (they are the upstream model's ids);
   - logprobs (chat and completions) and `echo`: 501 `needs_local_model`; the scores come from a local
     model's scoring pass;
+  - built-in tools run by the server (the API's `builtin_tools`, the UI's tool toggles): 501
+    `needs_local_model`; they need the local tokenizer's tool format and grammar (serve/builtin_tools.py);
   - embeddings: unchanged, they come from the local MiniLM encoder, not from the chat model;
   - anything that asks for the model's tokenizer (`host.tokenizer`, e.g. the library counting its prompt's
     tokens) gets `NeedsLocalModel`, a `UserError` that says so.

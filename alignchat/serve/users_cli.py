@@ -3,6 +3,11 @@
 Passwords are read from the terminal (or `--password-stdin`), never from the command line, so they stay out
 of shell history and process listings. Without a terminal, `add` and `passwd` need `--password-stdin` (the
 first line of standard input) and say so. An API key is printed once; only its hash is stored.
+
+Built-in tool rights (what `alignchat serve --tools` enables, narrowed per account and per key):
+`alignchat users tools NAME --allow calculator,python` (or `--allow ""` for none, `--all` for every tool the
+server enables), `alignchat users key NAME --tools calculator`, `alignchat users key-tools PREFIX --allow ...`
+(or `--account` for the account's own rights).
 """
 from __future__ import annotations
 
@@ -28,12 +33,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k = sub.add_parser("key", help="create an API key for a user and print it (once)")
     k.add_argument("username")
     k.add_argument("--name", default="", help="a label for the key")
+    k.add_argument("--tools", default=None, metavar="LIST",
+                   help="built-in tools this key may use, comma-separated (default: its account's)")
     sub.add_parser("keys", help="list API keys (prefixes only)")
     r = sub.add_parser("revoke", help="revoke API keys by prefix (as shown by `keys`)")
     r.add_argument("prefix")
     g = sub.add_parser("admin", help="grant or remove the admin role")
     g.add_argument("username")
     g.add_argument("--remove", action="store_true")
+    t = sub.add_parser("tools", help="set the built-in tools a user may use")
+    t.add_argument("username")
+    tw = t.add_mutually_exclusive_group(required=True)
+    tw.add_argument("--allow", metavar="LIST", help='comma-separated tool names ("" for none)')
+    tw.add_argument("--all", action="store_true", help="every tool the server enables (the default)")
+    kt = sub.add_parser("key-tools", help="set the built-in tools the API keys with a prefix may use")
+    kt.add_argument("prefix")
+    ktw = kt.add_mutually_exclusive_group(required=True)
+    ktw.add_argument("--allow", metavar="LIST", help='comma-separated tool names ("" for none)')
+    ktw.add_argument("--account", action="store_true", help="the key's account's tools (the default)")
     dl = sub.add_parser("delete", help="delete a user and all their conversations and feedback")
     dl.add_argument("username")
     from ..settings import describe_io
@@ -49,6 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 writes="nothing (prints one JSON line per key)")
     describe_io(r, reads=f"{db}: the API keys", writes=f"the matching keys marked revoked in {db}")
     describe_io(g, reads=f"{db}: the account", writes=f"the account's admin role in {db}")
+    describe_io(t, reads=f"{db}: the account", writes=f"the account's built-in tool rights in {db}")
+    describe_io(kt, reads=f"{db}: the API keys", writes=f"the matching keys' built-in tool rights in {db}")
     describe_io(dl, reads=f"{db}: the account",
                 writes=f"deletes the account with its conversations, feedback, keys and logins from {db}, and "
                        "its library (documents, passages, index vectors)")
@@ -91,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             for u in acc.list_users():
                 print(json.dumps(u))
         elif args.action == "key":
-            print(acc.create_api_key(args.username, args.name))
+            print(acc.create_api_key(args.username, args.name, tools=args.tools))
         elif args.action == "keys":
             for k in acc.list_api_keys():
                 print(json.dumps(k))
@@ -103,6 +122,15 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "admin":
             acc.set_admin(args.username, not args.remove)
             print(f"{args.username} is {'no longer ' if args.remove else ''}an admin")
+        elif args.action == "tools":
+            names = acc.set_tools(args.username, None if args.all else args.allow)
+            print(f"{args.username} may use " + ("every tool the server enables" if names is None
+                                                 else ", ".join(names) or "no tools"))
+        elif args.action == "key-tools":
+            n = acc.set_key_tools(args.prefix, None if args.account else args.allow)
+            if not n:
+                raise UserError(f"no active key starts with {args.prefix!r}")
+            print(f"set the tools of {n} key(s)")
         elif args.action == "delete":
             acc.delete_user(args.username)
             print(f"deleted user {args.username}")

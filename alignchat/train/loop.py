@@ -22,7 +22,7 @@ Notable choices:
   on CPUs the peak is a measured fp32 GEMM rate, so CPU MFU is relative to what this machine's matmul can do).
 - Every training verb takes its settings one way (`add_stage_arguments`/`stage_settings`, on top of
   `alignchat.settings`): defaults, or with `--resume` the run's saved settings, then `--config`, then the
-  command line.
+  command line; and ends one way (`finish_run`: `final/`, the `done:` line, the process group left).
 """
 from __future__ import annotations
 
@@ -293,22 +293,33 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(inputs, targets, forward kwargs) of a language-model batch: `(inputs, targets)` or a dict with
+    `input_ids`, `targets` and optionally `positions` and `attn_mask` (packed or padded SFT rows)."""
+    if isinstance(batch, dict):
+        kwargs = {k: batch[k] for k in ("positions", "attn_mask") if batch.get(k) is not None}
+        return batch["input_ids"], batch["targets"], kwargs
+    inputs, targets = batch
+    return inputs, targets, {}
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether `model` (or the module DDP wraps) is FSDP-sharded: its output layer then runs only inside
+    the module's forward, so `logits_from_hidden` cannot be applied from outside."""
+    inner = getattr(model, "module", model)  # DDP wraps; FSDP2 modules are themselves sharded
+    return any(type(c).__name__.startswith("FSDP") for c in (model, inner))
+
+
 def lm_loss(model: nn.Module, batch: Any) -> LossOutput:
     """Next-token cross-entropy, summed over targets that are not IGNORE_INDEX.
 
-    `batch` is `(inputs, targets)` or a dict with `input_ids`, `targets` and optionally `positions` and
-    `attn_mask` (packed or padded SFT rows). When some targets are ignored (SFT: only assistant tokens
+    `batch` is what `unpack_batch` reads. When some targets are ignored (SFT: only assistant tokens
     count), logits are computed only where there is a target: the vocabulary projection is a large part
     of a small model's cost, and of its memory."""
-    if isinstance(batch, dict):
-        inputs, targets = batch["input_ids"], batch["targets"]
-        kwargs = {k: batch[k] for k in ("positions", "attn_mask") if batch.get(k) is not None}
-    else:
-        inputs, targets = batch
-        kwargs = {}
+    inputs, targets, kwargs = unpack_batch(batch)
     keep = targets != IGNORE_INDEX
-    inner = getattr(model, "module", model)  # DDP wraps; FSDP2 modules are themselves sharded
-    sharded = any(type(c).__name__.startswith("FSDP") for c in (model, inner))
+    inner = getattr(model, "module", model)
+    sharded = is_sharded(model)
     if hasattr(inner, "logits_from_hidden") and not sharded and not bool(keep.all()):
         hidden = model(inputs, return_hidden=True, **kwargs)
         logits = inner.logits_from_hidden(hidden[keep])
@@ -814,6 +825,17 @@ class Trainer:
             shutil.rmtree(target)
         save_checkpoint(target, model, self.tokenizer, meta=self._meta())
         return target
+
+
+def finish_run(trainer: Trainer, summary: dict) -> int:
+    """The end of a training verb: write `out_dir/final`, print `done:` with the float metrics of
+    `summary` (what `fit` returned, plus the stage's own), and leave the process group. Returns 0."""
+    final = trainer.save_final()
+    if trainer.dist.is_main:
+        rounded = {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)}
+        print(f"done: {final}  {json.dumps(rounded)}")
+    end_distributed()
+    return 0
 
 
 def _numel_inputs(batch: Any) -> int:

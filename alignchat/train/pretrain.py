@@ -15,13 +15,12 @@ Notable choices:
 from __future__ import annotations
 
 import dataclasses
-import json
 from itertools import islice
 
 from ..config import PRESETS, ModelConfig, preset
 from ..errors import UserError
 from ..settings import setting
-from .loop import TrainConfig, Trainer, add_stage_arguments, end_distributed, init_distributed, stage_settings
+from .loop import TrainConfig, Trainer, add_stage_arguments, finish_run, init_distributed, stage_settings
 
 # training defaults per model preset (everything else: TrainConfig's defaults)
 TRAIN_DEFAULTS: dict[str, dict] = {
@@ -145,10 +144,4 @@ def run(args) -> int:
         print(f"pretrain: {n / 1e6:.2f}M parameters, {len(train):,} training tokens, "
               f"{train_cfg.batch_size * train_cfg.grad_accum * dist_info.world_size * train_cfg.seq_len:,} tokens/step, "
               f"{dist_info.world_size} process(es) on {dist_info.device}, out: {train_cfg.out_dir}")
-    result = trainer.fit(resume=args.resume)
-    final = trainer.save_final()
-    if dist_info.is_main:
-        summary = {k: round(v, 4) for k, v in result.items() if isinstance(v, float)}
-        print(f"done: {final}  {json.dumps(summary)}")
-    end_distributed()
-    return 0
+    return finish_run(trainer, trainer.fit(resume=args.resume))

@@ -23,11 +23,12 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any, Callable, Iterable, NamedTuple
 
 from ..errors import UserError
 from ..eval.metrics import exact_match as answer_matches
 from ..settings import setting
-from .loop import TrainConfig, Trainer, add_stage_arguments, end_distributed, init_distributed, stage_settings
+from .loop import TrainConfig, Trainer, add_stage_arguments, finish_run, init_distributed, stage_settings
 
 SAMPLE_CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -81,6 +82,46 @@ def _held_out(rec: dict, fraction: float) -> bool:
     key = str(rec.get("id") or json.dumps(rec["messages"], ensure_ascii=False))
     h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") / 2**64
     return h < fraction
+
+
+class SFTBatches(NamedTuple):
+    """SFT training batches, the validation batches and what they were made of."""
+
+    data: Any  # an `SFTBatcher` over the training rows
+    val_fn: Callable[[], Iterable[dict]] | None  # fresh held-out batches for this rank; None: no held-out data
+    train_convs: list  # encoded training conversations
+    val_convs: list  # encoded held-out conversations
+    rows: list  # training rows (packed or padded)
+
+
+def sft_batches(paths: list[str], tok, cfg: TrainConfig, dist_info, *, val_data: str = "",
+                val_fraction: float = 0.05, packing: bool = True) -> SFTBatches:
+    """The conversations of the SFT JSONL `paths` through the chat template, held out by hash
+    (`val_fraction`) unless `val_data` is given, packed (or padded) into rows of `cfg.seq_len` and batched
+    for this rank; the validation batches are at most `cfg.eval_batches` of the held-out rows."""
+    from ..data.sft_data import SFTBatcher, encode_records, eval_batches, one_per_row, pack, read_sft_jsonl
+
+    records: list[dict] = []
+    for path in paths:
+        records += read_sft_jsonl(path)
+    if val_data:
+        train_recs, val_recs = records, read_sft_jsonl(val_data)
+    else:
+        train_recs = [r for r in records if not _held_out(r, val_fraction)]
+        val_recs = [r for r in records if _held_out(r, val_fraction)]
+    train_convs = encode_records(train_recs, tok, cfg.seq_len)
+    val_convs = encode_records(val_recs, tok, cfg.seq_len)
+    if not train_convs:
+        raise UserError(f"{', '.join(paths)}: no usable training conversations")
+    rows = pack(train_convs, cfg.seq_len) if packing else one_per_row(train_convs)
+    val_rows = pack(val_convs, cfg.seq_len) if packing else one_per_row(val_convs)
+    data = SFTBatcher(rows, cfg.batch_size, tok.pad_id, rank=dist_info.rank, world_size=dist_info.world_size,
+                      seed=cfg.seed, where=", ".join(paths))
+
+    def val_fn():
+        return eval_batches(val_rows, cfg.batch_size, tok.pad_id, dist_info.rank, dist_info.world_size,
+                            limit=cfg.eval_batches)
+    return SFTBatches(data, val_fn if val_rows else None, train_convs, val_convs, rows)
 
 
 def split_for_eval(messages: list[dict]) -> tuple[list[dict], str]:
@@ -184,7 +225,7 @@ def run(args) -> int:
     import torch
 
     from ..hub import load_model
-    from ..data.sft_data import SFTBatcher, encode_records, eval_batches, one_per_row, pack, read_sft_jsonl
+    from ..data.sft_data import read_sft_jsonl
 
     job, train_cfg = build_run(args)
     dist_info = init_distributed(train_cfg.device)
@@ -196,32 +237,13 @@ def run(args) -> int:
     if train_cfg.seq_len > model.cfg.max_seq_len:
         raise UserError(f"seq_len {train_cfg.seq_len} exceeds the model's context {model.cfg.max_seq_len}")
 
-    records: list[dict] = []
-    for path in job.data:
-        records += read_sft_jsonl(path)
-    if job.val_data:
-        train_recs, val_recs = records, read_sft_jsonl(job.val_data)
-    else:
-        train_recs = [r for r in records if not _held_out(r, job.val_fraction)]
-        val_recs = [r for r in records if _held_out(r, job.val_fraction)]
+    data, val_fn, train_convs, val_convs, rows = sft_batches(
+        job.data, tok, train_cfg, dist_info, val_data=job.val_data, val_fraction=job.val_fraction,
+        packing=job.packing)
     eval_recs = read_sft_jsonl(job.eval_data)[: job.eval_limit] if job.eval_data else []
-
-    train_convs = encode_records(train_recs, tok, train_cfg.seq_len)
-    val_convs = encode_records(val_recs, tok, train_cfg.seq_len)
-    if not train_convs:
-        raise UserError(f"{', '.join(job.data)}: no usable training conversations")
-    rows = pack(train_convs, train_cfg.seq_len) if job.packing else one_per_row(train_convs)
-    val_rows = pack(val_convs, train_cfg.seq_len) if job.packing else one_per_row(val_convs)
-    data = SFTBatcher(rows, train_cfg.batch_size, tok.pad_id, rank=dist_info.rank, world_size=dist_info.world_size,
-                      seed=train_cfg.seed, where=", ".join(job.data))
     if job.epochs > 0:
         train_cfg = dataclasses.replace(
             train_cfg, max_steps=max(1, math.ceil(job.epochs * data.batches_per_epoch / train_cfg.grad_accum)))
-    val_fn = None
-    if val_rows:
-        def val_fn():
-            return eval_batches(val_rows, train_cfg.batch_size, tok.pad_id, dist_info.rank, dist_info.world_size,
-                                limit=train_cfg.eval_batches)
 
     def sample_fn(m, step):
         from ..engine import Engine, SamplingParams
@@ -266,9 +288,4 @@ def run(args) -> int:
         print(f"exact match after SFT: {after['exact_match']:.3f} on {after['n']} held-out items "
               f"(ended turn: {after['ended_turn']:.2f})")
     trainer.last_val = {**trainer.last_val, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-    final = trainer.save_final()
-    if dist_info.is_main:
-        summary = {k: round(v, 4) for k, v in {**result, **metrics}.items() if isinstance(v, float)}
-        print(f"done: {final}  {json.dumps(summary)}")
-    end_distributed()
-    return 0
+    return finish_run(trainer, {**result, **metrics})

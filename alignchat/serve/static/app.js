@@ -13,6 +13,10 @@
  * - No image from a reply is ever loaded, not even a data: one: a Markdown image shows as its alt text, a raw
  *   <img> is removed. A remote image would leak the chat through its URL the moment it renders.
  * - GFM task-list boxes render as ☐/☑ text, not as <input> elements.
+ * - Built-in tools: the settings panel has a toggle per tool the server lets this user use (/api/me `tools`),
+ *   stored with the conversation. A tool round (the assistant's calls and the tools' results) renders as
+ *   one <details> per call whose every string (name, arguments, result) is set with textContent: tool
+ *   output is as hostile as model output, and is never parsed as HTML or Markdown.
  * - The page runs under a strict Content-Security-Policy (alignchat/serve/headers.py): no inline script,
  *   handler or style attribute anywhere in the UI; handlers are attached here, styles live in app.css.
  */
@@ -34,10 +38,13 @@ const I18N = {
     library_missing: "The literature assistant is not installed on this server.",
     you: "You", assistant: "Assistant", copy: "Copy", copied: "Copied", edit: "Edit", regenerate: "Regenerate",
     cancel: "Cancel", resend: "Save & resend", save_edit: "Save correction", good: "Good answer", bad: "Bad answer",
-    answer: "Answer", pick: "This one is better", picked: "Chosen", stopped: "(stopped)", untitled: "New chat",
+    answer: "Answer", pick: "This one is better", picked: "Chosen", stopped: "(stopped)", blocked: "(blocked by the content filter)", untitled: "New chat",
     delete_confirm: "Delete this conversation?", saved: "Saved", sampling: "Sampling…", need_rank: "Give every answer a different rank",
     loading_model: "Loading the model…", error: "Error", edited: "edited", generating: "Generating…",
     welcome: "Start a conversation. Your chats are kept in the server's database.",
+    tools: "Tools", tools_help: "The server runs the tools the model calls; each call and its result show in the chat.",
+    tool: "Tool", tool_call: "Tool call", arguments: "Arguments", result: "Result", tool_error: "error",
+    tool_calculator: "Calculator", tool_python: "Python (sandboxed)", tool_library_search: "Search my library",
   },
   zh: {
     tab_chat: "对话", tab_label: "标注", tab_library: "文献库", logout: "退出登录", login_title: "登录 alignchat",
@@ -54,10 +61,13 @@ const I18N = {
     library_missing: "此服务器未安装文献助手。",
     you: "你", assistant: "助手", copy: "复制", copied: "已复制", edit: "编辑", regenerate: "重新生成",
     cancel: "取消", resend: "保存并重新发送", save_edit: "保存修改", good: "好回答", bad: "差回答",
-    answer: "回答", pick: "这个更好", picked: "已选择", stopped: "（已停止）", untitled: "新对话",
+    answer: "回答", pick: "这个更好", picked: "已选择", stopped: "（已停止）", blocked: "（已被内容过滤器拦截）", untitled: "新对话",
     delete_confirm: "删除这个对话？", saved: "已保存", sampling: "采样中…", need_rank: "请为每个回答给出不同的名次",
     loading_model: "正在加载模型…", error: "错误", edited: "已编辑", generating: "生成中…",
     welcome: "开始对话吧。你的对话保存在服务器的数据库中。",
+    tools: "工具", tools_help: "模型调用的工具由服务器运行；每次调用及其结果都显示在对话中。",
+    tool: "工具", tool_call: "工具调用", arguments: "参数", result: "结果", tool_error: "错误",
+    tool_calculator: "计算器", tool_python: "Python（沙箱）", tool_library_search: "检索我的文献库",
   },
 };
 
@@ -223,6 +233,62 @@ function showSettings(conv) {
   $("#seed").value = s.seed !== undefined ? s.seed : "";
   $("#temperature-val").textContent = $("#temperature").value;
   $("#top-p-val").textContent = $("#top-p").value;
+  const on = new Set((conv && conv.tools) || []);
+  document.querySelectorAll(".tool-toggle").forEach((box) => { box.checked = on.has(box.dataset.tool); });
+}
+
+// ---- built-in tools ----------------------------------------------------------------------------------------
+function currentTools() {
+  return [...document.querySelectorAll(".tool-toggle:checked")].map((box) => box.dataset.tool);
+}
+function buildToolToggles(names) {
+  const box = $("#tool-toggles");
+  box.replaceChildren();
+  for (const name of names) {
+    const label = document.createElement("label");
+    const input = document.createElement("input");
+    input.type = "checkbox"; input.className = "tool-toggle"; input.dataset.tool = name; input.id = `tool-${name}`;
+    input.onchange = saveTools;
+    const span = document.createElement("span");
+    span.textContent = t(`tool_${name}`);
+    label.append(input, span);
+    box.appendChild(label);
+  }
+  $("#tools-box").classList.toggle("hidden", !names.length);
+}
+async function saveTools() {
+  if (!state.convId) return; // a new chat sends its tools when it is created
+  try {
+    const conv = await api("PATCH", `/api/conversations/${state.convId}`, { tools: currentTools() });
+    if (state.conv) state.conv.tools = conv.tools;
+  } catch (e) { $("#status-line").textContent = `${t("error")}: ${e.message}`; }
+}
+/* One tool round: the assistant's calls, each with its result (tool messages), as <details>; text only. */
+function toolRoundElement(call, results) {
+  const el = document.createElement("div");
+  el.className = "msg assistant tool-round";
+  el.dataset.id = call.id || "";
+  const role = document.createElement("div");
+  role.className = "role"; role.textContent = t("tool_call");
+  el.appendChild(role);
+  if (call.content) { const body = document.createElement("div"); body.className = "body"; renderMarkdown(body, call.content); el.appendChild(body); }
+  const byId = new Map(results.map((r) => [r.tool && r.tool.tool_call_id, r]));
+  for (const c of call.tool_calls || []) {
+    const res = byId.get(c.id);
+    const d = document.createElement("details");
+    d.className = "tool-call" + (res && res.tool && res.tool.error ? " failed" : "");
+    d.dataset.tool = c.function.name;
+    const summary = document.createElement("summary");
+    const shown = res ? res.content.split("\n")[0].slice(0, 80) : "…";
+    summary.textContent = `${t("tool")}: ${c.function.name} → ${shown}`;
+    const args = document.createElement("pre"); args.className = "tool-args";
+    args.textContent = typeof c.function.arguments === "string" ? c.function.arguments : JSON.stringify(c.function.arguments);
+    const out = document.createElement("pre"); out.className = "tool-result";
+    out.textContent = res ? res.content : "";
+    d.append(summary, args, out);
+    el.appendChild(d);
+  }
+  return el;
 }
 
 // ---- conversations -----------------------------------------------------------------------------------------
@@ -277,7 +343,18 @@ function renderConversation() {
   box.innerHTML = "";
   const msgs = state.conv ? state.conv.messages : [];
   if (!msgs.length) box.innerHTML = `<p class="muted welcome">${escapeHtml(t("welcome"))}</p>`;
-  msgs.forEach((m, i) => box.appendChild(messageElement(m, i === msgs.length - 1)));
+  const results = msgs.filter((m) => m.role === "tool");
+  const shown = new Set();
+  msgs.forEach((m, i) => {
+    if (m.role === "assistant" && m.tool_calls && m.tool_calls.length) {
+      const ids = new Set(m.tool_calls.map((c) => c.id));
+      const mine = results.filter((r) => r.tool && ids.has(r.tool.tool_call_id) && !shown.has(r.id));
+      mine.forEach((r) => shown.add(r.id));
+      box.appendChild(toolRoundElement(m, mine));
+    } else if (m.role === "tool") {
+      if (!shown.has(m.id)) box.appendChild(toolRoundElement({ tool_calls: [] }, [m]));
+    } else box.appendChild(messageElement(m, i === msgs.length - 1));
+  });
   box.scrollTop = box.scrollHeight;
 }
 
@@ -290,6 +367,7 @@ function messageElement(m, isLast) {
   role.textContent = m.role === "user" ? t("you") : t("assistant");
   if (m.edited) { const e = document.createElement("span"); e.textContent = `· ${t("edited")}`; role.appendChild(e); }
   if (m.finish_reason === "abort") { const e = document.createElement("span"); e.textContent = t("stopped"); role.appendChild(e); }
+  if (m.finish_reason === "content_filter") { el.classList.add("blocked"); const e = document.createElement("span"); e.className = "blocked-tag"; e.textContent = t("blocked"); role.appendChild(e); }
   const body = document.createElement("div");
   body.className = "body";
   renderMarkdown(body, m.content);
@@ -369,7 +447,7 @@ function setStreaming(on) {
 async function ensureConversation() {
   if (state.convId) return state.convId;
   const conv = await api("POST", "/api/conversations", {
-    system_prompt: $("#system-prompt").value, settings: currentSettings(),
+    system_prompt: $("#system-prompt").value, settings: currentSettings(), tools: currentTools(),
   });
   state.convId = conv.id; state.conv = conv;
   localStorage.setItem("alignchat.conv", conv.id);
@@ -392,7 +470,7 @@ async function send(opts = {}) {
 
   // optimistic view: drop what this turn replaces, show the user's message, then stream the answer(s)
   const msgs = state.conv.messages;
-  if (opts.regenerate && msgs.length && msgs[msgs.length - 1].role === "assistant") msgs.pop();
+  while (opts.regenerate && msgs.length && msgs[msgs.length - 1].role !== "user") msgs.pop();
   if (opts.edit_of) { const i = msgs.findIndex((m) => m.id === opts.edit_of); if (i >= 0) msgs.splice(i); }
   if (content !== undefined) { msgs.push({ role: "user", content }); input.value = ""; }
   renderConversation();
@@ -445,6 +523,16 @@ async function send(opts = {}) {
       } else if (name === "delta") {
         live[data.index].text += data.text;
         repaint();
+      } else if (name === "tool") {
+        // the round's text (if any) was streamed into the live answer: it becomes the round's own element
+        const current = live[0];
+        current.el.replaceWith(toolRoundElement(data.call, data.results));
+        msgs.push(data.call, ...data.results);
+        const el = messageElement({ role: "assistant", content: "" }, false);
+        el.classList.add("streaming");
+        box.appendChild(el);
+        live[0] = { el, body: el.querySelector(".body"), text: "" };
+        box.scrollTop = box.scrollHeight;
       } else if (name === "done") {
         msgs.push(data.message);
       } else if (name === "pair") {
@@ -587,6 +675,7 @@ async function start() {
   $("#user-name").textContent = state.me.user.username;
   $("#model-name").textContent = state.me.model + (state.me.model_status === "loading" ? ` (${t("loading_model")})` : "");
   $("#logout-btn").classList.toggle("hidden", !state.me.require_login);
+  buildToolToggles(state.me.tools || []);
   document.querySelectorAll(".admin-only").forEach((el) => el.classList.toggle("hidden", !state.me.user.is_admin));
   await loadConversations();
   const last = localStorage.getItem("alignchat.conv");
