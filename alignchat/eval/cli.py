@@ -39,7 +39,7 @@ MODEL_FLAGS_NOTE = ("model flags: {flags}, --api-key-env VAR, --device, --dtype 
 class RunConfig:
     """`alignchat eval run`'s settings (the model: the shared model flags)."""
 
-    suite: str = setting("lite", "lite, full or tiny (see `alignchat eval tasks`)")
+    suite: str = setting("lite", "lite, full, chinese or tiny (see `alignchat eval tasks`)")
     tasks: list[str] = setting(help="task names instead of a suite (see `alignchat eval tasks`)", factory=list)
     limit: int = setting(20, "items per task, a fixed random sample, the same for every model (0 = all)")
     k_shot: int = setting(0, "in-context examples per item")
