@@ -3,6 +3,7 @@ click a citation and see the cited passage, against a real `alignchat serve` wit
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,14 @@ from serve_support import ServerProcess  # noqa: E402
 pytestmark = pytest.mark.browser
 
 
-def test_library_mode_add_ask_click_citation(browser, tiny_ckpt, tmp_path):
+@contextmanager
+def library_tab(browser, tiny_ckpt, tmp_path):
+    """A server with the tiny model (no embeddings, its own home), the browser on its Library tab: yields
+    (server, a 180 s WebDriverWait); the server stops afterwards."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    doc = tmp_path / "coral_reefs.md"
-    doc.write_text(CORAL)
     srv = ServerProcess(tiny_ckpt, tmp_path / "lib-ui.db", "--no-embeddings",
                         env={"ALIGNCHAT_HOME": str(tmp_path / "home")}).wait_ready()
     wait = WebDriverWait(browser, 180)
@@ -29,7 +31,18 @@ def test_library_mode_add_ask_click_citation(browser, tiny_ckpt, tmp_path):
         wait.until(EC.text_to_be_present_in_element((By.ID, "user-name"), "local"))
         browser.find_element(By.CSS_SELECTOR, ".tab[data-tab='library']").click()
         wait.until(EC.presence_of_element_located((By.ID, "lib-file")))
+        yield srv, wait
+    finally:
+        srv.stop()
 
+
+def test_library_mode_add_ask_click_citation(browser, tiny_ckpt, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    doc = tmp_path / "coral_reefs.md"
+    doc.write_text(CORAL)
+    with library_tab(browser, tiny_ckpt, tmp_path) as (srv, wait):
         # add a document
         browser.find_element(By.ID, "lib-file").send_keys(str(doc))
         browser.find_element(By.ID, "lib-upload").click()
@@ -55,8 +68,6 @@ def test_library_mode_add_ask_click_citation(browser, tiny_ckpt, tmp_path):
         shown = browser.find_element(By.ID, "lib-passage-text").text
         assert "coral" in shown.lower() and len(shown) > 100
         assert "Coral Reef Bleaching Under Ocean Warming" in browser.find_element(By.ID, "lib-passage").text
-    finally:
-        srv.stop()
 
 
 def test_library_mode_shows_metadata_citation_graph_and_review_table(browser, tiny_ckpt, tmp_path):
@@ -64,7 +75,6 @@ def test_library_mode_shows_metadata_citation_graph_and_review_table(browser, ti
     text that looks like HTML is shown as text."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from library_papers import PAPER_C, write_papers
 
@@ -73,14 +83,7 @@ def test_library_mode_shows_metadata_citation_graph_and_review_table(browser, ti
     hostile.write_text(PAPER_C.replace("Large Language Models in Academic Libraries: A Survey",
                                        '<img src=x onerror="window.pwned=1"> Chatbots at the <b>Desk</b>', 1)
                        .replace("Jane Doe, John Smith and Ann Lee", "Ada Byron, Alan Turing"))
-    srv = ServerProcess(tiny_ckpt, tmp_path / "lib-ui.db", "--no-embeddings",
-                        env={"ALIGNCHAT_HOME": str(tmp_path / "home")}).wait_ready()
-    wait = WebDriverWait(browser, 180)
-    try:
-        browser.get(srv.url + "/")
-        wait.until(EC.text_to_be_present_in_element((By.ID, "user-name"), "local"))
-        browser.find_element(By.CSS_SELECTOR, ".tab[data-tab='library']").click()
-        wait.until(EC.presence_of_element_located((By.ID, "lib-file")))
+    with library_tab(browser, tiny_ckpt, tmp_path) as (srv, wait):
         browser.find_element(By.ID, "lib-file").send_keys("\n".join(str(p) for p in (papers["C"], papers["D"], hostile)))
         browser.find_element(By.ID, "lib-upload").click()
         wait.until(EC.text_to_be_present_in_element((By.ID, "lib-docs"), "Chatbots at the <b>Desk</b>"))
@@ -111,5 +114,3 @@ def test_library_mode_shows_metadata_citation_graph_and_review_table(browser, ti
         # hostile document text stayed text
         assert not browser.find_elements(By.CSS_SELECTOR, ".alignchat-library img, .alignchat-library b")
         assert browser.execute_script("return window.pwned === undefined")
-    finally:
-        srv.stop()
