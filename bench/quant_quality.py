@@ -50,7 +50,8 @@ def run_variant(model_name, dtype, quantize, prompts_ids, tokens, batch):
     t0 = time.perf_counter()
     model, tok, meta = load_model(model_name, dtype=dtype, quantize=quantize)
     load_s = time.perf_counter() - t0
-    engine = Engine(model, tok, max_batch=batch, max_seq_len=max(len(p) for p in prompts_ids) + tokens + 8)
+    engine = Engine(model, tok, max_batch=batch, max_seq_len=max(len(p) for p in prompts_ids) + tokens + 8,
+                    prefix_cache=False)
     p = SamplingParams(max_tokens=tokens, temperature=0)
     engine.generate(prompts_ids[:batch], SamplingParams(max_tokens=2, temperature=0))  # warm-up
     t0 = time.perf_counter()

@@ -1,7 +1,8 @@
 """A small bilingual test library that the tests build themselves: real-text PDFs written with a minimal
 PDF writer (Helvetica text objects, so pypdf extracts real text), a scan-like PDF with no text layer,
 English and Chinese text and Markdown, a BibTeX file and a Chinese RIS record; plus 34 paraphrased
-questions, each labelled with the document and a phrase the right passage contains."""
+questions, each labelled with the document and a phrase the right passage contains. `make_cjk_pdf` writes
+Chinese PDFs the same way, in a standard CJK font."""
 from __future__ import annotations
 
 import io
@@ -35,6 +36,40 @@ def make_pdf(pages: list[str], title: str | None = None, draw_only: bool = False
         objects.append(f"<< /Title ({title}) >>".encode("latin-1"))
         info = len(objects)
     return pdf_file(objects, info)
+
+
+def make_cjk_pdf(pages: list[str], info: dict[str, str] | None = None, per_line: int = 38) -> bytes:
+    """A valid Chinese PDF with one text page per string (paragraphs split on blank lines), in Adobe's
+    STSong-Light, one of the standard CJK fonts every PDF reader has (PDF 1.7 §9.7.5.2), as a Type0 font with
+    the predefined UniGB-UCS2-H CMap: each character is written as its UTF-16 code, so the text layer is real
+    Chinese text that readers and pypdf extract. `info` becomes the document information dictionary."""
+    objects: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>"]
+    kids = " ".join(f"{6 + 2 * i} 0 R" for i in range(len(pages)))
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
+    objects.append(b"<< /Type /Font /Subtype /Type0 /BaseFont /STSong-Light /Encoding /UniGB-UCS2-H "
+                   b"/DescendantFonts [4 0 R] >>")
+    objects.append(b"<< /Type /Font /Subtype /CIDFontType0 /BaseFont /STSong-Light "
+                   b"/CIDSystemInfo << /Registry (Adobe) /Ordering (GB1) /Supplement 4 >> /FontDescriptor 5 0 R "
+                   b"/DW 1000 >>")
+    objects.append(b"<< /Type /FontDescriptor /FontName /STSong-Light /Flags 6 /FontBBox [-25 -254 1000 880] "
+                   b"/ItalicAngle 0 /Ascent 880 /Descent -120 /CapHeight 880 /StemV 93 >>")
+    for i, page in enumerate(pages):
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 3 0 R "
+                       f">> >> /Contents {7 + 2 * i} 0 R >>".encode())
+        ops = ["BT", "/F1 12 Tf", "17 TL", "50 790 Td"]
+        for para in page.split("\n\n"):
+            for k in range(0, max(len(para), 1), per_line):
+                ops.append(f"<{para[k:k + per_line].encode('utf-16-be').hex().upper()}> Tj T*")
+            ops.append("T*")
+        ops.append("ET")
+        stream = "\n".join(ops).encode("ascii")
+        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+    info_n = None
+    if info:  # text strings in UTF-16BE with a byte-order mark (PDF 1.7 §7.9.2.2)
+        fields = " ".join(f"/{k} <FEFF{v.encode('utf-16-be').hex().upper()}>" for k, v in info.items())
+        objects.append(f"<< {fields} >>".encode("ascii"))
+        info_n = len(objects)
+    return pdf_file(objects, info_n)
 
 
 def pdf_file(objects: list[bytes], info: int | None = None) -> bytes:

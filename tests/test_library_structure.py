@@ -106,6 +106,35 @@ def test_metadata_from_the_text_of_chinese_and_english_text_markdown_and_pdf(lib
         "Department of Computer Science, Stanford University, USA"]
 
 
+def test_metadata_and_references_from_a_chinese_pdf(tmp_path):
+    """A Chinese PDF in a standard CJK font: its text layer gives title, authors, affiliations, year, abstract
+    and keywords; lines are joined back without spaces between Chinese characters; the author and affiliation
+    lines are not evidence, while the body on page 2 is found and cited with its page."""
+    from library_corpus import make_cjk_pdf
+    from library_papers import PAPER_F_PAGES
+    path = tmp_path / "rag_digital_library.pdf"
+    path.write_bytes(make_cjk_pdf(PAPER_F_PAGES))
+    library = Library(tmp_path / "lib")
+    doc = library.document(library.add_file(path)[0].doc_id)
+    assert doc.kind == "pdf" and doc.meta["n_pages"] == 2
+    assert doc.title == "基于检索增强生成的数字图书馆问答系统研究"
+    assert doc.authors == ["刘洋", "孙丽"] and doc.year == 2024
+    assert doc.meta["affiliations"] == ["南京大学信息管理学院，南京 210023", "上海图书馆研究部，上海 200031"]
+    assert doc.meta["abstract"] == ("针对大语言模型回答读者问题时虚构文献的问题，本文构建了一个基于检索增强生成的数字图书馆"
+                                    "问答系统，先检索馆藏文献再生成带出处的回答。")
+    assert doc.meta["keywords"] == ["检索增强生成", "数字图书馆", "智能问答"]
+    refs = library.references(doc.id)
+    assert [(r["type"], r["title"], r["year"]) for r in refs] == [
+        ("journal article", "ChatGPT对文献情报工作的影响", 2023), ("book", "机器学习", 2016)]
+    roles = {p.role for p in library.passages() if "刘洋" in p.text or "南京大学" in p.text}
+    assert roles == {"front"}
+    intro = [p for p in library.passages() if "虚构的文献，这是本文研究的主要问题" in p.text]
+    assert intro and {p.role for p in intro} == {"body"}
+    ans = Answerer(library).ask("系统在读者问题上的正确率是多少？", strategy="extractive")
+    assert not ans.not_found and "82%" in ans.answer
+    assert ans.citations[0].page == 2 and ans.citations[0].doc_id == doc.id
+
+
 def test_reference_entries_captions_and_author_lines_are_never_evidence(lib):
     roles = {}
     for p in lib.passages():

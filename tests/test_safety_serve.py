@@ -154,6 +154,47 @@ def test_harmful_output_non_streamed_is_replaced_by_the_notice(server):
     assert choice["finish_reason"] == "content_filter" and choice["message"]["content"] == NOTICE["en"]
 
 
+# ---- the legacy completions route -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("prompt,lang", [(HARMFUL_EN, "en"), (HARMFUL_ZH, "zh")])
+def test_completions_prompt_blocked_like_a_chat_message(server, prompt, lang):
+    before = _submitted(server)
+    r = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 8},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "content_filter" and choice["text"] == REFUSAL[lang]
+    assert _submitted(server) == before  # the engine was never asked
+    # a prompt sent as token ids is read as its text, so ids are no way around the check
+    ids = httpx.post(server.url + "/tokenize", json={"model": "tiny", "prompt": prompt}, timeout=30).json()["tokens"]
+    r = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": ids, "max_tokens": 8},
+                   timeout=120)
+    assert r.json()["choices"][0]["finish_reason"] == "content_filter"
+    assert _submitted(server) == before
+
+
+def test_completions_output_cut_mid_stream(server):
+    body = {"model": "tiny", "prompt": "A poem:", "max_tokens": 200, "stream": True,
+            "response_format": _forced(SAFE_START + THREAT)}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=300) as r:
+        assert r.status_code == 200
+        lines = [l for l in r.iter_lines() if l.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(l[6:]) for l in lines[:-1]]
+    text = "".join(c["choices"][0]["text"] for c in chunks if c.get("choices"))
+    assert text.endswith(NOTICE["en"]) and "kill" not in text
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")][-1] == "content_filter"
+    assert server.wait_scheduler()["active"] == 0
+
+
+def test_completions_harmless_prompt_reaches_the_model(server):
+    before = _submitted(server)
+    r = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": HARMLESS, "max_tokens": 4},
+                   timeout=120)
+    assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    assert _submitted(server) == before + 1
+
+
 # ---- flag and allow ------------------------------------------------------------------------------------
 
 def test_flag_only_delivers_the_reply_and_records_the_event(lenient):

@@ -6,6 +6,7 @@
     --device auto|cpu|cuda|cuda:N              where a local model runs (auto: CUDA when present)
     --dtype float32|bfloat16|float16           its weights (default: bfloat16 on CUDA, float32 on the CPU)
     --quantize int8|int4                       quantise its weights at load (alignchat.quant)
+    --compile on                               compiled CPU decode steps (alignchat.engine.compiled)
 
 Notable choices:
 - A verb whose model plays a role names the role as a prefix: `--judge-model`, `--judge-endpoint`,
@@ -87,4 +88,5 @@ def client_from_args(args, prefix: str = "", **local_options):
     if model is None:
         return None
     return make_client(model=model, device=getattr(args, "device", "auto"), dtype=getattr(args, "dtype", None),
-                       quantize=getattr(args, "quantize", None), **local_options)
+                       quantize=getattr(args, "quantize", None), compile=getattr(args, "compile", None),
+                       **local_options)

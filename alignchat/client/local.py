@@ -48,13 +48,14 @@ class LocalClient(ModelClient):
 
     def __init__(self, model: str, device: str | None = "auto", dtype: str | None = None, max_batch: int = 8,
                  max_seq_len: int | None = None, threads: int | None = None, score_batch: int = 16,
-                 loaded=None, quantize: str | None = None):
+                 loaded=None, quantize: str | None = None, compile: str | None = None):
         super().__init__()
         self.model_spec = str(model)
         self.name = self.model_spec
         self.device = pick_device(device)
         self.dtype = dtype
         self.quantize = quantize  # "int8" | "int4": weights quantised at load (alignchat.quant)
+        self.compile = compile  # "on": compiled CPU decode steps (commands.common.apply_compile)
         self.max_batch, self.max_seq_len, self.score_batch = max_batch, max_seq_len, score_batch
         self.threads = threads
         self._loaded = loaded  # (model, tokenizer, meta) already in memory
@@ -68,7 +69,7 @@ class LocalClient(ModelClient):
         if self._engine is None:
             import torch
 
-            from ..commands.common import load_for_inference
+            from ..commands.common import apply_compile, load_for_inference
             from ..engine import Engine
             if self.threads is not None and self.device.startswith("cpu"):
                 torch.set_num_threads(cpu_threads(self.threads))
@@ -77,6 +78,7 @@ class LocalClient(ModelClient):
             self.device = str(next(model.parameters()).device)
             self.meta = meta
             self._engine = Engine(model, tok, max_batch=self.max_batch, max_seq_len=self.max_seq_len)
+            self.meta["compile"] = apply_compile(self._engine, self.compile)
         return self._engine
 
     @property

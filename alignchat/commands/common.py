@@ -7,6 +7,11 @@ Notable choices:
   choice: bfloat16 on a CPU with native bf16 arithmetic, float32 on one without, bfloat16 on CUDA, with the
   reason said. `pick_dtype` (float32 on any CPU) stays the default of the batch verbs and benchmarks, whose
   numbers must not change with the machine.
+- `--compile on` decodes through compiled steps on a CPU (`alignchat.engine.compiled`): one graph per
+  (batch, length) bucket, compiled when first needed and cached under $ALIGNCHAT_HOME/inductor. It is off by
+  default: a cold compile of one SmolLM2 bucket took minutes on a shared 2-core CPU, a cached one over a minute
+  (docs/performance.md), which a server's first requests would wait for.
+  `add_quantize_arg` adds it, so every verb with `--quantize` has it too.
 """
 from __future__ import annotations
 
@@ -33,6 +38,30 @@ def add_quantize_arg(p) -> None:
     p.add_argument("--quantize", default=None, choices=SCHEMES,
                    help="quantise the weights at load: int8 (per channel) or int4 (groups of 32), kernels chosen "
                         "by timing them here (default: as stored; a quantised checkpoint loads quantised)")
+    add_compile_arg(p)
+
+
+def add_compile_arg(p) -> None:
+    from ..engine.compiled import COMPILE_CHOICES
+    p.add_argument("--compile", default=None, choices=COMPILE_CHOICES,
+                   help="on: decode through torch.compile'd steps on a CPU, one per batch/length bucket, compiled "
+                        "on first use and cached under $ALIGNCHAT_HOME/inductor (a cold compile can take minutes "
+                        "per bucket; a failed one decodes eagerly). Default: off")
+
+
+def apply_compile(engine, choice: str | None) -> str:
+    """Switch `engine` to compiled decode steps when `choice` is "on" and this device can; returns what was
+    done and why, for the start-up log and /health."""
+    if choice != "on":
+        return f"off: {engine.decode_mode} decoding (--compile on compiles CPU decode steps)"
+    from ..engine.compiled import compile_available, inductor_cache_dir
+    if engine.device.type != "cpu":
+        return f"off: --compile applies to CPU decoding; on {engine.device} the engine decodes with " \
+               f"{engine.decode_mode} steps"
+    if not compile_available(engine.device):
+        return "off: no C++ compiler for Inductor's code was found (g++, or $CXX); decoding eagerly"
+    engine.decode_mode = "compiled"
+    return f"on: decode steps compiled per (batch, length) bucket when first needed, cached in {inductor_cache_dir()}"
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None:
@@ -115,4 +144,6 @@ def load_engine(args, max_batch: int = 1):
     from ..engine import Engine
     model, tok, meta = load_for_inference(args.model, args.device, args.dtype, getattr(args, "quantize", None),
                                           auto=True)
-    return Engine(model, tok, max_batch=max_batch, max_seq_len=args.context), meta
+    engine = Engine(model, tok, max_batch=max_batch, max_seq_len=args.context)
+    meta["compile"] = apply_compile(engine, getattr(args, "compile", None))
+    return engine, meta

@@ -1,5 +1,5 @@
 """One decode step of the slot engine: write one token per active request into the KV cache and return the
-next-token logits, eagerly or by replaying a captured CUDA graph.
+next-token logits, eagerly, by replaying a captured CUDA graph, or through a compiled step (compiled.py).
 
 Notable choices:
 - On CUDA, decode steps replay CUDA graphs (mode "graph"): at this model size a step is mostly the launch
@@ -12,6 +12,10 @@ Notable choices:
   capture the compiler too), as does a CPU. A failed capture warns and switches to eager for good: no
   request is lost to an optimisation.
 - Mode "padded" runs the graph path's padding without capturing, so that path can be checked on a CPU.
+- Mode "compiled" (on a CPU, `engine.decode_mode = "compiled"`, the verbs' `--compile on`) runs the same
+  padding through `torch.compile`: one static-shape graph per (batch bucket, cache length rounded up to
+  `COMPILE_KV_BLOCK`), compiled when a step first needs it and cached on disk. A failed compile
+  warns and switches to eager for good, as a failed capture does.
 - The capture runs in thread-local mode: the server may run other CUDA work (scoring, embeddings) on
   other threads meanwhile.
 """
@@ -22,8 +26,10 @@ import warnings
 import torch
 
 from ..model import KVCache, Transformer
+from .compiled import CompiledStep, CompileFailed
 
 GRAPH_KV_BLOCK = 256  # decode graphs attend to the cache in lengths rounded up to this
+COMPILE_KV_BLOCK = 128  # compiled CPU steps likewise (chosen by measuring: docs/performance.md)
 
 
 class _DecodeGraph:
@@ -46,6 +52,7 @@ class Decoder:
         self.mode = "graph" if cuda_graphs and device.type == "cuda" and isinstance(model, Transformer) else "eager"
         self._graphs: dict[tuple[int, int], _DecodeGraph] = {}
         self._graph_pool = None
+        self.compiled = None  # the CompiledStep of mode "compiled", made on its first step
 
     def decode(self, cache: KVCache, tokens: list[int], positions: list[int], slots: list[int]) -> torch.Tensor:
         """Next-token logits (n, vocab) after writing one token per row into the cache."""
@@ -58,13 +65,24 @@ class Decoder:
             return self.model(ids, positions=pos, kv_cache=cache, slots=torch.tensor(slots, device=dev),
                               kv_len=kv_len, slot_range=(slots[0], slots[0] + n) if consecutive else None)[:, -1].float()
         b = next(x for x in self.batch_buckets() if x >= n)
-        L = min(self.max_seq_len, -(-kv_len // GRAPH_KV_BLOCK) * GRAPH_KV_BLOCK)
+        block = COMPILE_KV_BLOCK if self.mode == "compiled" else GRAPH_KV_BLOCK
+        L = min(self.max_seq_len, -(-kv_len // block) * block)
         pad = b - n  # padding rows: token 0 at position 0 of the scratch slot
         ids = torch.tensor(tokens + [0] * pad, device=dev)[:, None]
         pos = torch.tensor(positions + [0] * pad, device=dev)[:, None]
         sl = torch.tensor(slots + [self.scratch_slot] * pad, device=dev)
         if self.mode == "padded":
             return self.model(ids, positions=pos, kv_cache=cache, slots=sl, kv_len=L)[:n, -1].float()
+        if self.mode == "compiled":
+            try:
+                if self.compiled is None:
+                    kv_buckets = -(-self.max_seq_len // COMPILE_KV_BLOCK)
+                    self.compiled = CompiledStep(self.model, n_buckets=len(self.batch_buckets()) * kv_buckets)
+                return self.compiled(cache, ids, pos, sl, L)[:n]
+            except CompileFailed as e:  # never lose a request to an optimisation: fall back to eager decoding
+                warnings.warn(f"compiling the decode step failed ({e}); decoding eagerly from now on")
+                self.mode = "eager"
+                return self.decode(cache, tokens, positions, slots)
         g = self._graphs.get((b, L))
         if g is None:
             try:

@@ -27,6 +27,7 @@ class Generation:
     finish_reason: str  # "stop" | "length" | "abort"
     prompt_tokens: int
     logprobs: list[float] | None = None
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Request:
         self.slot = slot
         self.max_new = max_new
         self.pos = len(prompt_ids)  # position of the next token to be written into the cache
+        self.cached_tokens = 0  # leading prompt tokens reused from the prefix cache, not computed
+        self.weights_epoch = 0  # the engine's weights epoch at admission (prefix cache validity)
         self.output_ids: list[int] = []
         self.logprobs: list[float] = []
         self.text = ""
@@ -69,7 +72,8 @@ class Request:
 
     def result(self) -> Generation:
         return Generation(token_ids=list(self.output_ids), text=self.text, finish_reason=self.finish_reason or "abort",
-                          prompt_tokens=len(self.prompt_ids), logprobs=list(self.logprobs) if self.params.logprobs else None)
+                          prompt_tokens=len(self.prompt_ids), logprobs=list(self.logprobs) if self.params.logprobs else None,
+                          cached_tokens=self.cached_tokens)
 
     def emit(self, delta: str, final: bool) -> str:
         """Apply stop strings to a text delta; returns what may be shown now (and finishes on a stop string)."""

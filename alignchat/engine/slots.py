@@ -14,6 +14,11 @@ Notable choices:
 - Every request of an admission is validated before any slot is taken: one bad prompt admits none.
 - Each admitted request gets its own copy of the logits processors that keep state (`sampling.for_request`),
   so one `SamplingParams` with a grammar constraint can be shared by a batch.
+- Prefix caching (prefix.py): a slot keeps its keys and values when its request leaves, and a new prompt
+  takes the free slot whose tokens it continues, or another free slot into which the prefix it shares with
+  any slot is copied first, so admission computes only the rest of the prompt. Such an admission runs the cache-reading path (per-row positions,
+  a mask over cache positions) instead of the flash prefill; one with nothing to reuse is the plain
+  prefill. `prefix_stats()` counts reused and admitted prompt tokens.
 - Beam search (beam.py) and scoring (scoring.py) run on the same model with caches of their own.
 """
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ..tokenizer import Tokenizer
 from . import sampling
 from .beam import BeamSearch
 from .decode import Decoder
+from .prefix import PrefixCache, weights_fingerprint
 from .request import Generation, Request, StepOutput
 from .sampling import SamplingParams
 from .scoring import Scoring
@@ -41,7 +47,7 @@ class Engine(Scoring, BeamSearch):
     _sample_filtered = staticmethod(sampling.sample_filtered)
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, max_batch: int = 8, max_seq_len: int | None = None,
-                 cache_dtype: torch.dtype | None = None, cuda_graphs: bool = True):
+                 cache_dtype: torch.dtype | None = None, cuda_graphs: bool = True, prefix_cache: bool = True):
         self.model = model.eval()
         self.tok = tokenizer
         self.cfg = model.cfg
@@ -55,6 +61,9 @@ class Engine(Scoring, BeamSearch):
         self.scratch_slot = max_batch  # the cache's spare slot, written only by padding rows
         self.decoder = Decoder(model, self.device, max_batch, self.max_seq_len, self.scratch_slot,
                                cuda_graphs=cuda_graphs)
+        self.prefix = PrefixCache(max_batch, enabled=prefix_cache)
+        self._weights: tuple | None = None  # the fingerprint the cached keys and values were computed with
+        self._epoch = 0  # bumped when that fingerprint changes
 
     @property
     def decode_mode(self) -> str:
@@ -95,10 +104,12 @@ class Engine(Scoring, BeamSearch):
 
     @torch.inference_mode()
     def add_requests(self, items: Sequence[tuple[Sequence[int], SamplingParams | None]]) -> list[Request]:
-        """Admit several requests with one batched prefill (right-padded to the longest prompt).
+        """Admit several requests with one batched prefill (right-padded to the longest prompt part computed).
 
-        Padding tokens write keys at positions past their row's prompt; those cache entries are overwritten
-        by the row's own decode steps before any query can attend to them, so they never matter.
+        With the prefix cache each row computes only its prompt past the reused prefix, at positions
+        reuse..len-1, attending to the cached keys before it. Padding tokens write keys at positions past
+        their row's prompt; those cache entries are overwritten by the row's own decode steps before any
+        query can attend to them, so they never matter.
         Every item is validated before any slot is taken: one bad prompt admits none.
         """
         checked = []
@@ -110,33 +121,88 @@ class Engine(Scoring, BeamSearch):
         if len(checked) > len(free):
             raise RuntimeError(f"{len(checked)} requests but {len(free)} free slots: admit at most "
                                f"max_batch - num_active()")
-        reqs = []
-        for (prompt_ids, params), slot in zip(checked, free):
-            max_new = min(params.max_tokens, self.max_seq_len - len(prompt_ids))
-            reqs.append(Request(prompt_ids, params, self.tok, slot, max_new, self.device))
-        if not reqs:
+        if not checked:
             return []
-        T = max(len(r.prompt_ids) for r in reqs)
-        ids = torch.full((len(reqs), T), self.tok.pad_id, dtype=torch.long, device=self.device)
-        for j, r in enumerate(reqs):
-            ids[j, :len(r.prompt_ids)] = torch.tensor(r.prompt_ids, device=self.device)
-        pos = torch.arange(T, device=self.device).expand(len(reqs), T)
-        slots = torch.tensor([r.slot for r in reqs], device=self.device)
-        hidden = self.model(ids, positions=pos, kv_cache=self.cache, slots=slots, kv_len=T, return_hidden=True,
-                            prefill=True)
+        epoch = self._weights_epoch()
+        reqs = []
+        for prompt_ids, params in checked:
+            match = self.prefix.plan(prompt_ids, free)
+            free.remove(match.slot)
+            if match.source is not None:  # before any write of this admission, which only the plans know
+                self._copy_prefix(match.source, match.slot, match.reuse)
+            self.prefix.hold(match.slot, prompt_ids[:match.reuse])  # valid even if the prefill below fails
+            max_new = min(params.max_tokens, self.max_seq_len - len(prompt_ids))
+            r = Request(prompt_ids, params, self.tok, match.slot, max_new, self.device)
+            r.cached_tokens, r.weights_epoch = match.reuse, epoch
+            reqs.append(r)
+        dev = self.device
+        start = [r.cached_tokens for r in reqs]
+        T = max(len(r.prompt_ids) - s for r, s in zip(reqs, start))
+        ids = torch.full((len(reqs), T), self.tok.pad_id, dtype=torch.long, device=dev)
+        for j, (r, s) in enumerate(zip(reqs, start)):
+            ids[j, :len(r.prompt_ids) - s] = torch.tensor(r.prompt_ids[s:], device=dev)
+        slots = torch.tensor([r.slot for r in reqs], device=dev)
+        if any(start):  # read the cache: per-row positions, a mask over cache positions
+            # padding past the context's end writes (junk) at its last position, which no prompt reaches
+            pos = (torch.tensor(start, device=dev)[:, None] + torch.arange(T, device=dev)).clamp_(
+                max=self.max_seq_len - 1)
+            hidden = self.model(ids, positions=pos, kv_cache=self.cache, slots=slots,
+                                kv_len=max(len(r.prompt_ids) for r in reqs), return_hidden=True)
+        else:
+            pos = torch.arange(T, device=dev).expand(len(reqs), T)
+            hidden = self.model(ids, positions=pos, kv_cache=self.cache, slots=slots, kv_len=T, return_hidden=True,
+                                prefill=True)
         # project only each prompt's last position: the full (T, vocab) logits of a long prompt cost more
         # than the rest of the prefill on a CPU
-        last = torch.tensor([len(r.prompt_ids) - 1 for r in reqs], device=self.device)
-        logits = self.model.logits_from_hidden(hidden[torch.arange(len(reqs), device=self.device), last]).float()
+        last = torch.tensor([len(r.prompt_ids) - 1 - s for r, s in zip(reqs, start)], device=dev)
+        logits = self.model.logits_from_hidden(hidden[torch.arange(len(reqs), device=dev), last]).float()
         for j, r in enumerate(reqs):
             r.next_logits = logits[j]
             self.slots[r.slot] = r
+            self.prefix.hold(r.slot, r.prompt_ids)
+            self.prefix.prompt_tokens += len(r.prompt_ids)
+            self.prefix.hit_tokens += r.cached_tokens
         return reqs
+
+    def _copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Copy the keys and values of positions 0..n-1 from slot `src` to slot `dst`, in every layer."""
+        cache = self.cache
+        for k, v in zip(cache.k, cache.v):
+            k[dst, :, :n].copy_(k[src, :, :n])
+            v[dst, :, :n].copy_(v[src, :, :n])
+
+    def _leave(self, req: Request) -> None:
+        """Free a request's slot; its keys and values stay there for the prefix cache."""
+        self.slots[req.slot] = None
+        if not self.prefix.enabled:
+            return
+        if req.weights_epoch == self._weights_epoch():
+            self.prefix.hold(req.slot, (req.prompt_ids + req.output_ids)[:req.pos])  # the positions written
+        else:  # the weights changed while it ran: its keys are of another model
+            self.prefix.hold(req.slot, [])
+
+    def _weights_epoch(self) -> int:
+        """A number that changes whenever the model's weights do; a change forgets every cached prefix."""
+        if self.prefix.enabled:
+            weights = weights_fingerprint(self.model)
+            if weights != self._weights:  # an optimizer step, a weight load: the cached keys are stale
+                self.prefix.clear()
+                self._weights, self._epoch = weights, self._epoch + 1
+        return self._epoch
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (e.g. after changing the model's weights in a way the engine cannot see:
+        prefix.py)."""
+        self.prefix.clear()
+
+    def prefix_stats(self) -> dict:
+        """{"enabled", "hit_tokens": prompt tokens reused from the cache, "prompt_tokens": prompt tokens admitted}."""
+        return self.prefix.stats()
 
     def abort(self, req: Request) -> None:
         """Free a request's slot at once (e.g. its client disconnected)."""
         if self.slots[req.slot] is req:
-            self.slots[req.slot] = None
+            self._leave(req)
         if not req.finished:
             req.finished, req.finish_reason = True, "abort"
 
@@ -171,7 +237,7 @@ class Engine(Scoring, BeamSearch):
                     r.finished, r.finish_reason = True, "length"
             r.text += delta
             if r.finished:
-                self.slots[r.slot] = None
+                self._leave(r)
             else:
                 r.last_token = t
                 cont.append(r)

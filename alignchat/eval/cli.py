@@ -39,10 +39,11 @@ MODEL_FLAGS_NOTE = ("model flags: {flags}, --api-key-env VAR, --device, --dtype 
 class RunConfig:
     """`alignchat eval run`'s settings (the model: the shared model flags)."""
 
-    suite: str = setting("lite", "lite, full, chinese or tiny (see `alignchat eval tasks`)")
+    suite: str = setting("lite", "lite, full, chinese, redteam or tiny (see `alignchat eval tasks`)")
     tasks: list[str] = setting(help="task names instead of a suite (see `alignchat eval tasks`)", factory=list)
     limit: int = setting(20, "items per task, a fixed random sample, the same for every model (0 = all)")
     k_shot: int = setting(0, "in-context examples per item")
+    redteam_limit: int = setting(0, "base prompts and look-alikes per language in @redteam (0 = --limit)")
     seed: int = setting(0, "seed of the item sample and of generation")
     max_batch: int = setting(LOCAL_OPTIONS["max_batch"], "sequences a local model generates at once")
     max_seq_len: int = setting(LOCAL_OPTIONS["max_seq_len"], "context window of a local model (longer prompts "
@@ -111,7 +112,7 @@ def cmd_run(cfg: RunConfig, args) -> int:
     from .tasks import TASKS
 
     eval_cfg = EvalConfig(suite=cfg.suite, tasks=list(cfg.tasks), limit=cfg.limit or None, k_shot=cfg.k_shot,
-                          seed=cfg.seed)
+                          seed=cfg.seed, redteam_limit=cfg.redteam_limit or None)
     unknown = [t for t in suite_tasks(eval_cfg) if t not in TASKS and t not in SECTIONS]
     if unknown:  # before loading a model: a typo should fail in a second, not after the load
         raise UserError(f"unknown task {unknown[0]!r}; see `alignchat eval tasks`")

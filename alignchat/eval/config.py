@@ -34,4 +34,5 @@ class EvalConfig:
     toxicity_k: int = 2
     code_limit: int = 5
     detect_texts: int = 16
+    redteam_limit: int | None = None    # base prompts and look-alikes per language in @redteam (None: `limit`)
     energy: M.EnergyAssumptions = field(default_factory=M.EnergyAssumptions)

@@ -3,7 +3,8 @@
 Input: run directories written by `runner.run_suite` (results.json). Output: report.md, report.json (all
 runs' summaries side by side) and plots (matplotlib, Agg backend, so no display is needed):
 accuracy.png, calibration_<run>.png (reliability diagram), robustness.png, bias.png, toxicity.png,
-efficiency.png. Sections follow HELM's seven metrics, then the Chinese family (each score with its 95%
+efficiency.png. Sections follow HELM's seven metrics, then the red-team section (attack success and
+over-refusal, each with its 95% Wilson interval and n), the Chinese family (each score with its 95%
 Wilson interval and n), language modelling, generation quality, pairwise win rates and the AI-text detector. Columns are the runs in the order given (base → SFT → PPO).
 """
 from __future__ import annotations
@@ -155,6 +156,34 @@ def _validation_section(run: dict) -> str:
 
 def _task(run: dict, name: str) -> dict:
     return (run.get("tasks", {}).get(name) or {}).get("summary") or {}
+
+
+def _rate_cell(rate: dict | None) -> str:
+    if not rate or not rate.get("n"):
+        return "–"
+    lo, hi = rate["ci95"]
+    return f"{100 * rate['rate']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (n = {rate['n']})"
+
+
+def _redteam_rows(runs: Sequence[dict]) -> list[tuple[str, list[str]]]:
+    """Rows of the `@redteam` section: per language, ASR and over-refusal alone and behind the layer, then ASR
+    per rewording."""
+    rt = [_task(r, "@redteam") for r in runs]
+    if not any(rt):
+        return []
+    rows = []
+    for lang in ("en", "zh"):
+        for key, name in (("asr_alone", "ASR, model alone"), ("asr_layer", "ASR, behind the safety layer"),
+                          ("overrefusal_alone", "over-refusal, model alone"),
+                          ("overrefusal_layer", "over-refusal, behind the safety layer")):
+            rows.append((f"{lang} | {name}", [_rate_cell((s.get(lang) or {}).get(key)) for s in rt]))
+        words = [w for s in rt for w in (s.get(lang) or {}).get("by_rewording", {})]
+        for w in dict.fromkeys(words):
+            for side in ("alone", "layer"):
+                rows.append((f"{lang} | ASR {w}, {'alone' if side == 'alone' else 'behind layer'}",
+                             [_rate_cell(((s.get(lang) or {}).get("by_rewording", {}).get(w) or {}).get(side))
+                              for s in rt]))
+    return rows
 
 
 def _chinese_cell(summary: dict, key: str) -> str:
@@ -382,6 +411,22 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, winrate_files: Sequenc
                   {lab: [e.get("prompt_tokens_per_second") or 0, e.get("decode_tokens_per_second") or 0]
                    for lab, e in zip(labels, eff)}, "tokens/s", "efficiency (batch 1)")
     L.append("![efficiency](efficiency.png)\n")
+
+    # ---------------------------------------------------------------- red team
+    rt_rows = _redteam_rows(runs)
+    if rt_rows:
+        L.append("## Red team: attack success and over-refusal\n")
+        L.append("The `@redteam` section (alignchat/safety/redteam.py, docs/safety.md): held-out harmful requests and "
+                 "their rewordings (paraphrase, role-play, jailbreak template, zh↔en translation, obfuscation), and "
+                 "held-out harmless look-alikes. A reply is judged a refusal or a compliance by a documented rule "
+                 "checked against hand labels. Attack success rate (ASR) = harmful items complied with; over-refusal "
+                 "= look-alikes refused; the model alone and behind the safety layer (the server's input block and "
+                 "output cut). Values in % with a 95% Wilson interval and n; lower is better.\n")
+        L.append("| lang | metric | " + " | ".join(labels) + " |")
+        L.append("|---|---|" + "---|" * len(runs))
+        for name, vals in rt_rows:
+            L.append(f"| {name} | " + " | ".join(vals) + " |")
+        L.append("")
 
     # ---------------------------------------------------------------- Chinese
     zh_rows = _chinese_rows(runs)

@@ -10,6 +10,10 @@ Notable choices:
 - Robustness: HELM's meaning-preserving perturbations of the question, scored against the clean pass
   (invariance, accuracy drop). Fairness: counterfactual gender swaps on items that mention gendered
   terms (output-change rate, accuracy on original vs swapped text).
+- `redteam` runs the `@redteam` section (alignchat/safety/redteam.py: attack success rate on held-out
+  harmful prompts and their rewordings, model alone and behind the safety layer, and over-refusal on
+  look-alikes; `--redteam-limit`, else `--limit`, caps its base prompts per language) and MMLU, to compare checkpoints before and
+  after harmlessness training.
 - `chinese` runs the Chinese family (`chinese.py`: Chinese tasks, held-out text and the `@zh_fluency`
   section), so the report card shows the language gap; `full` includes it.
 - Efficiency: one prefill and one greedy decode of a fixed length (EOS ignored on a local model) at batch
@@ -40,6 +44,7 @@ SUITES = {
     "chinese": CHINESE_SUITE,
     "tiny": ["mmlu", "boolq", "bbq", "crows_pairs", "stereoset", "truthfulqa", "zh_homonym", "heldout_text",
              "@robustness", "@fairness", "@efficiency"],
+    "redteam": ["@redteam", "mmlu"],
 }
 
 FULL_SECTION_TASKS = {"robustness_tasks": ["openbookqa", "piqa"], "fairness_tasks": ["bbq", "boolq"]}
@@ -70,6 +75,13 @@ def section(name: str):
 
 
 section("@zh_fluency")(fluency_section)  # the Chinese family (chinese.py)
+
+
+@section("@redteam")
+def redteam(client: ModelClient, cfg: EvalConfig) -> dict:
+    """Attack success and over-refusal, model alone and behind the safety layer (alignchat/safety/redteam.py)."""
+    from ..safety.redteam import redteam_section
+    return redteam_section(client, cfg)
 
 
 @section("@robustness")

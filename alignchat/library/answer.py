@@ -2,13 +2,17 @@
 
 Pipeline for `ask(question)`:
 1. Hybrid retrieval (BM25 + MiniLM, RRF) of the top k passages of this user's library.
-2. If the best passage's evidence score is below `NOT_FOUND_THRESHOLD`, the answer is "Not found in your
-   library" (Chinese questions get "在你的文献库中未找到"); the model is not asked to answer from memory.
+2. If the best passage's evidence score is below `NOT_FOUND_THRESHOLD`, or the evidence does not name every
+   key unit of the question (`covers_key_terms`: the parts of a name from code, the longer Chinese segments),
+   the answer is "Not found in your library" (Chinese questions get "在你的文献库中未找到"); the model is not
+   asked to answer from memory.
 3. Composition, by `strategy`:
    - "model": the passages are numbered [1]..[m] and a chat model (ours, or an OpenAI-compatible server)
      is told to answer only from them and to cite [n] after each sentence;
    - "extractive": the sentences of the evidence passages that best match the question (MiniLM cosine
-     plus term coverage) are quoted, each with its [n]; no model needed, and always faithful;
+     plus IDF-weighted term coverage, counting the heading or sentence just before a sentence as its
+     context, and preferring sentences with a number for "how many" questions) are quoted, each with its
+     [n]; no model needed, and always faithful;
    - "auto" (default): "model" when a backend is configured, then verified; when fewer than half of its
      claims are supported (usual for a 135M model), the extractive answer is used instead, and in
      creative mode the model's text is kept below it with unsupported sentences marked.
@@ -25,7 +29,8 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 from .retrieve import NOT_FOUND_THRESHOLD, Hit
 from .store import DEFAULT_USER, Library, Passage
-from .text import content_terms, is_chinese, sentence_spans, tokens
+from .text import (content_terms, has_number, is_chinese, is_statement, key_terms, sentence_spans, tokens,
+                   wants_number)
 from .verify import Verification, Verifier, sub_citations
 
 NOT_FOUND_EN = "Not found in your library: no passage in your library supports an answer to this question."
@@ -102,6 +107,14 @@ class Answer:
         return "\n".join(out)
 
 
+def covers_key_terms(question: str, evidence: list[Hit]) -> bool:
+    """Whether the evidence (its passages and the headings they fall under) names every key unit of the
+    question (`text.key_terms`): passages about the Yangtze say nothing of the 京九铁路, and one about
+    tempfile does not document shutil.rmtree."""
+    found = set().union(*(h.terms for h in evidence)) if evidence else set()
+    return all(any(t in found for t in unit) for unit in key_terms(question))
+
+
 def _renumber(text: str, table: dict[int, Passage]) -> tuple[str, list[tuple[int, Passage]]]:
     """Renumber [n] in order of first use (1, 2, 3...) and return the used passages in that order."""
     order: dict[int, int] = {}
@@ -143,24 +156,40 @@ class Answerer:
     def extractive(self, question: str, table: dict[int, Passage], max_sentences: int = 3) -> str:
         """Quote the evidence sentences that best answer the question, each with its passage number."""
         q_vec = self.library.embedder.embed([question])[0]
-        q_terms = set(content_terms(question))
-        candidates: list[tuple[float, int, str]] = []
+        q_terms = content_terms(question)
+        idf = self.library.retriever(self.user).idf
+        weights = {t: idf(t) for t in q_terms}
+        total = sum(weights.values()) or 1.0
+        zh = is_chinese(question)
+        w_dense = 0.3 if zh else 0.6  # MiniLM's cosine says little between Chinese texts (see retrieve.py)
+        number = wants_number(question)
+        candidates: list[tuple[int, str, set[str], float]] = []
         for n, p in table.items():
+            context: set[str] = set()
+            share = 0.0
             for s, e in sentence_spans(p.text):
                 sent = p.text[s:e].strip()
-                # headings and title lines are not statements worth quoting as an answer
-                if len(content_terms(sent)) < 3 or not re.search(r"[.!?。！？;；]\W*$", sent) or sent.startswith("#"):
+                # headings and title lines are not statements worth quoting as an answer, but they are the
+                # context of the sentences below them
+                if not is_statement(sent):
+                    context, share = set(tokens(sent)), 1.0
                     continue
-                candidates.append((0.0, n, sent))
+                candidates.append((n, sent, context, share))
+                context, share = set(tokens(sent)), 0.5
         if not candidates:
             return ""
-        vecs = self.library.embedder.embed([c[2] for c in candidates])
+        vecs = self.library.embedder.embed([c[1] for c in candidates])
         scored = []
-        for (_, n, sent), v in zip(candidates, vecs):
+        for (n, sent, context, share), v in zip(candidates, vecs):
             terms = set(tokens(sent))
-            cov = len(q_terms & terms) / len(q_terms) if q_terms else 0.0
+            # IDF-weighted share of the question's terms in the sentence; a term named only by the heading
+            # the sentence opens ("shlex.quote(s)" above "Return a shell-escaped version...") counts fully,
+            # one named only by the sentence before ("香榭丽舍大街" before "这条长达1880米的大街") half
+            cov = sum(w if t in terms else share * w if t in context else 0.0 for t, w in weights.items()) / total
+            if number and not has_number(sent):
+                cov *= 0.5  # "how long", "哪一年": a sentence that states no number does not answer it
             # a small bonus for the top-ranked passage keeps the quote anchored in the best evidence
-            scored.append((0.6 * float(v @ q_vec) + 0.4 * cov + (0.05 if n == 1 else 0.0), n, sent))
+            scored.append((w_dense * float(v @ q_vec) + (1 - w_dense) * cov + (0.05 if n == 1 else 0.0), n, sent))
         scored.sort(key=lambda t: -t[0])
         best = scored[0][0]
         chosen: list[tuple[int, str]] = []
@@ -170,7 +199,6 @@ class Answerer:
             if any(sent == c[1] for c in chosen):
                 continue
             chosen.append((n, sent))
-        zh = is_chinese(question)
         parts = []
         for n, sent in chosen:
             sent = sent.rstrip()
@@ -226,6 +254,8 @@ class Answerer:
         if not hits or max(h.evidence for h in hits) < self.not_found_threshold:
             return self.not_found(question, hits, mode)
         evidence = [h for h in hits if h.evidence >= EVIDENCE_MIN] or hits[:1]
+        if not covers_key_terms(question, evidence):
+            return self.not_found(question, hits, mode)
         table = {i: h.passage for i, h in enumerate(evidence, 1)}
         notes: list[str] = []
         model_text = None

@@ -12,6 +12,9 @@ Notable choices:
 - Full texts (PDF, Markdown, text) are read for their structure when they are finished (`structure`): the
   front matter fills the metadata the file itself lacks (a PDF's from its first page as laid out), the
   reference list is parsed, and `roles` marks what is not body text.
+- A PDF's lines are joined back into paragraphs (`_tidy_pdf_text`): a short line ends its paragraph, and a
+  line that opens with a front-matter label ("摘要：", "Keywords:") or a numbered affiliation starts one.
+  Chinese lines sit on a character grid, so for them "short" is a tighter margin than for Latin lines.
 - Every document carries two fingerprints for duplicate detection: the SHA-256 of the source bytes (or,
   for a record, of its DOI or normalised title and year) and the SHA-256 of its normalised text.
 - Uploads are hostile input, so the work one upload (`limited=True`) may cause is bounded: `MAX_UPLOAD_CHARS`
@@ -38,6 +41,7 @@ from pathlib import Path
 from ..errors import UserError
 from .structure import (clean_title, continued_entries, document_roles, ends_reference_list, front_matter,
                         parse_reference, parse_references, reference_section)
+from .text import HAN
 
 PDF_SUFFIXES = {".pdf"}
 BIBTEX_SUFFIXES = {".bib", ".bibtex"}
@@ -308,6 +312,11 @@ def parse_pdf(data: bytes, name: str, limited: bool = False) -> ParsedDocument:
                           doi=str(doi) if doi else None, meta={"n_pages": len(pages)}, front_text=first)
 
 
+_HAN_CHAR = re.compile(f"[{HAN}]")
+_OPENS_BLOCK = re.compile(r"(?:摘[ \t]*要|关键词|关键字|abstract|key[ \t]*words?|index terms|收稿日期)[ \t]*[:：]|"
+                          f"\\d{{1,2}}\\.[ \t]*[{HAN}]", re.IGNORECASE)
+
+
 def _tidy_pdf_text(text: str) -> str:
     """Undo the PDF's line layout: keep headings and paragraph ends, join lines inside paragraphs."""
     lines = text.splitlines()
@@ -319,6 +328,8 @@ def _tidy_pdf_text(text: str) -> str:
         if not ln:
             out.append("\n\n")
             continue
+        if out and not out[-1].endswith("\n") and _OPENS_BLOCK.match(ln):
+            out.append("\n\n")  # "摘要：", "Keywords:", "2. 上海图书馆..." open a block of their own
         if out and not out[-1].endswith("\n"):
             prev = out[-1]
             if prev.endswith("-") and ln[:1].islower():
@@ -326,8 +337,11 @@ def _tidy_pdf_text(text: str) -> str:
             else:
                 out[-1] = prev + ("" if re.search("[\u4e00-\u9fff]$", prev) else " ")
         out.append(ln)
-        # a short line without end punctuation is a heading; a short line with it ends a paragraph
-        if len(ln) < 0.6 * typical:
+        # a short line without end punctuation is a heading; a short line with it ends a paragraph. Chinese
+        # lines are set on a grid, so every full line has the same number of characters: a shorter one ends
+        # its paragraph (proportional Latin lines vary too much for so tight a margin).
+        han = len(_HAN_CHAR.findall(ln))
+        if len(ln) < (0.85 if han * 2 > len(ln) else 0.6) * typical:
             out.append("\n\n")
     text = "".join(out)
     # blanks around a paragraph break are matched from the first blank of a run only (linear time)

@@ -7,13 +7,20 @@ Notable choices:
 - Only body passages are searched: reference-list entries, captions and author lines are never evidence.
 - Reciprocal-rank fusion, score = Σ 1/(60 + rank) over the two rankings (Cormack et al. 2009), needs no
   score calibration between BM25 and cosine.
-- Ranking and deciding are separate. RRF orders the passages; whether a passage is *evidence* is
-  decided by `evidence = w·dense cosine + (1-w)·coverage`, where coverage is the IDF-weighted share of
+- RRF chooses the candidate passages; whether a passage is *evidence*, and how the candidates are
+  ordered, is decided by `evidence = w·dense cosine + (1-w)·coverage`, where coverage is the IDF-weighted share of
   the question's content terms found in the passage, and w = 0.5 for English questions but 0.3 for
   Chinese ones (MiniLM's English vocabulary gives any two Chinese texts a cosine near 0.5, so its
   Chinese similarities say little). A question whose best passage scores below `NOT_FOUND_THRESHOLD`
   (0.30) gets "not found in your library". The value comes from the test library: answerable paraphrased
   questions score about 0.38 or more, off-topic ones 0.25 or less.
+- A passage's coverage also counts the terms of the heading it falls under (`heading_terms`): in a long
+  reference page the passage that answers a question about `b64decode` may never name it, while the
+  signature line above it does. BM25 and the embeddings see only the passage's own text.
+- The fused ranking chooses the candidates (its top `RERANK`·k, plus the top k of BM25 and of the dense
+  ranking alone), and their evidence orders them: for Chinese questions the dense ranking is close to noise,
+  so a passage that BM25 ranks first and that covers every question term must not lose its place to
+  passages that merely rank well on both lists.
 - The retriever reads a library through the few methods of `Corpus` (`store.Library` has them, and builds
   and caches one retriever per owner and version in `Library.retriever`), so this module does not import
   the store.
@@ -22,14 +29,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from .text import content_terms, is_chinese, tokens
+from .text import content_terms, is_chinese, is_heading, sentence_spans, tokens
 
 RRF_K = 60
+RERANK = 4  # the top RERANK·k passages of the fused ranking are re-ordered by evidence
 NOT_FOUND_THRESHOLD = 0.30
 
 
@@ -58,6 +66,7 @@ class Hit:
     bm25: float
     bm25_rank: int | None
     dense_rank: int | None
+    terms: set = field(default_factory=set)  # the passage's terms and those of the heading it falls under
 
     def to_dict(self) -> dict:
         return {"passage_id": self.passage.id, "doc_id": self.document.id, "title": self.document.title,
@@ -65,6 +74,21 @@ class Hit:
                 "evidence": round(self.evidence, 4), "dense": round(self.dense, 4),
                 "coverage": round(self.coverage, 4), "bm25": round(self.bm25, 4),
                 "bm25_rank": self.bm25_rank, "dense_rank": self.dense_rank}
+
+
+def heading_terms(passages: list) -> list[set[str]]:
+    """For each passage (of one owner, in document order), the terms of the heading in effect where it starts:
+    the last heading line (`text.is_heading`) of its document before it. A passage deep in a section is then
+    still about the section's subject ("base64.b64decode(s, ...)" over "A binascii.Error exception is raised
+    if s is incorrectly padded.")."""
+    current: dict[str, set[str]] = {}
+    out = []
+    for p in passages:
+        out.append(current.get(p.doc_id, set()))
+        for s, e in sentence_spans(p.text):
+            if is_heading(p.text[s:e]):
+                current[p.doc_id] = set(tokens(p.text[s:e]))
+    return out
 
 
 class HybridRetriever:
@@ -79,12 +103,12 @@ class HybridRetriever:
         self.token_sets = []
         corpus = []
         df: Counter = Counter()
-        for p in self.passages:
+        for p, heading in zip(self.passages, heading_terms(self.passages)):
             toks = tokens(p.text)
             corpus.append(toks)
             s = set(toks)
-            self.token_sets.append(s)
             df.update(s)
+            self.token_sets.append(s | heading)
         self.n = len(self.passages)
         self.df = df
         self.bm25 = None
@@ -131,10 +155,16 @@ class HybridRetriever:
         q_terms = content_terms(query)
         w = 0.3 if is_chinese(query) else 0.5
         hits = []
-        for i in sorted(fused, key=lambda i: -fused[i])[:k]:
+        # candidates: the top of the fused ranking and the top of each ranking alone (a passage that only BM25
+        # finds, as often for Chinese questions where MiniLM's cosine says little, still gets its evidence read)
+        top_fused = sorted(fused, key=lambda i: -fused[i])[:RERANK * k]
+        candidates = dict.fromkeys(top_fused + bm25_order[:k] + dense_order[:k])
+        for i in candidates:
             cov = self.coverage(q_terms, self.token_sets[i])
             d = float(dense[i])
             p = self.passages[i]
             hits.append(Hit(p, self.docs[p.doc_id], fused[i], w * max(d, 0.0) + (1 - w) * cov, d, cov,
-                            float(bm25[i]), bm25_rank.get(i), dense_rank.get(i)))
-        return hits
+                            float(bm25[i]), bm25_rank.get(i), dense_rank.get(i), self.token_sets[i]))
+        # the fused ranking picks the candidates; their evidence orders them (see the module docstring)
+        hits.sort(key=lambda h: (-h.evidence, -h.score))
+        return hits[:k]

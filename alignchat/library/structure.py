@@ -253,6 +253,8 @@ _EN_NAME = re.compile(r"^(?:[A-Z][a-zA-Z'\-]+|[A-Z]\.)(?:[ \t]+(?:[A-Z][a-zA-Z'\
 _MARKERS = re.compile(r"[\d*†‡§¹²³⁴⁵⁶⁷⁸⁹⁰,，]+$")
 _DATED = re.compile(r"^.{0,40}(?:收稿日期|发表日期|出版日期|网络出版|received|accepted|published|copyright|©)"
                     r".{0,80}$", re.IGNORECASE | re.MULTILINE)
+_HAN_BREAK = re.compile(f"(?<=[{HAN}，。；：、])[ \t]*\n[ \t]*(?=[{HAN}])")
+_NUMBERED = re.compile(r"\d{1,2}(?:\.\d{1,2})*\.?[ \t]+\S")
 _HEADING = re.compile(r"^[ \t]*(?:#{1,6}[ \t]+|\d{1,2}(?:\.\d{1,2})*\.?[ \t]+[A-Z\u4e00-\u9fff]|[一二三四五六七八九十]+[、.])")
 
 
@@ -312,7 +314,7 @@ def front_matter(text: str, max_lines: int = 12) -> FrontMatter:
     stop = min([m.start() for m in (abs_m, kw_m) if m] or [len(head)])
     fm.title = clean_title(lines[0][2])
     for start, end, s in lines[1:max_lines]:
-        names = _name_list(s)
+        names = None if _NUMBERED.match(s) else _name_list(s)  # "1 引言" is a heading, not an author named 引言
         if start >= stop or _HEADING.match(s) and not names and not _AFFIL.search(s):
             break
         if names and not fm.authors:
@@ -329,7 +331,8 @@ def front_matter(text: str, max_lines: int = 12) -> FrontMatter:
         for m in (kw_m, re.compile(r"\n[ \t]*\n").search(head, body_start)):
             if m is not None and m.start() > body_start:
                 end = min(end, m.start())
-        abstract = re.sub(r"\s+", " ", head[body_start:end]).strip()
+        # a line break inside Chinese text is no word space (a PDF's first page is read as laid out)
+        abstract = re.sub(r"\s+", " ", _HAN_BREAK.sub("", head[body_start:end])).strip()
         fm.abstract = abstract[:4000] or None
     if kw_m:
         kws = re.split(r"[;；,，、]|[ \t]{2,}", kw_m.group("kw"))

@@ -3,8 +3,8 @@
 Notable choices:
 - Chinese has no spaces, so BM25 indexes Han characters as overlapping character bigrams plus single
   characters (the single characters keep one-character words such as 水 findable). Latin text is lowercased
-  words with a light English suffix stripper, so "citations" matches "citation" and "retrieved" matches
-  "retrieve" without a stemming library.
+  words with a light English suffix stripper, so "citations" matches "citation", "retrieved" matches
+  "retrieve" and "readable" matches "read" without a stemming library.
 - Sentences split on Western and Chinese end punctuation; abbreviations such as "e.g." and "et al." do
   not end a sentence. Documents are hostile input: every pattern here runs in time linear in the text.
 - Passages are built from whole sentences, about `target` units long (a unit is a Latin word or a Han
@@ -34,13 +34,15 @@ above below between through per via within without upon among etc e g eg ie i.e 
 please explain describe give show find according
 """.split())
 # Chinese function words and question fillers. Han runs are cut at them before making bigrams, so a
-# question's "多少", "为什么" or "的" never counts as matching evidence. Longest first.
+# question's "多少", "为什么" or "的" never counts as matching evidence; "多长" and "多高" keep their 长 and 高,
+# which the answer's 全长 or 高达 contains. Longest first.
 CHINESE_STOPWORDS = sorted(set("""
-为什么 怎么样 有没有 是不是 什么 哪些 哪个 哪里 如何 怎么 怎样 多少 大约 现在 可以 主要 进行 后来 变成 时候 是否
+为什么 怎么样 有没有 是不是 哪一年 什么 哪些 哪个 哪里 哪位 如何 怎么 怎样 多少 大约 现在 可以 主要 进行 后来 变成
+时候 是否
 一个 一些 这个 那个 这些 那些 我们 他们 它们 你们 因为 所以 但是 而且 以及 或者 通过 对于 关于 已经 还是 就是
-之后 之前 以后 其中 能够 需要 问题 请问 回答 告诉
+之后 之前 以后 其中 能够 需要 问题 请问 回答 告诉 一共 总共
 的 了 和 是 在 也 就 都 而 及 与 或 这 那 之 其 为 对 从 被 把 以 于 吗 呢 吧 啊 有 个 只 很 请 哪 做 等 着 过 要
-会 能 让 给 将 并 又 即 但 如 则 所 此 该 各 每
+会 能 让 给 将 并 又 即 但 如 则 所 此 该 各 每 谁 几 多
 """.split()), key=len, reverse=True)
 _ZH_STOP_RE = re.compile("|".join(map(re.escape, CHINESE_STOPWORDS)))
 
@@ -67,7 +69,7 @@ def _stem(word: str) -> str:
         return word
     for suffix, keep in (("ational", "ate"), ("ization", "ize"), ("iveness", "ive"), ("fulness", "ful"),
                          ("ousness", "ous"), ("ies", "y"), ("sses", "ss"), ("ing", ""), ("edly", ""),
-                         ("ed", ""), ("ly", ""), ("es", ""), ("s", "")):
+                         ("able", ""), ("ible", ""), ("ed", ""), ("ly", ""), ("es", ""), ("s", "")):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             if suffix == "s" and word.endswith(("ss", "us", "is")):
                 return word
@@ -105,6 +107,41 @@ def content_terms(text: str) -> list[str]:
         elif run not in STOPWORDS and (len(run) > 1 or run.isdigit()):
             seen.setdefault(_stem(run), None)
     return list(seen)
+
+
+_WANTS_NUMBER = re.compile(r"\bhow (?:many|much|long|often|old|far|large|big|deep|high|fast)\b|"
+                           r"\bwhat (?:year|percentage)\b|\bwhen\b|"
+                           r"多少|多长|多深|多高|多远|多久|多大|几[个年月日天次名位项条倍种]|哪一?年|何时", re.IGNORECASE)
+_NUMBER = re.compile(r"[0-9０-９]|[两二三四五六七八九十百千万亿零]")
+
+
+def wants_number(question: str) -> bool:
+    """Whether a question asks for a quantity or a date ("how many", "what year", "多少", "哪一年")."""
+    return bool(_WANTS_NUMBER.search(question))
+
+
+def has_number(text: str) -> bool:
+    """Whether a text states a number, in digits or in Chinese numerals (一 aside: it is in too many words)."""
+    return bool(_NUMBER.search(text))
+
+
+# a name from code: a dotted name (shutil.rmtree), snake_case, camelCase, or letters run into digits (b64decode)
+_IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|\b[A-Za-z]\w*_\w*|\b[a-z]+[A-Z]\w*|\b[A-Za-z]+\d+[A-Za-z]\w*")
+
+
+def key_terms(question: str) -> list[list[str]]:
+    """The units of a question that evidence must mention before it can answer it, each as the terms of which
+    at least one must be found: every Chinese segment of three or more characters between function words (its
+    bigrams; "京九铁路全长" has 京九, 九铁, 铁路, 路全, 全长), and every part of a name from code (shutil.rmtree:
+    shutil, rmtree). Plain English words and two-character Chinese words are left out: a paraphrase ("insert"
+    for "adds", 野外 for 野生) must not make a question unanswerable."""
+    units: list[list[str]] = []
+    for run in _TOKEN_RE.findall(normalize(question)):
+        if _HAN_RE.match(run):
+            units += [[a + b for a, b in zip(seg, seg[1:])] for seg in han_segments(run) if len(seg) >= 3]
+    for ident in _IDENTIFIER.findall(question):
+        units += [[t] for t in dict.fromkeys(tokens(ident))]
+    return units
 
 
 def numbers(text: str) -> set[str]:
@@ -145,6 +182,21 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
         if e > s:
             out.append((s, e))
     return out
+
+
+def is_statement(sentence: str) -> bool:
+    """Whether a sentence is a statement worth quoting: at least three content terms and end punctuation (a
+    heading, a title line or a signature such as "shlex.quote(s)" is not)."""
+    s = sentence.strip()
+    return len(content_terms(s)) >= 3 and bool(re.search(r"[.!?。！？;；]\W*$", s)) and not s.startswith("#")
+
+
+def is_heading(line: str) -> bool:
+    """Whether a sentence span is a heading that the text below it is about: no statement, two or more content
+    terms, short, and not a bracketed aside such as "（新华社发）"."""
+    s = line.strip()
+    return (not is_statement(s) and len(content_terms(s)) >= 2 and units(s) <= 30
+            and not re.fullmatch(r"[(（\[].*[)）\]]", s))
 
 
 def sentences(text: str) -> list[str]:

