@@ -228,12 +228,11 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, winrate_files: Sequenc
     if len(set(labels)) < len(labels):
         labels = [f"{lab} #{i + 1}" for i, lab in enumerate(labels)]
     L: list[str] = []
-    header = "| metric | " + " | ".join(labels) + " |"
-    sep = "|---|" + "---|" * len(runs)
 
-    def table(rows: list[tuple[str, list[str]]]) -> None:
-        L.append(header)
-        L.append(sep)
+    def table(rows: list[tuple[str, list[str]]], lead: str = "metric") -> None:
+        """One row per metric, one column per run; `lead` names the leading column(s), "task | metric" for two."""
+        L.append(f"| {lead} | " + " | ".join(labels) + " |")
+        L.append("|" + "---|" * (lead.count("|") + 1 + len(runs)))
         for name, vals in rows:
             L.append(f"| {name} | " + " | ".join(vals) + " |")
         L.append("")
@@ -422,11 +421,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, winrate_files: Sequenc
                  "checked against hand labels. Attack success rate (ASR) = harmful items complied with; over-refusal "
                  "= look-alikes refused; the model alone and behind the safety layer (the server's input block and "
                  "output cut). Values in % with a 95% Wilson interval and n; lower is better.\n")
-        L.append("| lang | metric | " + " | ".join(labels) + " |")
-        L.append("|---|---|" + "---|" * len(runs))
-        for name, vals in rt_rows:
-            L.append(f"| {name} | " + " | ".join(vals) + " |")
-        L.append("")
+        table(rt_rows, lead="lang | metric")
 
     # ---------------------------------------------------------------- Chinese
     zh_rows = _chinese_rows(runs)
@@ -437,11 +432,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, winrate_files: Sequenc
                  "replies to held-out Chinese prompts (mostly Han script, character Distinct-2 ≥ 0.6). Values in % "
                  "with a 95% Wilson interval and the number of items; bits per byte compares held-out Chinese and "
                  "English text.\n")
-        L.append("| task | metric | " + " | ".join(labels) + " |")
-        L.append("|---|---|" + "---|" * len(runs))
-        for name, vals in zh_rows:
-            L.append(f"| {name} | " + " | ".join(vals) + " |")
-        L.append("")
+        table(zh_rows, lead="task | metric")
 
     # ---------------------------------------------------------------- language modelling & generation
     L.append("## Language modelling and generation quality\n")
