@@ -6,11 +6,16 @@ wrong. Only tasks both runs finished are compared. Writes JSON and Markdown (ben
 
 Per-item success: multiple choice = `correct_norm` (acc_norm, per-byte normalised log-likelihood) and
 `correct` (acc) both reported; exact-match tasks = `em`; evals Includes = `score`; `@zh_fluency` = `fluent`.
+
+Per language, the items of every compared task are also pooled, each task by its first metric in `KEYS`
+order (acc_norm for multiple choice): both models' pooled share with Wilson intervals, the paired
+difference with its 95% Wald interval for paired proportions, and McNemar on the pooled discordant items.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -63,7 +68,24 @@ def main() -> int:
                          "b": round(kb / n, 4), "b_ci95": [round(x, 4) for x in wilson_interval(kb, n)],
                          "diff": round((kb - ka) / n, 4), "b_only": only_b, "a_only": only_a,
                          "mcnemar_p": round(mcnemar_exact_p(only_b, only_a), 4)})
-    result = {"a": str(a), "b": str(b), "rows": rows,
+    pooled = []
+    for lang in sorted({r["language"] for r in rows if r["language"]}):
+        firsts = {}
+        for r in rows:  # rows are in KEYS order within a task: the first one is the task's primary metric
+            if r["language"] == lang:
+                firsts.setdefault(r["task"], r)
+        n = sum(r["n"] for r in firsts.values())
+        ka = sum(round(r["a"] * r["n"]) for r in firsts.values())
+        kb = sum(round(r["b"] * r["n"]) for r in firsts.values())
+        only_b, only_a = sum(r["b_only"] for r in firsts.values()), sum(r["a_only"] for r in firsts.values())
+        d = (only_b - only_a) / n
+        half = 1.96 * math.sqrt(max(0.0, (only_b + only_a) / n - d * d) / n)
+        pooled.append({"language": lang, "tasks": {t: r["metric"] for t, r in firsts.items()}, "n": n,
+                       "a": round(ka / n, 4), "a_ci95": [round(x, 4) for x in wilson_interval(ka, n)],
+                       "b": round(kb / n, 4), "b_ci95": [round(x, 4) for x in wilson_interval(kb, n)],
+                       "diff": round(d, 4), "diff_ci95": [round(d - half, 4), round(d + half, 4)],
+                       "b_only": only_b, "a_only": only_a, "mcnemar_p": round(mcnemar_exact_p(only_b, only_a), 6)})
+    result = {"a": str(a), "b": str(b), "rows": rows, "pooled": pooled,
               "only_in_a": sorted(set(runs_a) - set(runs_b)), "only_in_b": sorted(set(runs_b) - set(runs_a))}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +99,15 @@ def main() -> int:
         lines.append(f"| {r['task']} | {r['language']} | {r['metric']} | {r['n']} | {pct(r['a'], r['a_ci95'])} | "
                      f"{pct(r['b'], r['b_ci95'])} | {100 * r['diff']:+.1f} | {r['b_only']} / {r['a_only']} | "
                      f"{r['mcnemar_p']:.3g} |")
+    lines += ["", "Pooled per language (each task by its first metric: "
+              "acc_norm for multiple choice; paired 95% Wald interval on B − A):", "",
+              "| lang | tasks | n | A % | B % | B − A (points) [95%] | only B / only A | McNemar p |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in pooled:
+        lo, hi = r["diff_ci95"]
+        lines.append(f"| {r['language']} | {len(r['tasks'])} | {r['n']} | {pct(r['a'], r['a_ci95'])} | "
+                     f"{pct(r['b'], r['b_ci95'])} | {100 * r['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+                     f"{r['b_only']} / {r['a_only']} | {r['mcnemar_p']:.3g} |")
     if result["only_in_a"] or result["only_in_b"]:
         lines += ["", f"Not compared (finished by one run only): A {result['only_in_a']}, B {result['only_in_b']}."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -25,6 +25,8 @@ set's proportion: `model_subset`) the model strategy (SmolLM2-135M-Instruct via 
 Usage:
     python bench/library_qa.py --check [--split dev]
     python bench/library_qa.py [--split dev|test] [--model-n 20] [--out bench/results/library_qa.json]
+
+Writes the JSON (every question's row) and a Markdown table beside it (same name, `.md`).
 """
 from __future__ import annotations
 
@@ -51,8 +53,9 @@ PY_PAGES = ["bisect", "heapq", "json", "csv", "random", "secrets", "uuid", "text
             "colorsys", "zlib"]
 PY_HTML = "usr/share/doc/python3.11/html/library"
 # the dev split: other articles (none overlaps a test document's paragraphs) and other pages
-DEV_PD_STARTS = [800, 2200, 3700, 5200, 6700, 8200]
-DEV_PY_PAGES = ["base64", "fractions", "tempfile", "shlex", "calendar", "getpass"]
+DEV_PD_STARTS = [800, 2200, 3700, 5200, 6700, 8200, 1100, 2600, 4000, 9500, 11000, 14000]
+DEV_PY_PAGES = ["base64", "fractions", "tempfile", "shlex", "calendar", "getpass", "copy", "atexit", "filecmp", "gzip",
+                "webbrowser", "graphlib"]
 SPLITS = {"test": (DATA, "pd1998", PD_STARTS, PY_PAGES), "dev": (DEV_DATA, "pd1998-dev", DEV_PD_STARTS, DEV_PY_PAGES)}
 
 
@@ -180,6 +183,27 @@ def _score(rows: list[dict]) -> dict:
             "fabricated_citations": sum(r["fabricated"] for r in rows)}
 
 
+def markdown(result: dict) -> str:
+    """The result as a Markdown table: one row per strategy and language, with n."""
+    head = ("| strategy | language | n (answerable / unanswerable) | accuracy | precision | not-found precision | "
+            "not-found recall | fabricated citations |\n|---|---|---|---|---|---|---|---|")
+    rows = []
+    for strategy in ("extractive", "model"):
+        if strategy not in result:
+            continue
+        for lang, name in (("overall", "all"), ("zh", "Chinese"), ("en", "English")):
+            m = result[strategy][lang]
+            fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+            rows.append(f"| {strategy} | {name} | {m['n']} ({m['n_answerable']} / {m['n_unanswerable']}) | "
+                        f"{fmt(m['accuracy'])} | {fmt(m['precision'])} | {fmt(m['not_found_precision'])} | "
+                        f"{fmt(m['not_found_recall'])} | {m['fabricated_citations']} |")
+    model = f" Model strategy: {result['model']['model']}, {result['model']['n']} questions." if "model" in result else ""
+    return (f"# Literature QA benchmark, {result['split']} split ({result['questions']})\n\n"
+            f"{result['n_documents']} documents, {result['n_passages']} passages; {result['machine']}.{model}\n"
+            f"Written by `python bench/library_qa.py --split {result['split']} --model-n "
+            f"{result['model']['n'] if 'model' in result else 0}`.\n\n{head}\n" + "\n".join(rows) + "\n")
+
+
 def model_subset(questions: list[dict], n: int) -> list[dict]:
     """`n` questions spread evenly over each language, answerable and unanswerable ones in the proportion of
     the whole set (at least one unanswerable per language when n allows), so the model strategy's not-found
@@ -244,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                                **evaluate(subset, lib, ids, backend, "model")}
             print("model", json.dumps(result["model"]["overall"]), file=sys.stderr)
         atomic_write_text(out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+        atomic_write_text(out.with_suffix(".md"), markdown(result))
     return 0
 
 

@@ -8,11 +8,15 @@ category is "flagged" whenever the text is; its per-category recall is an upper 
 single-score filter gives, and its precision shows what that costs. "any" is the flagged decision
 itself: harmful examples against harmless ones and the harmless look-alikes. Intervals are 95% Wilson.
 
-Latency is per single message (batch of one), the median over the held-out inputs of each language, for
-the classifier (MiniLM + heads) and for the baseline (the anchor, measured in the same run, alternating);
-the ratio ours / baseline is what travels between machines.
+Latency is per single message (batch of one, one torch thread, as the server's worker thread scores one
+message), the median over the held-out inputs of each language, for the classifier (MiniLM + heads) and
+for the baseline (the anchor, measured in the same run, alternating); the ratio ours / baseline is what
+travels between machines. The load average before and after the timing is recorded next to it.
 
-    python bench/moderation.py [--latency-n 60]
+`--heads` scores another heads file on the same held-out split (to compare a retrained file with the
+shipped one); `--out` writes the results elsewhere.
+
+    python bench/moderation.py [--latency-n 60] [--heads PATH] [--out DIR]
 
 Results: bench/results/moderation.json and .md.
 """
@@ -32,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignchat.eval.chinese import wilson_interval  # noqa: E402
-from alignchat.safety.classifier import ModerationClassifier  # noqa: E402
+from alignchat.safety.classifier import HEADS_FILE, ModerationClassifier  # noqa: E402
 from alignchat.safety.data import CATEGORIES, load_all  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -96,7 +100,7 @@ def render_md(r: dict) -> str:
     lines = ["# Moderation classifier, held-out split", "",
              f"Held-out examples: {r['heldout']['n']} ({r['heldout']['by_lang']}); training never reads them. "
              f"Baseline: alt-profanity-check (one toxicity score; a category counts as flagged when the text "
-             f"is). Machine: {r['machine']} (shared with other jobs: latencies are noisy, the ratio less so).", ""]
+             f"is). Heads: `{r['heads']}`. Machine: {r['machine']}.", ""]
     for lang in ("en", "zh"):
         lines += [f"## {lang}", "", "| category | positives / n | precision (ours) | recall (ours) | "
                   "precision (baseline) | recall (baseline) |", "|---|---|---|---|---|---|"]
@@ -110,7 +114,10 @@ def render_md(r: dict) -> str:
         la = r["results"][lang]["lookalike_flag_rate"]
         lines += ["", f"Harmless look-alikes flagged: ours {_fmt(la['ours'])}, baseline {_fmt(la['baseline'])} "
                       f"(n = {la['n']}).", ""]
-    lines += ["## Latency per message (batch of one)", "", "| lang | n | ours median ms | ours p90 ms | "
+    load = r.get("load_average")
+    lines += ["## Latency per message (batch of one, one thread)", "",
+              f"Load average (1 min) before / after timing: {load[0]:.2f} / {load[1]:.2f} on "
+              f"{os.cpu_count()} cores." if load else "", "", "| lang | n | ours median ms | ours p90 ms | "
               "baseline median ms | ratio ours / baseline |", "|---|---|---|---|---|---|"]
     for lang, v in r["latency"].items():
         lines.append(f"| {lang} | {v['n']} | {v['ours_median_ms']:.1f} | {v['ours_p90_ms']:.1f} | "
@@ -122,12 +129,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--latency-n", type=int, default=60)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--heads", type=Path, default=None, help="heads file (default: the shipped one)")
     args = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(1)
     from alignchat.eval.tasks import toxicity_classifier
     from alignchat.safety.train import cached_features
 
     held = [e for e in load_all() if e.split == "heldout"]
-    clf = ModerationClassifier.load()
+    heads = args.heads or HEADS_FILE
+    clf = ModerationClassifier.load(heads)
     texts = [e.text for e in held]
     X = cached_features(texts, clf.featurizer)  # the same features the classifier computes, cached
     scores = clf.scores_from_features(X)
@@ -138,10 +149,14 @@ def main(argv=None) -> int:
     base = toxicity_classifier()
     base_flags = (np.array(base.score(texts)) >= 0.5).astype(int)
     lat = {}
+    load_before = os.getloadavg()[0]
     for lang in ("en", "zh"):
         lt = [e.text for e in held if e.lang == lang and e.direction == "input"]
         lat[lang] = latency(clf, base, lt, args.latency_n)
-    r = {"heldout": {"n": len(held), "by_lang": {lang: sum(e.lang == lang for e in held) for lang in ("en", "zh")}},
+    root = Path(__file__).resolve().parents[1]
+    r = {"heads": str(heads.resolve().relative_to(root)) if heads.resolve().is_relative_to(root) else str(heads),
+         "load_average": [load_before, os.getloadavg()[0]],
+         "heldout": {"n": len(held), "by_lang": {lang: sum(e.lang == lang for e in held) for lang in ("en", "zh")}},
          "machine": f"{platform.machine()} {os.cpu_count()} cores, torch threads {__import__('torch').get_num_threads()}",
          "results": evaluate(held, ours, base_flags), "latency": lat}
     args.out.mkdir(parents=True, exist_ok=True)

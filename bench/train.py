@@ -9,7 +9,7 @@ CPU the "peak" is a measured fp32 matmul rate) and the ratio ours/transformers, 
 bench/results/.
 
     python bench/train.py                               # CPU default: a small shape
-    python bench/train.py --shape gpt2-124m --seq 2048 --batch 16 --compile   # the issue's H100 setting
+    python bench/train.py --shape gpt2-124m --seq 2048 --batch 16 --compile   # the H100 reference setting
 
 Reference (issue 3): one H100, bf16, seq 2048, batch 16, GPT-2-124M shape: transformers + torch.compile
 327k tokens/s (32% MFU); uncompiled 192k tokens/s.
@@ -147,7 +147,7 @@ def main() -> int:
         print(f"{name:14s}{r['tokens_per_s']:12,.0f}{mfu:>9s}{1000 * r['median_step_s']:12.1f}")
     print(f"ratio alignchat / transformers: {ratio:.3f}")
     if not cuda:
-        print("note: no GPU in this run; CPU figures only (the issue's H100 reference is 327k tok/s compiled).")
+        print("note: no GPU in this run; CPU figures only (the H100 reference is 327k tok/s compiled).")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -104,24 +104,28 @@ def tiny_gemma_checkpoint(path: Path) -> Path:
     return save_checkpoint(path, model, tok, meta={"stage": "test"})
 
 
-def test_the_recipe_sft_step_trains_the_last_block_with_the_embedding_frozen(recipe_data, tmp_path, capsys):
+def run_recipe_sft(d, base, out, capsys, *extra):
+    """`alignchat sft` of the recipe's last block on the recipe's data; asserts that the train loss and the
+    held-out validation loss both fall."""
     from alignchat.cli import main
-    from alignchat.hub import load_model
-
-    root, train, held, manifest = recipe_data
-    base = tiny_gemma_checkpoint(tmp_path / "base")
-    d = root / "data"
     rc = main(["sft", "--model", str(base), "--data", str(d / "train.jsonl"), "--val-data", str(d / "heldout.jsonl"),
-               "--out", str(tmp_path / "run"), "--trainable", "last:1", "max_steps=30", "batch_size=4",
+               "--out", str(out), "--trainable", "last:1", *extra, "max_steps=30", "batch_size=4",
                "seq_len=256", "lr=3e-3", "warmup_steps=3", "eval_every=15", "eval_batches=2", "save_every=0",
                "log_every=1", "progress=false"])
     _, err = capsys.readouterr()
     assert rc == 0, err
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     vals = [r["val_loss"] for r in records if "val_loss" in r]
     assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])
     assert len(vals) == 2 and vals[-1] < vals[0]  # on the held-out tasks too
+
+
+def test_the_recipe_sft_step_trains_the_last_block_with_the_embedding_frozen(recipe_data, tmp_path, capsys):
+    from alignchat.hub import load_model
+
+    base = tiny_gemma_checkpoint(tmp_path / "base")
+    run_recipe_sft(recipe_data[0] / "data", base, tmp_path / "run", capsys)
 
     before, _, _ = load_model(base)
     after, _, meta = load_model(tmp_path / "run" / "final")
@@ -133,3 +137,42 @@ def test_the_recipe_sft_step_trains_the_last_block_with_the_embedding_frozen(rec
     last = f"model.layers.{before.cfg.n_layers - 1}."
     assert changed and all(name.startswith(last) or name.startswith("model.norm.") for name in changed)
     assert any(name.startswith(last) for name in changed)
+
+
+def test_train_rows_template_trains_only_the_chat_markers_rows_of_the_tied_embedding(recipe_data, tmp_path,
+                                                                                       capsys):
+    from alignchat.hub import load_model
+    from alignchat.train.sft import embedding_rows
+
+    base = tiny_gemma_checkpoint(tmp_path / "base")
+    run_recipe_sft(recipe_data[0] / "data", base, tmp_path / "run", capsys,
+                   "--train-rows", "template,roles", "--rows-lr", "2", "weight_decay=0.1")
+
+    before, tok, _ = load_model(base)
+    after, _, _ = load_model(tmp_path / "run" / "final")
+    rows = embedding_rows(tok, "template,roles")
+    markers = {tok.token_to_id("<start_of_turn>"), tok.token_to_id("<end_of_turn>")}
+    roles = set(tok.encode("user") + tok.encode("model"))  # the role words, in as many tokens as they take
+    assert markers | roles == set(rows) and tok.bos_id not in rows
+    emb_b, emb_a = before.state_dict()["model.embed_tokens.weight"], after.state_dict()["model.embed_tokens.weight"]
+    changed_rows = {int(i) for i in (emb_b != emb_a).any(dim=1).nonzero().flatten()}
+    assert changed_rows == set(rows)  # every chosen row moved; every other row is byte-identical (no decay)
+    assert after.lm_head is None  # tied: the LM head is that embedding
+    b, a = before.state_dict(), after.state_dict()
+    last = f"model.layers.{before.cfg.n_layers - 1}."
+    changed = {name for name in b if not torch.equal(b[name], a[name])}
+    assert any(n.startswith(last) for n in changed)
+    assert changed <= {n for n in b if n.startswith((last, "model.norm.", "model.embed_tokens."))}
+
+
+def test_train_rows_names_what_it_cannot_find(tmp_path):
+    from alignchat.hub import load_model
+    from alignchat.train.sft import apply_trainable, embedding_rows
+
+    model, tok, _ = load_model(tiny_gemma_checkpoint(tmp_path / "base"))
+    with pytest.raises(UserError, match="no_such_token"):
+        embedding_rows(tok, "template,no_such_token")
+    with pytest.raises(UserError, match="last:N"):
+        apply_trainable(model, "first:2")
+    with pytest.raises(UserError, match="rows_lr"):
+        apply_trainable(model, "last:1", embedding_rows(tok, "template"), rows_lr=0)

@@ -1,8 +1,11 @@
 """How the literature assistant decides and quotes, on a small library of reference-manual pages and Chinese
 news written here: a question about a name the library never mentions is "not found" even when its passages
 share most of the question's words; a passage deep in a section is found through the heading it falls under;
-a "how long" question is answered with the sentence that states the length; every answer is verified and
-cites the library's own passages."""
+a "how long" question is answered with the sentence that states the length; a signature line is quoted with
+the description below it; a question that asks for a number the evidence does not state, or for the 馆长 of a thing
+whose passages name none, is "not found", and so is one that names something ("Android") the library never
+uses nor says in other words, or asks about "the X module" from another module's page; every answer is
+verified and cites the library's own passages."""
 from __future__ import annotations
 
 import pytest
@@ -50,10 +53,17 @@ STREET = """南京路步行街见闻
 """
 
 
+MUSEUM = """上海博物馆新馆开放
+
+上海博物馆新馆位于人民广场，建筑面积3.9万平方米。馆长汪庆正介绍，新馆共有十一个专馆，陈列青铜器、陶瓷、书画等文物。开馆第一天，参观者达到一万多人次。
+"""
+
+
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
     library = Library(tmp_path_factory.mktemp("library"))
-    for name, text in (("codec.txt", CODEC_PAGE), ("tmpfiles.txt", FILES_PAGE), ("nanjing_road.txt", STREET)):
+    for name, text in (("codec.txt", CODEC_PAGE), ("tmpfiles.txt", FILES_PAGE), ("nanjing_road.txt", STREET),
+                       ("museum.txt", MUSEUM)):
         library.add_file(name, data=text.encode(), name=name)
     return library
 
@@ -85,3 +95,56 @@ def test_a_how_long_question_is_answered_with_the_sentence_that_states_the_lengt
     assert not ans.not_found and "全长1033米" in ans.answer
     assert all(lib.passage(c.passage_id).text == c.text for c in ans.citations)
     assert ans.answer.index("[1]") > 0 and ans.citations[0].title == "南京路步行街见闻"
+
+
+def test_a_signature_line_is_quoted_with_the_description_below_it(lib):
+    # the description never names the function; the answer to "which function" is the signature above it
+    ans = Answerer(lib).ask("Which function encodes bytes using Base16?", strategy="extractive")
+    assert not ans.not_found and "codec.b16encode(s): Encode the bytes-like object s using Base16" in ans.answer
+    assert "codec.b16encode(s)" in ans.citations[0].text  # the quoted heading is in the cited passage
+    assert ans.verification.supported_share == 1.0 and ans.verification.fabricated == 0
+
+
+def test_a_how_many_question_whose_evidence_states_no_number_is_not_found(lib):
+    answerer = Answerer(lib)
+    ans = answerer.ask("How many read-only files does remove_tree make writable first?", strategy="extractive")
+    assert max(h.evidence for h in ans.hits) >= NOT_FOUND_THRESHOLD  # the right passage, but it counts nothing
+    assert ans.not_found and any("states no number" in n for n in ans.notes)
+    # a number written as a word answers it
+    four = answerer.ask("The input of b64decode must be a multiple of how many characters after padding?",
+                        strategy="extractive")
+    assert not four.not_found and "multiple of four characters" in four.answer
+
+
+def test_a_chinese_question_about_a_role_the_evidence_does_not_name_is_not_found(lib):
+    answerer = Answerer(lib)
+    ans = answerer.ask("上海博物馆新馆的馆长是谁？", strategy="extractive")
+    assert not ans.not_found and "汪庆正" in ans.answer
+    # the library knows the word 馆长 (the museum's); the passages about Nanjing Road name no 馆长
+    missing = answerer.ask("南京路步行街的馆长是谁？", strategy="extractive")
+    assert missing.not_found and any("does not name what the question asks" in n for n in missing.notes)
+
+
+def test_a_name_the_library_never_uses_is_not_found_unless_the_evidence_says_it_another_way(lib):
+    answerer = Answerer(lib)
+    # the tmpfiles page is about deleting read-only files, on Windows; it never names Android, nor anything
+    # close to it
+    ans = answerer.ask("Does tmpfiles.remove_tree delete read-only files on Android?", strategy="extractive")
+    assert max(h.evidence for h in ans.hits) >= NOT_FOUND_THRESHOLD
+    assert ans.not_found and not ans.citations and any("never names 'Android'" in n for n in ans.notes)
+    # names the library never writes that way, but whose evidence says them in its own words, are answered
+    win = answerer.ask("Does tmpfiles.remove_tree delete read-only files on Win32?", strategy="extractive")
+    assert not win.not_found and "read-only files are first made writable" in win.answer
+    b64 = answerer.ask("How does codec make URL-safe Base-64 strings?", strategy="extractive")
+    assert not b64.not_found and "URL or filesystem safe Base64 strings" in b64.answer
+
+
+def test_a_question_about_a_module_is_answered_from_its_own_documentation(lib):
+    answerer = Answerer(lib)
+    # the codec page says which binascii exception b64decode raises; it does not document the binascii module
+    ans = answerer.ask("Which exception does the binascii module raise for incorrectly padded input?",
+                       strategy="extractive")
+    assert ans.not_found and any("not from the documentation of binascii" in n for n in ans.notes)
+    own = answerer.ask("Which exception does b64decode of the codec module raise for incorrectly padded input?",
+                       strategy="extractive")
+    assert not own.not_found and "binascii.Error" in own.answer and own.citations[0].title.startswith("codec")

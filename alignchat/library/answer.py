@@ -4,15 +4,21 @@ Pipeline for `ask(question)`:
 1. Hybrid retrieval (BM25 + MiniLM, RRF) of the top k passages of this user's library.
 2. If the best passage's evidence score is below `NOT_FOUND_THRESHOLD`, or the evidence does not name every
    key unit of the question (`covers_key_terms`: the parts of a name from code, the longer Chinese segments),
-   the answer is "Not found in your library" (Chinese questions get "在你的文献库中未找到"); the model is not
+   or an English question names something ("bz2", "Android") that the library never uses and that no word of
+   the evidence is close to (`unknown_name`, MiniLM cosine below `NAME_SIMILARITY`, so "CO2" beside "dioxide"
+   passes), the answer is "Not found in your library" (Chinese questions get "在你的文献库中未找到"); the model is not
    asked to answer from memory.
 3. Composition, by `strategy`:
    - "model": the passages are numbered [1]..[m] and a chat model (ours, or an OpenAI-compatible server)
      is told to answer only from them and to cite [n] after each sentence;
    - "extractive": the sentences of the evidence passages that best match the question (MiniLM cosine
-     plus IDF-weighted term coverage, counting the heading or sentence just before a sentence as its
-     context, and preferring sentences with a number for "how many" questions) are quoted, each with its
-     [n]; no model needed, and always faithful;
+     plus IDF-weighted term coverage, counting the heading a sentence falls under and the sentence just
+     before it as its context, and preferring sentences with a number for "how many" questions) are quoted,
+     each with its [n]; a heading that supplies a question term, or a signature line ("copy.deepcopy(x[,
+     memo])"), is quoted with the sentence. The answer is "not found" instead when the best quote does not
+     answer the question (`quote_answers`): a "how many"/"哪一年" question whose quote states no number, a
+     Chinese "X的Y是谁" / "X是哪一年Y的" question whose quote never names Y, or a question about "the X module"
+     quoted from a document whose title does not name X. No model needed, always faithful;
    - "auto" (default): "model" when a backend is configured, then verified; when fewer than half of its
      claims are supported (usual for a 135M model), the extractive answer is used instead, and in
      creative mode the model's text is kept below it with unsupported sentences marked.
@@ -29,14 +35,19 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 from .retrieve import NOT_FOUND_THRESHOLD, Hit
 from .store import DEFAULT_USER, Library, Passage
-from .text import (content_terms, has_number, is_chinese, is_statement, key_terms, sentence_spans, tokens,
-                   wants_number)
+from .text import (STOPWORDS, asks_quantity, content_terms, has_number, is_chinese, is_heading, is_statement,
+                   key_terms, named_modules, names_code, normalize, question_focus, question_names, sentence_spans,
+                   tokens, wants_number)
 from .verify import Verification, Verifier, sub_citations
 
 NOT_FOUND_EN = "Not found in your library: no passage in your library supports an answer to this question."
 NOT_FOUND_ZH = "在你的文献库中未找到：文献库中没有能支持回答这个问题的段落。（not found in your library）"
 _CITE = re.compile(r"\[(\d+)\]")
 EVIDENCE_MIN = 0.25  # passages below this are not shown to the model at all
+# a name of an English question that the library never uses counts as present when a word of the evidence is
+# at least this close to it (MiniLM cosine): "CO2" beside "dioxide" scores 0.73 and "URL-safe" beside "safe"
+# 0.62, while "bz2" on gzip and zlib pages scores 0.49 and "Android" on the webbrowser page 0.51
+NAME_SIMILARITY = 0.6
 
 SYSTEM_EN = ("You answer questions using only the numbered passages from the user's library. After every "
              "sentence, write the number of the passage that supports it in square brackets, like [1]. Do not "
@@ -115,6 +126,25 @@ def covers_key_terms(question: str, evidence: list[Hit]) -> bool:
     return all(any(t in found for t in unit) for unit in key_terms(question))
 
 
+def quote_answers(question: str, quote: dict, title: str = "") -> str | None:
+    """Why the best quote of an extractive answer does not answer the question, or None: a "how many", "what
+    year", "多少" or "哪一年" question (`text.asks_quantity`) whose quote states no number, a Chinese
+    "X的Y是谁/是什么" question whose quote never names Y (a sentence about 温州读书协会 that names no 会长 does
+    not say who its 会长 is), or a question about "the X module" whose quote is from a document (`title`) that
+    is not about X (the calendar page mentions the time module; it does not document it)."""
+    if asks_quantity(question) and not has_number(quote["text"]):
+        return "the best evidence states no number"
+    title_terms = set(tokens(title))
+    for module in named_modules(question):
+        if not all(t in title_terms for t in tokens(module)):
+            return f"the best evidence is not from the documentation of {module}"
+    focus = question_focus(question)
+    said = normalize(quote["text"])  # raw text: 研究所所长 is cut at the function word 所 in its terms
+    if focus and not any(t in said for t in focus):
+        return "the best evidence does not name what the question asks about"
+    return None
+
+
 def _renumber(text: str, table: dict[int, Passage]) -> tuple[str, list[tuple[int, Passage]]]:
     """Renumber [n] in order of first use (1, 2, 3...) and return the used passages in that order."""
     order: dict[int, int] = {}
@@ -153,8 +183,43 @@ class Answerer:
         return Answer(question, text, [], Verification(mode, self.verifier.threshold), not_found=True,
                       strategy="none", hits=hits)
 
+    def unknown_name(self, question: str, evidence: list[Hit]) -> str | None:
+        """A name of an English question (`text.question_names`: "bz2", "Android") that no passage of the library
+        uses and that no word of the evidence comes close to (MiniLM cosine below `NAME_SIMILARITY`), or None.
+        Such a question is about something the library does not cover, however many of its other words the
+        evidence shares; a paraphrase ("CO2" for carbon dioxide) is still answered."""
+        if is_chinese(question):
+            return None
+        df = self.library.retriever(self.user).df
+        absent = [n for n in question_names(question) if tokens(n) and not any(df.get(t) for t in tokens(n))]
+        if not absent:
+            return None
+        words = sorted({w.lower() for h in evidence for w in re.findall(r"[A-Za-z][A-Za-z0-9]+", h.passage.text)}
+                       - STOPWORDS)
+        if not words:
+            return absent[0]
+        vecs = self.library.embedder.embed(absent + words)
+        close = vecs[:len(absent)] @ vecs[len(absent):].T
+        return next((n for n, row in zip(absent, close) if float(row.max()) < NAME_SIMILARITY), None)
+
+    def checked_extractive(self, question: str, table: dict[int, Passage], notes: list[str]) -> str:
+        """The extractive answer, or "" (not found) when its best quote does not answer the question
+        (`quote_answers`); the reason goes into `notes`."""
+        text, quote = self.compose(question, table)
+        doc = self.library.document(table[quote["n"]].doc_id, self.user) if text else None
+        why = quote_answers(question, quote, doc.title if doc else "") if text else None
+        if why:
+            notes.append(f"not found: {why}")
+            return ""
+        return text
+
     def extractive(self, question: str, table: dict[int, Passage], max_sentences: int = 3) -> str:
         """Quote the evidence sentences that best answer the question, each with its passage number."""
+        return self.compose(question, table, max_sentences)[0]
+
+    def compose(self, question: str, table: dict[int, Passage], max_sentences: int = 3) -> tuple[str, dict]:
+        """The extractive answer and its best quote, `{"text", "terms", "n"}`: the quoted sentence (with the
+        heading quoted before it, if it is), its terms and its passage number."""
         q_vec = self.library.embedder.embed([question])[0]
         q_terms = content_terms(question)
         idf = self.library.retriever(self.user).idf
@@ -163,37 +228,49 @@ class Answerer:
         zh = is_chinese(question)
         w_dense = 0.3 if zh else 0.6  # MiniLM's cosine says little between Chinese texts (see retrieve.py)
         number = wants_number(question)
-        candidates: list[tuple[int, str, set[str], float]] = []
+        candidates: list[tuple[int, str, set[str], float, str, set[str]]] = []
         for n, p in table.items():
             context: set[str] = set()
             share = 0.0
+            heading, head_terms = "", set()
             for s, e in sentence_spans(p.text):
                 sent = p.text[s:e].strip()
                 # headings and title lines are not statements worth quoting as an answer, but they are the
                 # context of the sentences below them
                 if not is_statement(sent):
+                    if is_heading(sent) and not re.search(r"[.:!?。：；;,，]$", sent) and not sent.startswith(">>>"):
+                        heading, head_terms = sent, set(tokens(sent))  # a title or signature line of its own
                     context, share = set(tokens(sent)), 1.0
                     continue
-                candidates.append((n, sent, context, share))
+                candidates.append((n, sent, context, share, heading, head_terms))
                 context, share = set(tokens(sent)), 0.5
         if not candidates:
-            return ""
+            return "", {"text": "", "terms": set(), "n": None}
         vecs = self.library.embedder.embed([c[1] for c in candidates])
         scored = []
-        for (n, sent, context, share), v in zip(candidates, vecs):
+        for (n, sent, context, share, heading, head_terms), v in zip(candidates, vecs):
             terms = set(tokens(sent))
             # IDF-weighted share of the question's terms in the sentence; a term named only by the heading
-            # the sentence opens ("shlex.quote(s)" above "Return a shell-escaped version...") counts fully,
-            # one named only by the sentence before ("香榭丽舍大街" before "这条长达1880米的大街") half
-            cov = sum(w if t in terms else share * w if t in context else 0.0 for t, w in weights.items()) / total
-            if number and not has_number(sent):
+            # the sentence falls under ("shlex.quote(s)" above "Return a shell-escaped version...") counts
+            # fully, and the heading is then quoted with it; one named only by the sentence before
+            # ("香榭丽舍大街" before "这条长达1880米的大街") counts half
+            own = {t for t in weights if t in terms}
+            from_head = {t for t in weights if t not in terms and t in head_terms}
+            cov = (sum(weights[t] for t in own | from_head)
+                   + sum(share * w for t, w in weights.items() if t not in own | from_head and t in context)) / total
+            if number and not has_number(sent) and not (from_head and has_number(heading)):
                 cov *= 0.5  # "how long", "哪一年": a sentence that states no number does not answer it
+            # the heading is quoted too when it supplies a question term, or when it is a signature: the name
+            # it gives ("exception gzip.BadGzipFile") is what a "which exception" question asks for
+            with_head = bool(from_head) or bool(heading) and names_code(heading)
+            quote = f"{heading}{'：' if zh else ': '}{sent}" if with_head else sent
             # a small bonus for the top-ranked passage keeps the quote anchored in the best evidence
-            scored.append((w_dense * float(v @ q_vec) + (1 - w_dense) * cov + (0.05 if n == 1 else 0.0), n, sent))
+            score = w_dense * float(v @ q_vec) + (1 - w_dense) * cov + (0.05 if n == 1 else 0.0)
+            scored.append((score, n, quote, terms | (head_terms if with_head else set())))
         scored.sort(key=lambda t: -t[0])
         best = scored[0][0]
         chosen: list[tuple[int, str]] = []
-        for sc, n, sent in scored:
+        for sc, n, sent, *_ in scored:
             if len(chosen) >= max_sentences or sc < best - 0.2:
                 break
             if any(sent == c[1] for c in chosen):
@@ -207,7 +284,8 @@ class Answerer:
             else:
                 end = re.search(r"[.!?。！？]+[\"'”’)]*$", sent)
                 parts.append(f"{sent[:end.start()]} [{n}]{sent[end.start():]}" if end else f"{sent} [{n}].")
-        return ("" if zh else " ").join(parts)
+        _, n, text, terms = scored[0]
+        return ("" if zh else " ").join(parts), {"text": text, "terms": terms, "n": n}
 
     def build_messages(self, question: str, table: dict[int, Passage], short: bool = False) -> list[dict]:
         zh = is_chinese(question)
@@ -256,6 +334,11 @@ class Answerer:
         evidence = [h for h in hits if h.evidence >= EVIDENCE_MIN] or hits[:1]
         if not covers_key_terms(question, evidence):
             return self.not_found(question, hits, mode)
+        name = self.unknown_name(question, evidence)
+        if name:
+            ans = self.not_found(question, hits, mode)
+            ans.notes.append(f"not found: the library never names {name!r}, nor anything close to it")
+            return ans
         table = {i: h.passage for i, h in enumerate(evidence, 1)}
         notes: list[str] = []
         model_text = None
@@ -278,7 +361,7 @@ class Answerer:
                 if strategy == "auto" and weak:
                     notes.append(f"model answer had {report.supported_share:.0%} supported claims; "
                                  f"replaced by quoted evidence")
-                    ext = self.extractive(question, table)
+                    ext = self.checked_extractive(question, table, notes)
                     ext_text, ext_report = self.verifier.verify(ext, table, mode=mode)
                     if mode == "creative" and text and not said_not_found:
                         text = ext_text + "\n\n" + text
@@ -290,7 +373,7 @@ class Answerer:
                         ext_report.removed += report.removed  # still report what the model fabricated
                     report = ext_report
         if report is None:
-            text, report = self.verifier.verify(self.extractive(question, table), table, mode=mode)
+            text, report = self.verifier.verify(self.checked_extractive(question, table, notes), table, mode=mode)
         if not text.strip():
             ans = self.not_found(question, hits, mode)
             ans.verification, ans.notes, ans.model_text = report, notes, model_text

@@ -15,6 +15,8 @@ Notable choices:
 - Captions are lines that open with "Figure 3", "Fig. 3", "Table 2", "图 3" or "表 2" and stay short.
 - Spans (`roles`) tell the store which parts of a page are not evidence: `front` (author and affiliation
   lines), `reference` (the section, one span per entry) and `caption`. Everything else is `body`.
+- Front matter ends at the first line of running text (a Chinese sentence end, or a long Western sentence): a
+  news paragraph that names a 公司, a 学院 or a 图书馆 is evidence, not an affiliation line.
 """
 from __future__ import annotations
 
@@ -255,6 +257,9 @@ _DATED = re.compile(r"^.{0,40}(?:收稿日期|发表日期|出版日期|网络�
                     r".{0,80}$", re.IGNORECASE | re.MULTILINE)
 _HAN_BREAK = re.compile(f"(?<=[{HAN}，。；：、])[ \t]*\n[ \t]*(?=[{HAN}])")
 _NUMBERED = re.compile(r"\d{1,2}(?:\.\d{1,2})*\.?[ \t]+\S")
+# a line of running text (a Chinese sentence end, or a long Western sentence) is body text, not front matter:
+# the news paragraph that names a 公司 or a 学院 is no affiliation line, and nothing after it is front matter
+_PROSE = re.compile(r"[。！？]|^(?=.{160})[^\n]*[a-z][.!?]$")
 _HEADING = re.compile(r"^[ \t]*(?:#{1,6}[ \t]+|\d{1,2}(?:\.\d{1,2})*\.?[ \t]+[A-Z\u4e00-\u9fff]|[一二三四五六七八九十]+[、.])")
 
 
@@ -315,7 +320,7 @@ def front_matter(text: str, max_lines: int = 12) -> FrontMatter:
     fm.title = clean_title(lines[0][2])
     for start, end, s in lines[1:max_lines]:
         names = None if _NUMBERED.match(s) else _name_list(s)  # "1 引言" is a heading, not an author named 引言
-        if start >= stop or _HEADING.match(s) and not names and not _AFFIL.search(s):
+        if start >= stop or _HEADING.match(s) and not names and not _AFFIL.search(s) or _PROSE.search(s):
             break
         if names and not fm.authors:
             fm.authors = names

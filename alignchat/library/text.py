@@ -11,6 +11,13 @@ Notable choices:
   character), and each keeps its page and character offsets in the page text, so a citation can point
   at the exact place. Spans of other roles (reference entries, captions, author lines; `structure.roles`)
   are cut into passages of their own, so body passages never contain them.
+- What a question asks for is read with two small patterns, not a parser: `asks_quantity` ("how many",
+  "what year", "多少", "哪一年") and `question_focus` (Y in "X的Y是谁" and "X是哪一年Y的"); `has_number` counts
+  digits, Chinese numerals and English number words, so "a multiple of four characters" states a number.
+- Two more patterns read what an English question is about: `question_names` (words with a digit or a capital
+  that does not open the sentence: "bz2", "Android") and `named_modules` (X in "the X module"); the answerer
+  checks the first against the library's words and the evidence's, the second against the quoted document's
+  title.
 """
 from __future__ import annotations
 
@@ -65,6 +72,8 @@ def normalize(text: str) -> str:
 
 
 def _stem(word: str) -> str:
+    if word.endswith(("'s", "’s")):  # a possessive ("a file's") is the word itself
+        word = word[:-2]
     if len(word) <= 3 or not word.isalpha():
         return word
     for suffix, keep in (("ational", "ate"), ("ization", "ize"), ("iveness", "ive"), ("fulness", "ful"),
@@ -112,7 +121,18 @@ def content_terms(text: str) -> list[str]:
 _WANTS_NUMBER = re.compile(r"\bhow (?:many|much|long|often|old|far|large|big|deep|high|fast)\b|"
                            r"\bwhat (?:year|percentage)\b|\bwhen\b|"
                            r"多少|多长|多深|多高|多远|多久|多大|几[个年月日天次名位项条倍种]|哪一?年|何时", re.IGNORECASE)
-_NUMBER = re.compile(r"[0-9０-９]|[两二三四五六七八九十百千万亿零]")
+_NUMBER = re.compile(r"[0-9０-９]|[两二三四五六七八九十百千万亿零]|\b(?:two|three|four|five|six|seven|eight|nine|ten|"
+                     r"eleven|twelve|twenty|thirty|forty|fifty|hundred|thousand|million|billion|dozen|once|twice)\b",
+                     re.IGNORECASE)
+
+
+_ASKS_QUANTITY = re.compile(_WANTS_NUMBER.pattern.replace(r"\bwhen\b|", ""), re.IGNORECASE)
+
+
+def asks_quantity(question: str) -> bool:
+    """`wants_number` without the English "when", which as often asks for a condition ("when does it write to
+    disk?") as for a date: such a question is answered only by a sentence that states a number."""
+    return bool(_ASKS_QUANTITY.search(question))
 
 
 def wants_number(question: str) -> bool:
@@ -121,12 +141,19 @@ def wants_number(question: str) -> bool:
 
 
 def has_number(text: str) -> bool:
-    """Whether a text states a number, in digits or in Chinese numerals (一 aside: it is in too many words)."""
+    """Whether a text states a number, in digits, Chinese numerals or English number words (一 and "one"
+    aside: they are in too many words)."""
     return bool(_NUMBER.search(text))
 
 
 # a name from code: a dotted name (shutil.rmtree), snake_case, camelCase, or letters run into digits (b64decode)
 _IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|\b[A-Za-z]\w*_\w*|\b[a-z]+[A-Z]\w*|\b[A-Za-z]+\d+[A-Za-z]\w*")
+
+
+def names_code(text: str) -> bool:
+    """Whether a text names something from code (a dotted name, snake_case, camelCase, b64decode): a signature
+    line such as "copy.deepcopy(x[, memo])" says what the description below it is about."""
+    return bool(_IDENTIFIER.search(text))
 
 
 def key_terms(question: str) -> list[list[str]]:
@@ -142,6 +169,46 @@ def key_terms(question: str) -> list[list[str]]:
     for ident in _IDENTIFIER.findall(question):
         units += [[t] for t in dict.fromkeys(tokens(ident))]
     return units
+
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*")
+
+
+def question_names(question: str) -> list[str]:
+    """The names in an English question: words with a digit ("bz2", "CO2") or a capital letter that does not
+    open the sentence ("Android", "GzipFile"), in order; a library that never uses one may still use another
+    word for it ("carbon dioxide"), which `answer.Answerer` checks."""
+    out: dict[str, None] = {}
+    for m in _WORD.finditer(question):
+        w = m.group()
+        opens = not question[:m.start()].strip() or re.search(r"[.!?:;]\s*$", question[:m.start()])
+        if w.lower() in STOPWORDS or len(w) < 2:  # "I", "A"
+            continue
+        if any(c.isdigit() for c in w) or (not opens and any(c.isupper() for c in w)):
+            out.setdefault(w, None)
+    return list(out)
+
+
+_MODULE = re.compile(r"\bthe ([A-Za-z_][\w.]*) (?:module|package)\b", re.IGNORECASE)
+
+
+def named_modules(question: str) -> list[str]:
+    """X in "the X module" / "the X package": a question about a module is answered from the document about it
+    (a page whose title names X), not from another page that mentions X in passing."""
+    return [m.group(1) for m in _MODULE.finditer(question)]
+
+
+# "X的Y是谁/是什么/叫什么": Y, the thing asked about; "X是哪一年Y的": Y, the event dated; the quoted answer must
+# name it
+_ZH_FOCUS = re.compile(f"的([{HAN}]{{2,4}}?)(?:是谁|是什么|叫什么|有哪些|是哪)|(?:哪一年|哪年|何时)([{HAN}]{{2}})的?\\W*$")
+def question_focus(question: str) -> list[str]:
+    """The bigrams of what a Chinese question asks about: Y in "X的Y是谁/是什么" (会长 in 温州读书协会的会长是谁)
+    and in "X是哪一年Y的" (成立 in 华广公司是哪一年成立的), or []."""
+    m = _ZH_FOCUS.search(normalize(question))
+    if not m:
+        return []
+    seg = m.group(1) or m.group(2)
+    return [a + b for a, b in zip(seg, seg[1:])]
 
 
 def numbers(text: str) -> set[str]:

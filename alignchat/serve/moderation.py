@@ -295,7 +295,7 @@ async def generate(ctx, messages: list[dict], prompt_ids, params: list, *, route
         action = svc.policy.decide("input", mod.top(), mod.scores)
         await svc.record("input", action, mod, text, route, user, ctx.host.model_id)
         if action == "block":
-            return RefusalGroup(refusal_text(lang, mod.top()), len(params))
+            return RefusalGroup(refusal_text(lang, svc.policy.blocking("input", mod.top(), mod.scores)), len(params))
     group = await ctx.generate(prompt_ids, params, request=request)
     return GuardedGroup(svc, group, len(params), stream, route, user, ctx.host.model_id, lang)
 

@@ -8,6 +8,8 @@ Notable choices:
 - The reference is a frozen copy of the starting (SFT) model; its log-probabilities are computed under
   `no_grad` in the same batch.
 - β is the strength of the implicit KL constraint: small β lets the policy move far from the reference.
+- `trainable=last:N` trains only the policy's last N blocks and final norm (as `alignchat sft`): the frozen
+  blocks below skip the backward pass, much cheaper on a CPU; the reference is the whole starting model.
 - Runs in the shared loop (`Trainer`): progress, metrics.jsonl, checkpoints, resume, and DDP under
   `torchrun` (`rankings_per_batch` is per process). The result is an ordinary LM checkpoint (stage "dpo")
   that chat, serve and eval load directly.
@@ -28,6 +30,7 @@ from .loop import (LossOutput, TrainConfig, Trainer, add_stage_arguments, end_di
                    stage_settings)
 from .reward import RankingBatches
 from .rm import ranking_validation
+from .sft import apply_trainable
 
 
 @dataclass
@@ -41,6 +44,7 @@ class DPOConfig:
                                "policy drift further")
     rankings_per_batch: int = setting(8, "rankings per micro-batch per process")
     max_len: int = setting(512, "tokens per prompt + response (cut from the left)")
+    trainable: str = setting("all", "all, or last:N (train only the policy's last N blocks and the final norm)")
     train: TrainConfig = setting(help="optimisation, schedule, logging and checkpoints (seed: also the held-out "
                                       "split and the order of the rankings)",
                                  factory=lambda: TrainConfig(out_dir="runs/dpo", max_steps=200, lr=5e-6,
@@ -94,6 +98,7 @@ def train_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
     policy, tok, meta = load_model(cfg.model)
     cfg = dataclasses.replace(cfg, max_len=min(cfg.max_len, policy.cfg.max_seq_len))
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    apply_trainable(policy, cfg.trainable)
     policy.train()
     data = RankingBatches(train, tok, cfg.rankings_per_batch, cfg.max_len, seed=cfg.train.seed, rank=dist_info.rank,
                           world_size=dist_info.world_size)

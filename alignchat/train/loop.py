@@ -214,7 +214,7 @@ class LRSchedule:
         f = self.factor(step)
         for optimizer, base in self.optimizers:
             for group in optimizer.param_groups:
-                group["lr"] = base * f
+                group["lr"] = base * f * group.get("lr_scale", 1.0)
         return f
 
 
@@ -224,13 +224,20 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (norm gains and biases are not decayed)."""
-    decay, no_decay = [], []
+    """AdamW with weight decay on matrices only (norm gains and biases are not decayed). A weight marked
+    `no_decay` (e.g. an embedding trained on some rows, `sft.apply_trainable`) is never decayed, and one with
+    an `lr_scale` gets its own undecayed group at that multiple of the rate (`LRSchedule` keeps the ratio)."""
+    decay, no_decay, scaled = [], [], {}
     for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+        if not p.requires_grad:
+            continue
+        if getattr(p, "lr_scale", 1.0) != 1.0:
+            scaled.setdefault(float(p.lr_scale), []).append(p)
+        else:
+            (decay if p.dim() >= 2 and not getattr(p, "no_decay", False) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    groups += [{"params": ps, "weight_decay": 0.0, "lr_scale": k, "lr": cfg.lr * k} for k, ps in scaled.items()]
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **extra)
 

@@ -14,6 +14,11 @@ Notable choices:
   answer (the builder's `meta.answer`/`meta.aliases`, else that last turn). It is measured before
   training (the baseline) and after, so the gain is in the same log.
 - `trainable=last:N` trains only the last N blocks (and the final norm): much cheaper on a CPU.
+- `train_rows=template` trains the embedding rows of the chat template's control tokens (and `roles`: its
+  role words) while every other row of the embedding (tied: the LM head) stays frozen, for a base model
+  that has never seen its chat markers: a gradient mask on the embedding, no weight decay on it (so the
+  frozen rows stay byte-identical under AdamW), and its own rate (`rows_lr`, a multiple of `lr`). The
+  backward pass then runs through every block, frozen or not, to reach the embedding.
 """
 from __future__ import annotations
 
@@ -58,6 +63,11 @@ class SFTConfig:
     packing: bool = setting(True, "pack several conversations per row (block-diagonal attention); false: pad")
     epochs: float = setting(0.0, "> 0: set max_steps to this many passes over the data")
     trainable: str = setting("all", "all, or last:N (train only the last N blocks and the final norm)")
+    train_rows: str = setting("", "train only these rows of the embedding (tied: the LM head), the others frozen: "
+                                  "comma-separated 'template' (the chat template's control tokens, e.g. "
+                                  "<start_of_turn>, <end_of_turn>), 'roles' (its role words' tokens) or literal "
+                                  "tokens; empty: the embedding as --trainable says")
+    rows_lr: float = setting(1.0, "learning rate of the --train-rows rows as a multiple of lr (never weight-decayed)")
     train: TrainConfig = setting(help="optimisation, schedule, logging and checkpoints",
                                  factory=lambda: TrainConfig(out_dir="runs/sft", **SFT_TRAIN_DEFAULTS))
 
@@ -205,20 +215,61 @@ def write_eval_items(path: Path, result: dict) -> None:
     atomic_write_text(path, "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in result["items"]))
 
 
-def apply_trainable(model, spec: str) -> None:
-    if spec == "all":
-        return
-    m = re.fullmatch(r"last:(\d+)", spec)
+def embedding_rows(tok, spec: str) -> list[int]:
+    """The token ids a `train_rows` spec names, sorted: 'template' = the control tokens the chat template
+    writes around turns (the bos token excluded), 'roles' = the other non-blank tokens it writes (its role
+    words), anything else = a literal token of the vocabulary."""
+    convo = [{"role": r, "content": ""} for r in ("system", "user", "assistant")]
+    written = tok.render_chat(convo, add_generation_prompt=True).ids
+    rows: set[int] = set()
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        if item == "template":
+            rows |= {i for i in written if i in tok.special_ids and i != tok.bos_id}
+        elif item == "roles":
+            rows |= {i for i in written if i not in tok.special_ids and tok.decode([i], skip_special=False).strip()}
+        elif (i := tok.token_to_id(item)) is not None:
+            rows.add(i)
+        else:
+            raise UserError(f"train_rows: {item!r} is not 'template', 'roles' or a token of the vocabulary")
+    if spec.strip() and not rows:
+        raise UserError(f"train_rows={spec!r} names no token of this model's tokenizer")
+    return sorted(rows)
+
+
+def apply_trainable(model, spec: str, rows: Iterable[int] = (), rows_lr: float = 1.0) -> None:
+    """Freeze what `spec` does not train ('all', or 'last:N': the last N blocks and the final norm); with
+    `rows`, the embedding (and an untied LM head) trains those rows only: a gradient hook zeroes the
+    others, and `no_decay`/`lr_scale` on the weight tell `train.loop.build_optimizer` to put it in a group
+    without weight decay at `rows_lr` × the rate, so AdamW leaves the frozen rows byte-identical."""
+    m = re.fullmatch(r"all|last:(\d+)", spec)
     if not m:
         raise UserError(f"trainable must be 'all' or 'last:N', not {spec!r}")
-    n = int(m.group(1))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for block in list(model.model.layers)[-n:] if n else []:
-        for p in block.parameters():
+    if m.group(1) is not None:
+        n = int(m.group(1))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for block in list(model.model.layers)[-n:] if n else []:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        for p in model.model.norm.parameters():
             p.requires_grad_(True)
-    for p in model.model.norm.parameters():
-        p.requires_grad_(True)
+    rows = sorted(set(rows))
+    if not rows:
+        return
+    import torch
+    if rows_lr <= 0:
+        raise UserError(f"rows_lr must be > 0, not {rows_lr}")
+    for weight in {id(w): w for w in (model.model.embed_tokens.weight, getattr(model.lm_head, "weight", None))
+                   if w is not None}.values():
+        if rows[-1] >= weight.shape[0]:
+            raise UserError(f"train_rows: token id {rows[-1]} is outside the embedding's {weight.shape[0]} rows")
+        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+        mask[rows] = 1
+        weight.requires_grad_(True)
+        weight.register_hook(lambda g, mask=mask: g * mask.to(g.device, g.dtype))
+        weight.no_decay, weight.lr_scale = True, rows_lr
 
 
 def run(args) -> int:
@@ -233,7 +284,7 @@ def run(args) -> int:
     out = Path(train_cfg.out_dir)
     resuming = args.resume and (out / "latest.json").exists()
     model, tok, parent_meta = load_model(job.model)
-    apply_trainable(model, job.trainable)
+    apply_trainable(model, job.trainable, embedding_rows(tok, job.train_rows), job.rows_lr)
     if train_cfg.seq_len > model.cfg.max_seq_len:
         raise UserError(f"seq_len {train_cfg.seq_len} exceeds the model's context {model.cfg.max_seq_len}")
 
