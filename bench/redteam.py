@@ -176,6 +176,8 @@ def main() -> int:
     ap.add_argument("--paired-out", default="", help="write DIR/before and DIR/after: both runs' tasks on the "
                                                      "common items, rescored, for `alignchat eval report`")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "redteam"))
+    ap.add_argument("--machine", default="machine and load not recorded",
+                    help="how the runs compared were measured (the machine, its load), for the report")
     a = ap.parse_args()
     where = {"before": {"redteam": a.before, "mmlu": a.before},
              "after": {"redteam": a.after, "mmlu": a.after_mmlu or a.after}}
@@ -200,7 +202,7 @@ def main() -> int:
            "redteam": compare_redteam(recs["before"], recs["after"]),
            "mmlu": compare_mmlu(tasks["before"]["mmlu"], tasks["after"]["mmlu"]),
            "judge": {k: v for k, v in agree.items() if k != "disagreements"},
-           "machine": "2 CPU cores shared with three other jobs (times are not comparable)"}
+           "machine": a.machine}
     if a.pairs:
         res["pairs"] = pairs_stats(Path(a.pairs))
     if a.dpo_run:
