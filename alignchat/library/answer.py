@@ -213,13 +213,10 @@ class Answerer:
             return ""
         return text
 
-    def extractive(self, question: str, table: dict[int, Passage], max_sentences: int = 3) -> str:
-        """Quote the evidence sentences that best answer the question, each with its passage number."""
-        return self.compose(question, table, max_sentences)[0]
-
     def compose(self, question: str, table: dict[int, Passage], max_sentences: int = 3) -> tuple[str, dict]:
-        """The extractive answer and its best quote, `{"text", "terms", "n"}`: the quoted sentence (with the
-        heading quoted before it, if it is), its terms and its passage number."""
+        """The extractive answer (the evidence sentences that best answer the question, each with its passage
+        number) and its best quote, `{"text", "n"}`: the quoted sentence (with the heading quoted before it,
+        if it is) and its passage number."""
         q_vec = self.library.embedder.embed([question])[0]
         q_terms = content_terms(question)
         idf = self.library.retriever(self.user).idf
@@ -245,7 +242,7 @@ class Answerer:
                 candidates.append((n, sent, context, share, heading, head_terms))
                 context, share = set(tokens(sent)), 0.5
         if not candidates:
-            return "", {"text": "", "terms": set(), "n": None}
+            return "", {"text": "", "n": None}
         vecs = self.library.embedder.embed([c[1] for c in candidates])
         scored = []
         for (n, sent, context, share, heading, head_terms), v in zip(candidates, vecs):
@@ -266,11 +263,11 @@ class Answerer:
             quote = f"{heading}{'：' if zh else ': '}{sent}" if with_head else sent
             # a small bonus for the top-ranked passage keeps the quote anchored in the best evidence
             score = w_dense * float(v @ q_vec) + (1 - w_dense) * cov + (0.05 if n == 1 else 0.0)
-            scored.append((score, n, quote, terms | (head_terms if with_head else set())))
+            scored.append((score, n, quote))
         scored.sort(key=lambda t: -t[0])
         best = scored[0][0]
         chosen: list[tuple[int, str]] = []
-        for sc, n, sent, *_ in scored:
+        for sc, n, sent in scored:
             if len(chosen) >= max_sentences or sc < best - 0.2:
                 break
             if any(sent == c[1] for c in chosen):
@@ -284,8 +281,8 @@ class Answerer:
             else:
                 end = re.search(r"[.!?。！？]+[\"'”’)]*$", sent)
                 parts.append(f"{sent[:end.start()]} [{n}]{sent[end.start():]}" if end else f"{sent} [{n}].")
-        _, n, text, terms = scored[0]
-        return ("" if zh else " ").join(parts), {"text": text, "terms": terms, "n": n}
+        _, n, text = scored[0]
+        return ("" if zh else " ").join(parts), {"text": text, "n": n}
 
     def build_messages(self, question: str, table: dict[int, Passage], short: bool = False) -> list[dict]:
         zh = is_chinese(question)
