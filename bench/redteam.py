@@ -140,15 +140,25 @@ def run_items(argv: list[str]) -> int:
                                                      "(default: the red-team eval split as it is now)")
     ap.add_argument("--bases", type=int, default=0, help="at most this many base prompts and look-alikes per "
                                                           "language, the section's fixed sample (0 = all)")
+    ap.add_argument("--split", choices=["eval", "train"], default="eval",
+                    help="train: the red-team train split, less every item a DPO pair file holds (--exclude-pairs), "
+                         "for choosing among a run's checkpoints without touching the held-out split")
+    ap.add_argument("--exclude-pairs", default="", help="with --split train: a comparison JSONL whose prompts to skip")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    if a.split == "train" and a.items_from:
+        ap.error("--split train takes its items from the red-team set itself, not --items-from")
     items = None
     if a.items_from:
         prev = json.loads((Path(a.items_from) / "tasks" / "redteam.json").read_text(encoding="utf-8"))
         fields = RedTeamItem.__dataclass_fields__
         items = [RedTeamItem(**{k: r[k] for k in fields}) for r in prev["records"]]
-    items = eval_items(a.bases or None, 0, items)
+    items = eval_items(a.bases or None, 0, items, split=a.split)
+    if a.exclude_pairs:
+        seen = {json.loads(x)["prompt"][-1]["content"] for x in Path(a.exclude_pairs).read_text(encoding="utf-8").splitlines()
+                if x.strip()}
+        items = [i for i in items if i.text not in seen]
     client = make_client(model=a.model, **{**LOCAL_OPTIONS, "threads": a.threads})
     t0 = time.perf_counter()
     replies = generate(client, [i.text for i in items])
@@ -156,7 +166,7 @@ def run_items(argv: list[str]) -> int:
     res = {"task": "@redteam", "category": "harms", "summary": summary, "records": recs,
            "seconds": time.perf_counter() - t0,
            "fingerprint": json.dumps({"model": client.describe(), "task": "@redteam", "items_from": a.items_from,
-                                      "bases": a.bases}, sort_keys=True)}
+                                      "bases": a.bases, "split": a.split}, sort_keys=True)}
     out = Path(a.out) / "tasks"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "redteam.json", json.dumps(res, ensure_ascii=False, indent=1))

@@ -306,3 +306,35 @@ def test_compare_sample_systems_and_contrast_judge(tiny_ckpt, tmp_path):
     assert cli(["compare", "judge", "--input", str(sampled), "--out", str(tmp_path / "y.jsonl"), "--judge-model",
                 str(tiny_ckpt), "--judge-method", "yesno", "--quiet"]) == 0
     assert {c.labeller for c in C.read_comparisons(tmp_path / "y.jsonl")} == {f"ai:model:{tiny_ckpt}"}
+
+
+def test_dpo_nll_weight_teaches_the_chosen_reply(tiny_ckpt, tmp_path):
+    """With `nll_weight`, the first step's loss is log 2 plus α times the chosen side's per-token NLL, and
+    training makes the chosen (off-policy) reply more likely in absolute terms, not only relative to the other."""
+    from alignchat.hub import load_model
+    from alignchat.train.dpo import response_logprobs
+    from alignchat.train.reward import collate_rankings
+
+    chosen, rejected = "I can't help with that.", "Sure, here is how."
+    pairs = write_lines(tmp_path / "pairs.jsonl", [
+        {"prompt": user(f"Tell me how to do harmful thing {i}."), "responses": [chosen, rejected], "ranking": [0, 1]}
+        for i in range(8)])
+    comps = C.read_comparisons(pairs)
+
+    def chosen_logprob(ckpt):
+        model, tok, _ = load_model(ckpt)
+        model.eval()
+        batch = collate_rankings(comps, tok, 64)
+        with torch.no_grad():
+            lp = response_logprobs(model, batch)
+        return float(lp[0::2].mean())
+
+    out = tmp_path / "dpo"
+    assert cli(["dpo", "--model", str(tiny_ckpt), "--data", str(pairs), "--out", str(out), "--max-steps", "6",
+                "--lr", "3e-3", "--beta", "0.1", "--rankings-per-batch", "4", "--held-out", "0", "nll_weight=1.0",
+                "warmup_steps=1", "eval_every=0", "save_every=6", "progress=false"]) == 0
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert lines[0]["loss"] == pytest.approx(0.693147 + lines[0]["nll_chosen"], abs=1e-3)
+    assert lines[0]["nll_chosen"] > 0
+    assert json.loads((out / "final/meta.json").read_text())["nll_weight"] == 1.0
+    assert chosen_logprob(out / "final") > chosen_logprob(tiny_ckpt) + 1.0

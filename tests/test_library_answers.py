@@ -4,8 +4,9 @@ share most of the question's words; a passage deep in a section is found through
 a "how long" question is answered with the sentence that states the length; a signature line is quoted with
 the description below it; a question that asks for a number the evidence does not state, or for the 馆长 of a thing
 whose passages name none, is "not found", and so is one that names something ("Android") the library never
-uses nor says in other words, or asks about "the X module" from another module's page; every answer is
-verified and cites the library's own passages."""
+uses nor says in other words, or asks about "the X module" from another module's page, or asks for a thing
+(a noun, "path") that other documents use and the quoted one never names in any form WordNet knows; every answer
+is verified and cites the library's own passages."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from alignchat.library import Library
 from alignchat.library.answer import Answerer
 from alignchat.library.retrieve import NOT_FOUND_THRESHOLD
-from alignchat.library.text import key_terms
+from alignchat.library.text import key_terms, wordnet_available
 
 # A reference-manual page in the layout of the Python documentation: a signature line, then its description,
 # long enough that the passage which answers a question about b64decode never names it.
@@ -148,3 +149,37 @@ def test_a_question_about_a_module_is_answered_from_its_own_documentation(lib):
     own = answerer.ask("Which exception does b64decode of the codec module raise for incorrectly padded input?",
                        strategy="extractive")
     assert not own.not_found and "binascii.Error" in own.answer and own.citations[0].title.startswith("codec")
+
+
+WALK_PAGE = """dirwalk — walking directory trees
+
+This module lists the contents of a directory tree, top down.
+
+dirwalk.walk(top)
+
+Yield the name of every subdirectory below top, and the names of the files in each subdirectory. Symbolic links to a subdirectory are not followed. The walk is a read-only operation: it never changes the tree.
+"""
+
+
+@pytest.mark.skipif(not wordnet_available(), reason="Debian's wordnet-base is not installed (`make system` installs it)")
+def test_a_question_about_a_thing_its_document_never_names_is_not_found(tmp_path):
+    library = Library(tmp_path / "library")
+    for name, text in (("codec.txt", CODEC_PAGE), ("tmpfiles.txt", FILES_PAGE), ("dirwalk.txt", WALK_PAGE)):
+        library.add_file(name, data=text.encode(), name=name)
+    answerer = Answerer(library)
+    # the codec page documents its functions, not paths: the other pages speak of paths, the codec page never
+    # does, nor of anything close to one
+    ans = answerer.ask("Which function of codec encodes a path as Base64?", strategy="extractive")
+    assert max(h.evidence for h in ans.hits) >= NOT_FOUND_THRESHOLD
+    assert ans.not_found and not ans.citations
+    assert any("never names 'path'" in n and "other documents" in n for n in ans.notes)
+    # the tmpfiles page never says "subdirectory" (the dirwalk page does), but it says "directory", which WordNet
+    # gives as the more general word: the paraphrase is answered
+    sub = answerer.ask("Does tmpfiles.remove_tree delete the read-only files of a subdirectory on Windows?",
+                       strategy="extractive")
+    assert not sub.not_found and "read-only files are first made writable" in sub.answer
+    # the noun after "which" says what kind of thing the answer is (the dirwalk page speaks of an operation, the
+    # tmpfiles page names one): its document need not use that word
+    kind = answerer.ask("Which tmpfiles operation deletes a directory and all the files in it?",
+                        strategy="extractive")
+    assert not kind.not_found and "tmpfiles.remove_tree(path)" in kind.answer

@@ -67,6 +67,12 @@ def test_splits_are_disjoint_by_base_and_drawn_from_the_classifier_held_out_spli
             assert any(i.split == "eval" and i.lang == lang and i.kind == kind for i in items)
     held = {normalise(e.text) for e in load_all() if e.split == "heldout"}
     assert all(normalise(i.base) in held for i in items)  # never the classifier's training split
+    # the fixed samples: the eval sample for the report card, the train sample for choosing checkpoints
+    for split in ("eval", "train"):
+        sample = R.eval_items(3, 0, items, split=split)
+        assert sample and {i.split for i in sample} == {split}
+        assert all(len({i.base for i in sample if (i.lang, i.kind) == k}) <= 3 for k in {(i.lang, i.kind) for i in sample})
+        assert R.eval_items(3, 0, items, split=split) == sample
 
 
 def test_judge_agrees_with_hand_labels():

@@ -17,8 +17,10 @@ Pipeline for `ask(question)`:
      each with its [n]; a heading that supplies a question term, or a signature line ("copy.deepcopy(x[,
      memo])"), is quoted with the sentence. The answer is "not found" instead when the best quote does not
      answer the question (`quote_answers`): a "how many"/"哪一年" question whose quote states no number, a
-     Chinese "X的Y是谁" / "X是哪一年Y的" question whose quote never names Y, or a question about "the X module"
-     quoted from a document whose title does not name X. No model needed, always faithful;
+     Chinese "X的Y是谁" / "X是哪一年Y的" question whose quote never names Y, a question about "the X module"
+     quoted from a document whose title does not name X, or an English question with a noun ("permission bits",
+     "shortest path") that other documents of the library use and the quoted one never does, in any form WordNet
+     knows (`Answerer.unsaid_noun`). No model needed, always faithful;
    - "auto" (default): "model" when a backend is configured, then verified; when fewer than half of its
      claims are supported (usual for a 135M model), the extractive answer is used instead, and in
      creative mode the model's text is kept below it with unsupported sentences marked.
@@ -33,11 +35,12 @@ from dataclasses import dataclass, field
 
 
 from ..errors import UserError
+from .boolean import GENERIC
 from .retrieve import NOT_FOUND_THRESHOLD, Hit
 from .store import DEFAULT_USER, Library, Passage
 from .text import (STOPWORDS, asks_quantity, content_terms, has_number, is_chinese, is_heading, is_statement,
                    key_terms, named_modules, names_code, normalize, question_focus, question_names, sentence_spans,
-                   tokens, wants_number)
+                   tokens, wants_number, wordnet_forms, wordnet_only_noun)
 from .verify import Verification, Verifier, sub_citations
 
 NOT_FOUND_EN = "Not found in your library: no passage in your library supports an answer to this question."
@@ -48,6 +51,13 @@ EVIDENCE_MIN = 0.25  # passages below this are not shown to the model at all
 # at least this close to it (MiniLM cosine): "CO2" beside "dioxide" scores 0.73 and "URL-safe" beside "safe"
 # 0.62, while "bz2" on gzip and zlib pages scores 0.49 and "Android" on the webbrowser page 0.51
 NAME_SIMILARITY = 0.6
+# nouns that frame a question ("an example of", "in which situation") rather than name what it asks about; with
+# the words that never name a concept (`boolean.GENERIC`) they are left out of `Answerer.unsaid_noun`
+QUESTION_FRAME = GENERIC | frozenset("""
+example examples instance instances drawback drawbacks definition overview idea ideas thing things something
+someone anyone anything everything category categories circumstance circumstances situation situations scenario
+scenarios manner outcome outcomes
+""".split())
 
 SYSTEM_EN = ("You answer questions using only the numbered passages from the user's library. After every "
              "sentence, write the number of the passage that supports it in square brackets, like [1]. Do not "
@@ -192,15 +202,66 @@ class Answerer:
             return None
         df = self.library.retriever(self.user).df
         absent = [n for n in question_names(question) if tokens(n) and not any(df.get(t) for t in tokens(n))]
-        if not absent:
-            return None
-        words = sorted({w.lower() for h in evidence for w in re.findall(r"[A-Za-z][A-Za-z0-9]+", h.passage.text)}
-                       - STOPWORDS)
+        return self.far_from(absent, [h.passage.text for h in evidence]) if absent else None
+
+    def far_from(self, names: list[str], texts: list[str]) -> str | None:
+        """The first of `names` that no word of `texts` comes close to (MiniLM cosine below `NAME_SIMILARITY`),
+        or None."""
+        words = sorted({w.lower() for t in texts for w in re.findall(r"[A-Za-z][A-Za-z0-9]+", t)} - STOPWORDS)
         if not words:
-            return absent[0]
-        vecs = self.library.embedder.embed(absent + words)
-        close = vecs[:len(absent)] @ vecs[len(absent):].T
-        return next((n for n, row in zip(absent, close) if float(row.max()) < NAME_SIMILARITY), None)
+            return names[0] if names else None
+        vecs = self.library.embedder.embed(names + words)
+        close = vecs[:len(names)] @ vecs[len(names):].T
+        return next((n for n, row in zip(names, close) if float(row.max()) < NAME_SIMILARITY), None)
+
+    def unsaid_noun(self, question: str, doc_id: str, evidence: list[Passage]) -> str | None:
+        """A noun of an English question that the document `doc_id` never uses, in any form WordNet knows, though
+        other documents of the library do, or None. The copy page documents the copy module, not "permission
+        bits" (the tempfile page speaks of those), and the graphlib page speaks of nodes and cycles, never of a
+        "shortest path": a question that asks for such a thing looks like the document's subject but is not
+        answered by it. Only words that WordNet knows as nouns alone count (`text.wordnet_only_noun`: "path",
+        not "place" or "often"), as a paraphrase changes verbs and adverbs freely; the word also counts as said
+        when a synonym, hypernym or derivation is in the document ("sunlight" in a text about light, "product"
+        beside "produce"), or a word of the document's evidence passages is close to it in MiniLM (as in
+        `unknown_name`). Without WordNet this check never fires."""
+        if is_chinese(question):
+            return None
+        retriever = self.library.retriever(self.user)
+        said = retriever.doc_terms(doc_id)
+
+        def in_doc(text: str) -> bool:
+            terms = tokens(text)
+            return bool(terms) and all(t in said for t in terms)
+
+        raw = re.findall(r"[a-z][a-z0-9]*(?:['-][a-z0-9]+)*|\d+(?:[.,]\d+)*", normalize(question))
+        words = [re.sub(r"'s$", "", w) for w in raw]
+        # the words after "which", "what" or "how many" up to the first function word say what kind of thing
+        # the answer is ("which reinforcement learning algorithm", "which function", "how many cities"): the
+        # answer names one, and its document need not use the kind's word; nor need it use the word that a
+        # number of the question names ("the year 1500")
+        kind: set[str] = set()
+        for i, w in enumerate(words):
+            asks = w in ("which", "what") or w in ("many", "much") and i > 0 and words[i - 1] == "how"
+            j = i + 1
+            while asks and j < len(words) and words[j] not in STOPWORDS:
+                kind.add(words[j])
+                j += 1
+            if i + 1 < len(words) and words[i + 1][0].isdigit():
+                kind.add(w)
+        unsaid: list[str] = []
+        for i, word in enumerate(words):
+            # the head of a compound whose first word the document uses says little of its own ("prompt text",
+            # "copying behaviour"); a possessive is no such first word ("a file's permission bits")
+            modified = i > 0 and not raw[i - 1].endswith("'s") and in_doc(words[i - 1])
+            if (len(word) < 3 or not word.replace("-", "").isalpha() or word in QUESTION_FRAME or word in kind
+                    or word in unsaid or modified or any(t in said for t in tokens(word))
+                    or not any(retriever.df.get(t) for t in tokens(word)) or not wordnet_only_noun(word)):
+                continue
+            if not any(in_doc(f) for f in wordnet_forms(word)):
+                unsaid.append(word)
+        if not unsaid:
+            return None
+        return self.far_from(unsaid, [p.text for p in evidence if p.doc_id == doc_id])
 
     def checked_extractive(self, question: str, table: dict[int, Passage], notes: list[str]) -> str:
         """The extractive answer, or "" (not found) when its best quote does not answer the question
@@ -208,6 +269,10 @@ class Answerer:
         text, quote = self.compose(question, table)
         doc = self.library.document(table[quote["n"]].doc_id, self.user) if text else None
         why = quote_answers(question, quote, doc.title if doc else "") if text else None
+        noun = self.unsaid_noun(question, doc.id, list(table.values())) if text and not why else None
+        if noun:
+            why = (f"the quoted document never names {noun!r}, nor says it another way, though other documents "
+                   f"of the library do")
         if why:
             notes.append(f"not found: {why}")
             return ""

@@ -28,17 +28,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import shlex
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 
 from ..errors import UserError
-from .text import CHINESE_STOPWORDS, HAN, STOPWORDS, is_chinese, normalize
+from .text import CHINESE_STOPWORDS, HAN, STOPWORDS, WORDNET_DIR, is_chinese, normalize
 
-WORDNET_DIR = Path(os.environ.get("ALIGNCHAT_WORDNET", "/usr/share/wordnet"))
 SYNTAXES = ("generic", "pubmed", "scopus", "wos", "cnki")
 
 # words that ask or relate but never name a concept

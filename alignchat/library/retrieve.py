@@ -111,10 +111,20 @@ class HybridRetriever:
             self.token_sets.append(s | heading)
         self.n = len(self.passages)
         self.df = df
+        self._doc_terms: dict[str, set[str]] | None = None
         self.bm25 = None
         if self.n:
             from rank_bm25 import BM25Okapi
             self.bm25 = BM25Okapi(corpus)
+
+    def doc_terms(self, doc_id: str) -> set[str]:
+        """The terms of a document: those of its passages and of the headings they fall under."""
+        if self._doc_terms is None:
+            terms: dict[str, set[str]] = {}
+            for p, s in zip(self.passages, self.token_sets):
+                terms.setdefault(p.doc_id, set()).update(s)
+            self._doc_terms = terms
+        return self._doc_terms.get(doc_id, set())
 
     def idf(self, term: str) -> float:
         # always positive, and largest for terms the library has never seen

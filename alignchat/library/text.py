@@ -18,12 +18,19 @@ Notable choices:
   that does not open the sentence: "bz2", "Android") and `named_modules` (X in "the X module"); the answerer
   checks the first against the library's words and the evidence's, the second against the quoted document's
   title.
+- WordNet (Debian's `wordnet-base`, read directly from `WORDNET_DIR`) says which words are nouns alone
+  (`wordnet_only_noun`: "path", not "place") and gives a word's synonyms, hypernyms and derivations
+  (`wordnet_forms`), so the answerer can tell a noun a document never uses in any form from a paraphrase of one
+  it does; without WordNet both answer nothing and that check is off.
 """
 from __future__ import annotations
 
+import functools
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _HAN_RE = re.compile(f"[{HAN}]")
@@ -209,6 +216,108 @@ def question_focus(question: str) -> list[str]:
         return []
     seg = m.group(1) or m.group(2)
     return [a + b for a, b in zip(seg, seg[1:])]
+
+
+# ---- WordNet (Debian's wordnet-base, read directly) -------------------------------------------------------
+WORDNET_DIR = Path(os.environ.get("ALIGNCHAT_WORDNET", "/usr/share/wordnet"))
+WORDNET_POS = ("noun", "verb", "adj", "adv")
+_WORDNET_FILE_POS = {"n": "noun", "v": "verb", "a": "adj", "s": "adj", "r": "adv"}
+# WordNet's own detachment rules (morphy): "copies" -> "copy", "bits" -> "bit", "serializes" -> "serialize"
+_WORDNET_DETACH = {"noun": (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
+                            ("men", "man"), ("ies", "y")),
+                   "verb": (("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"),
+                            ("ing", "")),
+                   "adj": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")), "adv": ()}
+# the relations through which a document says a word another way: synonyms (the synset itself), the more
+# general word (hypernym: "sunlight" -> "light") and derivations ("permission" -> "permit", "product" ->
+# "produce"); more specific words (hyponyms) drift too far ("permission" -> "pass", "path" -> "steps")
+_WORDNET_RELATIONS = frozenset({"@", "@i", "+"})
+
+
+@functools.lru_cache(maxsize=None)
+def _wordnet_index(pos: str) -> dict[str, tuple[int, ...]]:
+    """lemma -> the byte offsets of its synsets in data.`pos`, most frequent sense first; {} without WordNet."""
+    path = WORDNET_DIR / f"index.{pos}"
+    if not path.is_file():
+        return {}
+    index: dict[str, tuple[int, ...]] = {}
+    with open(path, encoding="latin-1") as f:
+        for line in f:
+            if line.startswith(" "):  # the licence header
+                continue
+            parts = line.split()
+            n_synsets, n_ptrs = int(parts[2]), int(parts[3])
+            index[parts[0]] = tuple(int(x) for x in parts[4 + n_ptrs + 2:4 + n_ptrs + 2 + n_synsets])
+    return index
+
+
+@functools.lru_cache(maxsize=None)
+def _wordnet_exceptions(pos: str) -> dict[str, tuple[str, ...]]:
+    """Irregular forms -> their lemmas ("made" -> "make"), from `pos`.exc."""
+    path = WORDNET_DIR / f"{pos}.exc"
+    if not path.is_file():
+        return {}
+    out: dict[str, tuple[str, ...]] = {}
+    with open(path, encoding="latin-1") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 2:
+                out[parts[0]] = out.get(parts[0], ()) + tuple(parts[1:])
+    return out
+
+
+def wordnet_available() -> bool:
+    return bool(_wordnet_index("noun"))
+
+
+def wordnet_lemmas(word: str, pos: str) -> list[str]:
+    """The WordNet lemmas of `pos` that an English word is a form of ("bytes" -> ["byte"]); [] without WordNet."""
+    w = word.lower().replace(" ", "_")
+    index = _wordnet_index(pos)
+    found = [w] + list(_wordnet_exceptions(pos).get(w, ()))
+    found += [w[:len(w) - len(a)] + b for a, b in _WORDNET_DETACH[pos] if w.endswith(a) and len(w) > len(a)]
+    return [x for x in dict.fromkeys(found) if x in index]
+
+
+@functools.lru_cache(maxsize=4096)
+def _wordnet_synset(pos: str, offset: int) -> tuple[tuple[str, ...], tuple[tuple[str, int, str, int, int], ...]]:
+    """The words of a synset and its pointers (symbol, offset, pos, source word, target word; 0: the whole
+    synset)."""
+    with open(WORDNET_DIR / f"data.{pos}", "rb") as f:
+        f.seek(offset)
+        fields = f.readline().decode("latin-1").split(" | ")[0].split()
+    n = int(fields[3], 16)
+    words = tuple(re.sub(r"\(.*\)$", "", fields[4 + 2 * i]).lower() for i in range(n))
+    at = 4 + 2 * n
+    pointers = []
+    for j in range(int(fields[at])):
+        sym, off, p, st = fields[at + 1 + 4 * j:at + 5 + 4 * j]
+        pointers.append((sym, int(off), _WORDNET_FILE_POS[p], int(st[:2], 16), int(st[2:], 16)))
+    return words, tuple(pointers)
+
+
+def wordnet_only_noun(word: str) -> bool:
+    """Whether WordNet knows an English word only as a noun ("permission", "path", "bytes"; not "place", which is
+    also a verb, nor "often"): such a word names a thing, which a text either mentions or does not."""
+    return bool(wordnet_lemmas(word, "noun")) and not any(wordnet_lemmas(word, pos) for pos in WORDNET_POS[1:])
+
+
+def wordnet_forms(word: str) -> set[str]:
+    """Other words for an English word, over all its senses: its synonyms, its hypernyms and its derivations
+    (`_WORDNET_RELATIONS`), as plain phrases ("carbon dioxide"); set() without WordNet."""
+    out: set[str] = set()
+    for pos in WORDNET_POS:
+        for lemma in wordnet_lemmas(word, pos):
+            for offset in _wordnet_index(pos)[lemma]:
+                words, pointers = _wordnet_synset(pos, offset)
+                out.update(words)
+                for sym, off, p, source, target in pointers:
+                    if sym not in _WORDNET_RELATIONS or (source and words[source - 1] != lemma):
+                        continue
+                    their = _wordnet_synset(p, off)[0]
+                    out.update([their[target - 1]] if target else their)
+    out.discard(word.lower())
+    return {w.replace("_", " ") for w in out}
 
 
 def numbers(text: str) -> set[str]:

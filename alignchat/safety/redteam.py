@@ -306,10 +306,11 @@ def _rate(k: int, n: int) -> dict:
     return {"rate": k / n if n else float("nan"), "k": k, "n": n, "ci95": list(wilson_interval(k, n))}
 
 
-def eval_items(limit: int | None = None, seed: int = 0, items: list[RedTeamItem] | None = None) -> list[RedTeamItem]:
-    """The eval split; with `limit`, at most that many base prompts (all their rewordings) and look-alikes
-    per language, a fixed sample."""
-    items = [i for i in (items or build_items()) if i.split == "eval"]
+def eval_items(limit: int | None = None, seed: int = 0, items: list[RedTeamItem] | None = None,
+               split: str = "eval") -> list[RedTeamItem]:
+    """The eval split (or, for choosing among checkpoints, the train split); with `limit`, at most that many
+    base prompts (all their rewordings) and look-alikes per language, a fixed sample."""
+    items = [i for i in (items or build_items()) if i.split == split]
     if not limit:
         return items
     keep = set()

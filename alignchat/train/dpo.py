@@ -8,6 +8,10 @@ Notable choices:
 - The reference is a frozen copy of the starting (SFT) model; its log-probabilities are computed under
   `no_grad` in the same batch.
 - β is the strength of the implicit KL constraint: small β lets the policy move far from the reference.
+- `nll_weight=α` adds α times the best response's mean per-token negative log-likelihood to each ranking's loss
+  (the "RPO" objective of Pang et al. 2024, TRL's `rpo_alpha`): plain DPO can lower the log-probability of
+  both sides as long as the gap grows, so with an off-policy chosen side (a written refusal, a human answer)
+  the model need not learn to produce it; the NLL term makes it. 0 (the default) is plain DPO.
 - `trainable=last:N` trains only the policy's last N blocks and final norm (as `alignchat sft`): the frozen
   blocks below skip the backward pass, much cheaper on a CPU; the reference is the whole starting model.
 - Runs in the shared loop (`Trainer`): progress, metrics.jsonl, checkpoints, resume, and DDP under
@@ -43,6 +47,8 @@ class DPOConfig:
     beta: float = setting(0.1, "β: strength of the implicit KL penalty toward the reference; smaller lets the "
                                "policy drift further")
     rankings_per_batch: int = setting(8, "rankings per micro-batch per process")
+    nll_weight: float = setting(0.0, "α: weight of the best response's mean per-token NLL added to the DPO loss "
+                                     "(RPO); 0 = plain DPO")
     max_len: int = setting(512, "tokens per prompt + response (cut from the left)")
     trainable: str = setting("all", "all, or last:N (train only the policy's last N blocks and the final norm)")
     train: TrainConfig = setting(help="optimisation, schedule, logging and checkpoints (seed: also the held-out "
@@ -58,25 +64,29 @@ def response_logprobs(model, batch) -> torch.Tensor:
     return rl_math.sequence_logprob(logits, batch["input_ids"], batch["mask"])
 
 
-def make_dpo_loss(reference, beta: float):
+def make_dpo_loss(reference, beta: float, nll_weight: float = 0.0):
     def loss_fn(model, batch) -> LossOutput:
         policy = response_logprobs(model, batch)
         with torch.no_grad():
             ref = response_logprobs(reference, batch)
-        losses, chosen_r, rejected_r, acc = [], [], [], []
+        tokens = batch["mask"][:, 1:].sum(1).clamp(min=1)
+        losses, chosen_r, rejected_r, acc, nll = [], [], [], [], []
         for g, ranking in enumerate(batch["rankings"]):
             idx = (batch["group"] == g).nonzero().squeeze(1)
             pairs = rl_math.ranking_pairs(ranking)
             w = idx[torch.tensor([p[0] for p in pairs])]
             l = idx[torch.tensor([p[1] for p in pairs])]
             out = rl_math.dpo_loss(policy[w], policy[l], ref[w], ref[l], beta)
-            losses.append(out.loss)
+            best = idx[ranking[0]]
+            nll.append(-policy[best] / tokens[best])
+            losses.append(out.loss + nll_weight * nll[-1] if nll_weight else out.loss)
             chosen_r.append(out.chosen_reward.mean())
             rejected_r.append(out.rejected_reward.mean())
             acc.append(out.accuracy)
         n = len(losses)
         return LossOutput(torch.stack(losses).sum(), n, tokens=int(batch["input_ids"].numel()),
                           metrics={"reward_chosen": float(torch.stack(chosen_r).mean()),
+                                   "nll_chosen": float(torch.stack(nll).detach().mean()),
                                    "reward_rejected": float(torch.stack(rejected_r).mean()),
                                    "reward_acc": float(torch.stack(acc).mean())})
     return loss_fn
@@ -102,10 +112,11 @@ def train_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
     policy.train()
     data = RankingBatches(train, tok, cfg.rankings_per_batch, cfg.max_len, seed=cfg.train.seed, rank=dist_info.rank,
                           world_size=dist_info.world_size)
-    trainer = Trainer(policy, cfg.train, data, loss_fn=make_dpo_loss(reference, cfg.beta),
+    trainer = Trainer(policy, cfg.train, data, loss_fn=make_dpo_loss(reference, cfg.beta, cfg.nll_weight),
                       val_batches=ranking_validation(held, tok, cfg.rankings_per_batch, cfg.max_len, dist_info),
                       tokenizer=tok, stage="dpo", dist_info=dist_info,
-                      meta={"parent": str(meta.get("source", cfg.model)), "beta": cfg.beta},
+                      meta={"parent": str(meta.get("source", cfg.model)), "beta": cfg.beta,
+                            "nll_weight": cfg.nll_weight},
                       run_info={"settings": dataclasses.asdict(cfg),
                                 "train_rankings": len(train), "held_out_rankings": len(held)})
     reference.to(trainer.device)
@@ -124,7 +135,8 @@ def add_arguments(parser) -> None:
     add_stage_arguments(
         parser, DPOConfig(), own_section="dpo",
         reads="--model (the SFT checkpoint), --data comparison JSONL (`alignchat compare`, `feedback export`)",
-        writes="--out DIR: run.json, metrics.jsonl (loss, reward_chosen, reward_rejected, reward_acc, val_loss), "
+        writes="--out DIR: run.json, metrics.jsonl (loss, reward_chosen, reward_rejected, reward_acc, nll_chosen, "
+               "val_loss), "
                "step-N/ checkpoints + latest.json, final/ (an LM checkpoint, stage dpo)")
 
 
