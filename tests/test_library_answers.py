@@ -2,11 +2,11 @@
 news written here: a question about a name the library never mentions is "not found" even when its passages
 share most of the question's words; a passage deep in a section is found through the heading it falls under;
 a "how long" question is answered with the sentence that states the length; a signature line is quoted with
-the description below it; a question that asks for a number the evidence does not state, or for the 馆长 of a thing
-whose passages name none, is "not found", and so is one that names something ("Android") the library never
-uses nor says in other words, or asks about "the X module" from another module's page, or asks for a thing
-(a noun, "path") that other documents use and the quoted one never names in any form WordNet knows; every answer
-is verified and cites the library's own passages."""
+the description below it; a question that asks for a number the evidence does not state (or a Chinese "多少X"
+whose evidence counts no X), or for the 馆长 of a thing whose passages name none, is "not found", and so is one
+that names something ("Android") the library never uses nor says in other words, or asks about "the X module"
+from another module's page, or asks for a thing (a noun, "path") that other documents use and the quoted one
+never names in any form WordNet knows; every answer is verified and cites the library's own passages."""
 from __future__ import annotations
 
 import pytest
@@ -115,6 +115,16 @@ def test_a_how_many_question_whose_evidence_states_no_number_is_not_found(lib):
     four = answerer.ask("The input of b64decode must be a multiple of how many characters after padding?",
                         strategy="extractive")
     assert not four.not_found and "multiple of four characters" in four.answer
+
+
+def test_a_chinese_how_many_question_is_answered_only_by_a_number_of_what_it_counts(lib):
+    answerer = Answerer(lib)
+    # the passage counts 人次, 米 and 年; it counts no 资金
+    counted = answerer.ask("南京路步行街每天接待多少人次游客？", strategy="extractive")
+    assert not counted.not_found and "一百万人次" in counted.answer
+    money = answerer.ask("南京路步行街建成开放时投入了多少资金？", strategy="extractive")
+    assert max(h.evidence for h in money.hits) >= NOT_FOUND_THRESHOLD
+    assert money.not_found and any("no number of 资" in n for n in money.notes)
 
 
 def test_a_chinese_question_about_a_role_the_evidence_does_not_name_is_not_found(lib):

@@ -38,9 +38,9 @@ from ..errors import UserError
 from .boolean import GENERIC
 from .retrieve import NOT_FOUND_THRESHOLD, Hit
 from .store import DEFAULT_USER, Library, Passage
-from .text import (STOPWORDS, asks_quantity, content_terms, has_number, is_chinese, is_heading, is_statement,
-                   key_terms, named_modules, names_code, normalize, question_focus, question_names, sentence_spans,
-                   tokens, wants_number, wordnet_forms, wordnet_only_noun)
+from .text import (STOPWORDS, asks_quantity, content_terms, counted_unit, counts_unit, has_number, is_chinese,
+                   is_heading, is_statement, key_terms, named_modules, names_code, normalize, question_focus,
+                   question_names, sentence_spans, tokens, wants_number, wordnet_forms, wordnet_only_noun)
 from .verify import Verification, Verifier, sub_citations
 
 NOT_FOUND_EN = "Not found in your library: no passage in your library supports an answer to this question."
@@ -136,14 +136,24 @@ def covers_key_terms(question: str, evidence: list[Hit]) -> bool:
     return all(any(t in found for t in unit) for unit in key_terms(question))
 
 
-def quote_answers(question: str, quote: dict, title: str = "") -> str | None:
+_CITED = re.compile(r"\s*\[\d+\]\s*")  # the passage numbers that end each quoted sentence of an extractive answer
+
+
+def quote_answers(question: str, quote: dict, title: str = "", answer: str = "") -> str | None:
     """Why the best quote of an extractive answer does not answer the question, or None: a "how many", "what
-    year", "多少" or "哪一年" question (`text.asks_quantity`) whose quote states no number, a Chinese
-    "X的Y是谁/是什么" question whose quote never names Y (a sentence about 温州读书协会 that names no 会长 does
-    not say who its 会长 is), or a question about "the X module" whose quote is from a document (`title`) that
-    is not about X (the calendar page mentions the time module; it does not document it)."""
+    year", "多少" or "哪一年" question (`text.asks_quantity`) whose quote states no number, a Chinese "多少X"
+    question none of whose quoted sentences (`answer`) counts X (`text.counts_unit`: a sentence that counts
+    董事 does not say how much 资金 was injected), a Chinese "X的Y是谁/是什么" question whose quote never
+    names Y (a sentence about 温州读书协会 that names no 会长 does not say who its 会长 is), or a question about
+    "the X module" whose quote is from a document (`title`) that is not about X (the calendar page mentions the
+    time module; it does not document it)."""
     if asks_quantity(question) and not has_number(quote["text"]):
         return "the best evidence states no number"
+    # what the number counts may be in any quoted sentence of the answer
+    quoted = [quote["text"]] + ([s for s in _CITED.split(answer) if s.strip()] if answer else [])
+    unit = counted_unit(question) if asks_quantity(question) else None
+    if unit and not any(counts_unit(s, unit) for s in quoted):
+        return f"the evidence states no number of {unit[0]}"
     title_terms = set(tokens(title))
     for module in named_modules(question):
         if not all(t in title_terms for t in tokens(module)):
@@ -268,7 +278,7 @@ class Answerer:
         (`quote_answers`); the reason goes into `notes`."""
         text, quote = self.compose(question, table)
         doc = self.library.document(table[quote["n"]].doc_id, self.user) if text else None
-        why = quote_answers(question, quote, doc.title if doc else "") if text else None
+        why = quote_answers(question, quote, doc.title if doc else "", text) if text else None
         noun = self.unsaid_noun(question, doc.id, list(table.values())) if text and not why else None
         if noun:
             why = (f"the quoted document never names {noun!r}, nor says it another way, though other documents "

@@ -13,8 +13,7 @@ Notable choices:
   spelling variants (-ise/-ize, -isation/-ization, catalogue/catalog, behaviour/behavior); a truncated form
   only where truncation is safe (an English word of at least five letters before the cut, never an acronym,
   a name or a Chinese term); English synonyms from WordNet when Debian's `wordnet-base` is installed
-  (`/usr/share/wordnet`, read directly: only single-sense nouns, so a synonym never drifts to another
-  meaning); and, with a model backend, the model's synonyms, marked `proposed` for the librarian to keep or
+  (`text.wordnet_synonyms`: only single-sense nouns, so a synonym never drifts to another meaning); and, with a model backend, the model's synonyms, marked `proposed` for the librarian to keep or
   drop (only short, plain terms are accepted: model output is untrusted).
 - The output is editable JSON (`groups`: one per concept, each term with its source; `concepts`: the same
   as plain lists of terms) plus the strings; `strings_for(groups)` rebuilds the strings from an edited JSON.
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from ..errors import UserError
-from .text import CHINESE_STOPWORDS, HAN, STOPWORDS, WORDNET_DIR, is_chinese, normalize
+from .text import CHINESE_STOPWORDS, HAN, STOPWORDS, is_chinese, normalize, wordnet_available, wordnet_synonyms
 
 SYNTAXES = ("generic", "pubmed", "scopus", "wos", "cnki")
 
@@ -131,43 +130,6 @@ def find_concepts(text: str) -> list[tuple[int, int, dict]]:
                 continue
             taken.append((m.start(), m.end(), entry))
     return sorted(taken, key=lambda x: x[0])
-
-
-# ---- WordNet (Debian's wordnet-base) ----------------------------------------------------------------
-
-@functools.lru_cache(maxsize=1)
-def _wordnet_index() -> dict[str, list[int]] | None:
-    path = WORDNET_DIR / "index.noun"
-    if not path.is_file():
-        return None
-    index: dict[str, list[int]] = {}
-    with open(path, encoding="latin-1") as f:
-        for line in f:
-            if line.startswith(" "):
-                continue
-            parts = line.split()
-            lemma, n_synsets, n_ptrs = parts[0], int(parts[2]), int(parts[3])
-            index[lemma] = [int(x) for x in parts[4 + n_ptrs + 2:4 + n_ptrs + 2 + n_synsets]]
-    return index
-
-
-def wordnet_available() -> bool:
-    return _wordnet_index() is not None
-
-
-def wordnet_synonyms(phrase: str) -> list[str]:
-    """Synonyms of an English noun (phrase) with exactly one WordNet sense; [] without WordNet."""
-    index = _wordnet_index()
-    lemma = phrase.lower().replace(" ", "_")
-    offsets = index.get(lemma) if index else None
-    if not offsets or len(offsets) != 1:
-        return []
-    with open(WORDNET_DIR / "data.noun", "rb") as f:
-        f.seek(offsets[0])
-        fields = f.readline().decode("latin-1").split()
-    n = int(fields[3], 16)
-    words = [fields[4 + 2 * i].replace("_", " ") for i in range(n)]
-    return [re.sub(r"\(.*\)$", "", w) for w in words if w.lower() != phrase.lower()]
 
 
 # ---- building the groups ----------------------------------------------------------------------------

@@ -153,6 +153,32 @@ def has_number(text: str) -> bool:
     return bool(_NUMBER.search(text))
 
 
+# "多少X" / "几X": what the number of a Chinese answer must count, its measure word or noun ("多少名工人": 名,
+# "多少资金": 资金, "第几个": 个)
+_ZH_COUNTED = re.compile(f"(?:多少|几)([{HAN}]{{1,2}})")
+_ZH_NUMERAL = "[0-9./%一两二三四五六七八九十百千万亿零]"
+_ZH_CLAUSE_END = "，。；：！？、,;:!?\\s"
+
+
+def counted_unit(question: str) -> str | None:
+    """What a Chinese "多少X" or "几X" question counts (the one or two characters after 多少/几: 名工 in
+    多少名工人, 资金 in 多少资金), or None."""
+    m = _ZH_COUNTED.search(normalize(question))
+    return m.group(1) if m else None
+
+
+def counts_unit(text: str, unit: str) -> bool:
+    """Whether a Chinese text states a number of `unit` (from `counted_unit`): a number followed within three
+    characters of its clause by the unit's first character ("12人", "100亿铢资金", "500多长住人口"), or a
+    two-character unit followed as closely by a number ("人口约50万"). A sentence that counts 人 does not say
+    how much 资金 was injected."""
+    t = normalize(text)
+    gap = f"[^{_ZH_CLAUSE_END}]{{0,3}}?"
+    if re.search(f"{_ZH_NUMERAL}{gap}{re.escape(unit[0])}", t):
+        return True
+    return len(unit) == 2 and bool(re.search(f"{re.escape(unit)}{gap}{_ZH_NUMERAL}", t))
+
+
 # a name from code: a dotted name (shutil.rmtree), snake_case, camelCase, or letters run into digits (b64decode)
 _IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|\b[A-Za-z]\w*_\w*|\b[a-z]+[A-Z]\w*|\b[A-Za-z]+\d+[A-Za-z]\w*")
 
@@ -287,7 +313,7 @@ def _wordnet_synset(pos: str, offset: int) -> tuple[tuple[str, ...], tuple[tuple
         f.seek(offset)
         fields = f.readline().decode("latin-1").split(" | ")[0].split()
     n = int(fields[3], 16)
-    words = tuple(re.sub(r"\(.*\)$", "", fields[4 + 2 * i]).lower() for i in range(n))
+    words = tuple(re.sub(r"\(.*\)$", "", fields[4 + 2 * i]) for i in range(n))  # as WordNet writes them: "DNA"
     at = 4 + 2 * n
     pointers = []
     for j in range(int(fields[at])):
@@ -310,14 +336,26 @@ def wordnet_forms(word: str) -> set[str]:
         for lemma in wordnet_lemmas(word, pos):
             for offset in _wordnet_index(pos)[lemma]:
                 words, pointers = _wordnet_synset(pos, offset)
+                words = tuple(w.lower() for w in words)
                 out.update(words)
                 for sym, off, p, source, target in pointers:
                     if sym not in _WORDNET_RELATIONS or (source and words[source - 1] != lemma):
                         continue
-                    their = _wordnet_synset(p, off)[0]
+                    their = tuple(w.lower() for w in _wordnet_synset(p, off)[0])
                     out.update([their[target - 1]] if target else their)
     out.discard(word.lower())
     return {w.replace("_", " ") for w in out}
+
+
+def wordnet_synonyms(phrase: str) -> list[str]:
+    """The synonyms of an English noun (phrase) that WordNet knows in exactly one sense, so that a synonym
+    never drifts to another meaning ("reinforcement learning" has one sense; "bank" has ten), as WordNet writes
+    them; [] for other words and without WordNet."""
+    lemma = phrase.lower().replace(" ", "_")
+    offsets = _wordnet_index("noun").get(lemma)
+    if not offsets or len(offsets) != 1:
+        return []
+    return [w.replace("_", " ") for w in _wordnet_synset("noun", offsets[0])[0] if w.lower() != lemma]
 
 
 def numbers(text: str) -> set[str]:
