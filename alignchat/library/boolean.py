@@ -13,8 +13,9 @@ Notable choices:
   spelling variants (-ise/-ize, -isation/-ization, catalogue/catalog, behaviour/behavior); a truncated form
   only where truncation is safe (an English word of at least five letters before the cut, never an acronym,
   a name or a Chinese term); English synonyms from WordNet when Debian's `wordnet-base` is installed
-  (`text.wordnet_synonyms`: only single-sense nouns, so a synonym never drifts to another meaning); and, with a model backend, the model's synonyms, marked `proposed` for the librarian to keep or
-  drop (only short, plain terms are accepted: model output is untrusted).
+  (`text.wordnet_synonyms`: only single-sense nouns, so a synonym never drifts to another meaning); and, with
+  a model backend, the model's synonyms, marked `proposed` for the librarian to keep or drop (only short, plain
+  terms are accepted: model output is untrusted).
 - The output is editable JSON (`groups`: one per concept, each term with its source; `concepts`: the same
   as plain lists of terms) plus the strings; `strings_for(groups)` rebuilds the strings from an edited JSON.
 - CNKI's professional search writes `SU=('a'+'b')*('c'+'d')` (`+` is OR, `*` is AND inside a field, SU is
