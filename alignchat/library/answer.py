@@ -136,13 +136,10 @@ def covers_key_terms(question: str, evidence: list[Hit]) -> bool:
     return all(any(t in found for t in unit) for unit in key_terms(question))
 
 
-_CITED = re.compile(r"\s*\[\d+\]\s*")  # the passage numbers that end each quoted sentence of an extractive answer
-
-
-def quote_answers(question: str, quote: dict, title: str = "", answer: str = "") -> str | None:
+def quote_answers(question: str, quote: dict, title: str = "") -> str | None:
     """Why the best quote of an extractive answer does not answer the question, or None: a "how many", "what
     year", "多少" or "哪一年" question (`text.asks_quantity`) whose quote states no number, a Chinese "多少X"
-    question none of whose quoted sentences (`answer`) counts X (`text.counts_unit`: a sentence that counts
+    question none of whose quoted sentences (`quote["said"]`) counts X (`text.counts_unit`: a sentence that counts
     董事 does not say how much 资金 was injected), a Chinese "X的Y是谁/是什么" question whose quote never
     names Y (a sentence about 温州读书协会 that names no 会长 does not say who its 会长 is), or a question about
     "the X module" whose quote is from a document (`title`) that is not about X (the calendar page mentions the
@@ -150,9 +147,8 @@ def quote_answers(question: str, quote: dict, title: str = "", answer: str = "")
     if asks_quantity(question) and not has_number(quote["text"]):
         return "the best evidence states no number"
     # what the number counts may be in any quoted sentence of the answer
-    quoted = [quote["text"]] + ([s for s in _CITED.split(answer) if s.strip()] if answer else [])
     unit = counted_unit(question) if asks_quantity(question) else None
-    if unit and not any(counts_unit(s, unit) for s in quoted):
+    if unit and not any(counts_unit(s, unit) for s in quote.get("said", [quote["text"]])):
         return f"the evidence states no number of {unit[0]}"
     title_terms = set(tokens(title))
     for module in named_modules(question):
@@ -278,7 +274,7 @@ class Answerer:
         (`quote_answers`); the reason goes into `notes`."""
         text, quote = self.compose(question, table)
         doc = self.library.document(table[quote["n"]].doc_id, self.user) if text else None
-        why = quote_answers(question, quote, doc.title if doc else "", text) if text else None
+        why = quote_answers(question, quote, doc.title if doc else "") if text else None
         noun = self.unsaid_noun(question, doc.id, list(table.values())) if text and not why else None
         if noun:
             why = (f"the quoted document never names {noun!r}, nor says it another way, though other documents "
@@ -290,8 +286,8 @@ class Answerer:
 
     def compose(self, question: str, table: dict[int, Passage], max_sentences: int = 3) -> tuple[str, dict]:
         """The extractive answer (the evidence sentences that best answer the question, each with its passage
-        number) and its best quote, `{"text", "n"}`: the quoted sentence (with the heading quoted before it,
-        if it is) and its passage number."""
+        number) and its best quote, `{"text", "n", "said"}`: the quoted sentence (with the heading quoted before
+        it, if it is), its passage number, and every sentence the answer quotes."""
         q_vec = self.library.embedder.embed([question])[0]
         q_terms = content_terms(question)
         idf = self.library.retriever(self.user).idf
@@ -317,7 +313,7 @@ class Answerer:
                 candidates.append((n, sent, context, share, heading, head_terms))
                 context, share = set(tokens(sent)), 0.5
         if not candidates:
-            return "", {"text": "", "n": None}
+            return "", {"text": "", "n": None, "said": []}
         vecs = self.library.embedder.embed([c[1] for c in candidates])
         scored = []
         for (n, sent, context, share, heading, head_terms), v in zip(candidates, vecs):
@@ -357,7 +353,7 @@ class Answerer:
                 end = re.search(r"[.!?。！？]+[\"'”’)]*$", sent)
                 parts.append(f"{sent[:end.start()]} [{n}]{sent[end.start():]}" if end else f"{sent} [{n}].")
         _, n, text = scored[0]
-        return ("" if zh else " ").join(parts), {"text": text, "n": n}
+        return ("" if zh else " ").join(parts), {"text": text, "n": n, "said": [sent for _, sent in chosen]}
 
     def build_messages(self, question: str, table: dict[int, Passage], short: bool = False) -> list[dict]:
         zh = is_chinese(question)
