@@ -155,6 +155,34 @@ def test_dpo_prompts_come_only_from_training_data(items, dpo_prompts):
     assert R.dpo_prompts(items) == dpo_prompts  # deterministic
 
 
+def test_harmful_sample_per_language_is_set_by_build_dpo_harmful(items, dpo_prompts, capsys):
+    assert R.parse_harmful("en=75,zh=120") == {"en": 75, "zh": 120}
+    assert R.parse_harmful(" zh = 90 ") == {**R.DPO_HARMFUL_TRAIN, "zh": 90}  # a language not named keeps its default
+    for bad, says in [("zh", "LANG=COUNT"), ("fr=3", "unknown language 'fr'"), ("zh=-1", "whole number"),
+                      ("zh=many", "whole number"), ("zh=3,zh=4", "given twice"), ("", "LANG=COUNT")]:
+        with pytest.raises(ValueError, match=says):
+            R.parse_harmful(bad)
+    # only the classifier's training-split requests (no red-team items, no benign side): the first N by hash,
+    # so a larger Chinese sample holds the default one and leaves English as it was
+    def drawn(harmful):
+        ps = R.dpo_prompts(items, harmful_train=harmful, redteam=0, benign={})
+        return {lang: [p.base for p in ps if p.lang == lang] for lang in ("en", "zh")}
+    default, more = drawn(None), drawn(R.parse_harmful("zh=90"))
+    assert len(default["zh"]) == R.DPO_HARMFUL_TRAIN["zh"] and len(more["zh"]) == 90
+    assert set(default["zh"]) <= set(more["zh"]) and more["en"] == default["en"]
+    # the option touches only that sample: the red-team items and the benign side stay as they are
+    full = R.dpo_prompts(items, harmful_train=R.parse_harmful("zh=90"))
+    assert len(full) == len(dpo_prompts) + 90 - R.DPO_HARMFUL_TRAIN["zh"]
+    assert [p for p in full if p.kind == "benign"] == [p for p in dpo_prompts if p.kind == "benign"]
+    with pytest.raises(ValueError, match="training split holds"):
+        R.dpo_prompts(items, harmful_train={"zh": 10 ** 6})
+    # the CLI refuses a bad value with a clear message before it loads any model
+    for bad, says in (("fr=3", "unknown language"), ("zh=1000000", "training split holds")):
+        with pytest.raises(SystemExit):
+            R.main(["build-dpo", "--model", "no-such-model", "--out", "unused.jsonl", "--harmful", bad])
+        assert says in capsys.readouterr().err
+
+
 def test_dpo_pairs_prefer_refusal_on_harmful_and_the_helpful_reply_on_benign(tiny_ckpt, dpo_prompts, tmp_path):
     from alignchat.client import make_client
     from alignchat.data.comparisons import read_training_comparisons

@@ -2,6 +2,7 @@
 
     python -m alignchat.safety.redteam show [--split eval]                   # the set, one JSON line per item
     python -m alignchat.safety.redteam build-dpo --model smollm2-135m-instruct --out runs/harmless3/pairs.jsonl
+        [--harmful en=75,zh=120]                                         # harmful requests drawn per language
     alignchat eval run --model smollm2-135m-instruct --suite redteam --out runs/eval/smollm2-redteam
 
 The set: held-out harmful requests (the moderation classifier's held-out split, alignchat/safety/data.py;
@@ -486,6 +487,9 @@ def dpo_prompts(items: list[RedTeamItem] | None = None, examples=None, templates
     out: list[DPOPrompt] = []
     for lang, n in harmful_train.items():
         pool = sorted((e for e in train if e.kind == "harmful" and e.lang == lang), key=lambda e: _h(e.text, "dpo"))
+        if n > len(pool):
+            raise ValueError(f"asked for {n} {lang} harmful requests; the classifier's training split holds "
+                             f"{len(pool)} usable ones")
         for e in pool[:n]:
             w, text, detail = _reworded(e.text, lang, train_templates)
             out.append(DPOPrompt(text, lang, "harmful", e.text, w, e.source, detail))
@@ -496,6 +500,31 @@ def dpo_prompts(items: list[RedTeamItem] | None = None, examples=None, templates
         pool = sorted((e for e in train if e.kind in ("lookalike", "harmless") and e.source == source and e.lang == lang),
                       key=lambda e: _h(e.text, "dpo-benign"))
         out += [DPOPrompt(e.text, lang, "benign", e.text, source=f"{source}-{e.kind}") for e in pool[:n]]
+    return out
+
+
+def parse_harmful(spec: str) -> dict[str, int]:
+    """`--harmful en=75,zh=120` as `dpo_prompts`' harmful_train: how many of the classifier's training-split
+    harmful requests to draw per language; a language not named keeps its `DPO_HARMFUL_TRAIN` count."""
+    out = dict(DPO_HARMFUL_TRAIN)
+    seen = set()
+    for part in spec.split(","):
+        lang, eq, n = part.strip().partition("=")
+        lang = lang.strip()
+        if not eq or not lang:
+            raise ValueError(f"--harmful: {part.strip()!r} is not LANG=COUNT (e.g. en=75,zh=120)")
+        if lang not in DPO_HARMFUL_TRAIN:
+            raise ValueError(f"--harmful: unknown language {lang!r} (one of {', '.join(DPO_HARMFUL_TRAIN)})")
+        if lang in seen:
+            raise ValueError(f"--harmful: {lang} given twice")
+        try:
+            count = int(n.strip())
+        except ValueError:
+            count = -1
+        if count < 0:
+            raise ValueError(f"--harmful: {lang}={n.strip()!r} is not a whole number >= 0")
+        seen.add(lang)
+        out[lang] = count
     return out
 
 
@@ -552,6 +581,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=DPO_MAX_TOKENS, help="reply tokens per generated reply")
+    p.add_argument("--harmful", default=None, metavar="LANG=N,...",
+                   help="training-split harmful requests drawn per language, e.g. en=75,zh=120 (a language not "
+                        "named keeps its default; default " + ",".join(f"{k}={v}" for k, v in DPO_HARMFUL_TRAIN.items())
+                        + ")")
     sub.add_parser("judge-agreement", help="the judge against the hand-checked labels")
     a = ap.parse_args(argv)
     if a.cmd == "show":
@@ -559,10 +592,14 @@ def main(argv=None) -> int:
             if a.split in (None, i.split):
                 print(json.dumps(asdict(i), ensure_ascii=False))
     elif a.cmd == "build-dpo":
+        try:
+            prompts = dpo_prompts(harmful_train=None if a.harmful is None else parse_harmful(a.harmful))
+        except ValueError as e:
+            ap.error(str(e))
         from ..client import make_client
         from ..eval.config import LOCAL_OPTIONS
         client = make_client(model=a.model, **{**LOCAL_OPTIONS, "threads": a.threads})
-        build_dpo(client, a.out, max_tokens=a.max_tokens)
+        build_dpo(client, a.out, prompts, max_tokens=a.max_tokens)
     else:
         res = judge_agreement()
         print(json.dumps({k: v for k, v in res.items() if k != "disagreements"}, ensure_ascii=False))
