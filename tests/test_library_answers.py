@@ -6,7 +6,9 @@ the description below it; a question that asks for a number the evidence does no
 whose evidence counts no X), or for the 馆长 of a thing whose passages name none, is "not found", and so is one
 that names something ("Android") the library never uses nor says in other words, or asks about "the X module"
 from another module's page, or asks for a thing (a noun, "path") that other documents use and the quoted one
-never names in any form WordNet knows; every answer is verified and cites the library's own passages."""
+never names in any form WordNet knows, or asks for the default of a setting of a function no quoted sentence
+states, or about a transliterated name (祖宾·梅塔) the evidence never names; every answer is verified and cites
+the library's own passages."""
 from __future__ import annotations
 
 import pytest
@@ -159,6 +161,45 @@ def test_a_question_about_a_module_is_answered_from_its_own_documentation(lib):
     own = answerer.ask("Which exception does b64decode of the codec module raise for incorrectly padded input?",
                        strategy="extractive")
     assert not own.not_found and "binascii.Error" in own.answer and own.citations[0].title.startswith("codec")
+
+
+def test_a_default_question_is_answered_only_by_a_sentence_that_names_that_setting_of_that_function(lib):
+    answerer = Answerer(lib)
+    own = answerer.ask("What is the default altchars of codec.b64encode?", strategy="extractive")
+    assert not own.not_found and "The default is None" in own.answer
+    # b64decode's signature states validate=False; b64encode has no validate, and nothing has a wrapcol
+    decode = answerer.ask("What is the default validate of codec.b64decode?", strategy="extractive")
+    assert not decode.not_found and "validate=False" in decode.answer
+    for question, setting in (("What is the default validate of codec.b64encode?", "validate of b64encode"),
+                              ("What is the default wrapcol of codec.b64encode?", "wrapcol of b64encode")):
+        ans = answerer.ask(question, strategy="extractive")
+        assert max(h.evidence for h in ans.hits) >= NOT_FOUND_THRESHOLD
+        assert ans.not_found and any(f"states the default {setting}" in n for n in ans.notes), question
+
+
+CONCERT = """维也纳新年音乐会举行
+
+１月１日，第五十九届维也纳新年音乐会在奥地利首都维也纳举行。意大利指挥家里卡尔多·穆蒂指挥维也纳爱乐乐团演奏了施特劳斯家族的圆舞曲和波尔卡。音乐会通过卫星向四十多个国家和地区转播。
+"""
+
+
+def test_a_chinese_question_about_a_foreign_name_the_evidence_never_names_is_not_found(tmp_path):
+    library = Library(tmp_path / "library")
+    for name, text in (("nanjing_road.txt", STREET), ("museum.txt", MUSEUM), ("concert.txt", CONCERT)):
+        library.add_file(name, data=text.encode(), name=name)
+    answerer = Answerer(library)
+    named = answerer.ask("指挥第五十九届维也纳新年音乐会的里卡尔多·穆蒂是哪国人？", strategy="extractive")
+    assert not named.not_found and "意大利指挥家里卡尔多·穆蒂" in named.answer
+    # the same concert, another conductor: the passage is close, but it is about someone else
+    other = answerer.ask("指挥第五十九届维也纳新年音乐会的祖宾·梅塔是哪国人？", strategy="extractive")
+    assert max(h.evidence for h in other.hits) >= NOT_FOUND_THRESHOLD
+    assert other.not_found and any("does not name 祖宾·梅塔" in n for n in other.notes)
+    # a "几X" question with any measure word is a "how many" question: the passage counts no 首 of anything
+    waltzes = answerer.ask("维也纳新年音乐会演奏了几首圆舞曲？", strategy="extractive")
+    assert max(h.evidence for h in waltzes.hits) >= NOT_FOUND_THRESHOLD
+    assert waltzes.not_found and any("no number of 首" in n for n in waltzes.notes)
+    halls = answerer.ask("上海博物馆新馆共有几个专馆？", strategy="extractive")
+    assert not halls.not_found and "十一个专馆" in halls.answer
 
 
 WALK_PAGE = """dirwalk — walking directory trees

@@ -38,9 +38,10 @@ from ..errors import UserError
 from .boolean import GENERIC
 from .retrieve import NOT_FOUND_THRESHOLD, Hit
 from .store import DEFAULT_USER, Library, Passage
-from .text import (STOPWORDS, asks_quantity, content_terms, counted_unit, counts_unit, has_number, is_chinese,
-                   is_heading, is_statement, key_terms, named_modules, names_code, normalize, question_focus,
-                   question_names, sentence_spans, tokens, wants_number, wordnet_forms, wordnet_only_noun)
+from .text import (STOPWORDS, asks_quantity, content_terms, counted_unit, counts_unit, default_asked, foreign_names,
+                   has_number, is_chinese, is_heading, is_statement, key_terms, named_modules, names_code, normalize,
+                   question_focus, question_names, sentence_spans, tokens, wants_number, wordnet_forms,
+                   wordnet_only_noun)
 from .verify import Verification, Verifier, sub_citations
 
 NOT_FOUND_EN = "Not found in your library: no passage in your library supports an answer to this question."
@@ -143,7 +144,11 @@ def quote_answers(question: str, quote: dict, title: str = "") -> str | None:
     董事 does not say how much 资金 was injected), a Chinese "X的Y是谁/是什么" question whose quote never
     names Y (a sentence about 温州读书协会 that names no 会长 does not say who its 会长 is), or a question about
     "the X module" whose quote is from a document (`title`) that is not about X (the calendar page mentions the
-    time module; it does not document it)."""
+    time module; it does not document it), an English "the default X of Y" question none of whose quoted
+    sentences (with their headings) names both X and Y's name from code (`text.default_asked`: the default of
+    altchars, or SpooledTemporaryFile's max_size, says nothing of b64encode's wrapcol or NamedTemporaryFile's
+    max_size), or a Chinese question about a transliterated name none of whose quoted sentences names that
+    person (`text.foreign_names`)."""
     if asks_quantity(question) and not has_number(quote["text"]):
         return "the best evidence states no number"
     # what the number counts may be in any quoted sentence of the answer
@@ -154,6 +159,15 @@ def quote_answers(question: str, quote: dict, title: str = "") -> str | None:
     for module in named_modules(question):
         if not all(t in title_terms for t in tokens(module)):
             return f"the best evidence is not from the documentation of {module}"
+    said_all = quote.get("said", [quote["text"]])
+    asked = default_asked(question)
+    if asked and not any(all(w in s.lower() for w in asked[0] + asked[1]) for s in said_all):
+        return f"no quoted sentence states the default {' '.join(asked[0])}" + (
+            f" of {', '.join(asked[1])}" if asked[1] else "")
+    quoted = "".join(said_all)
+    for parts in foreign_names(question):
+        if not any(part in quoted for part in parts):
+            return f"the best evidence does not name {'·'.join(parts)}"
     focus = question_focus(question)
     said = normalize(quote["text"])  # raw text: 研究所所长 is cut at the function word 所 in its terms
     if focus and not any(t in said for t in focus):

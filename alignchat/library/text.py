@@ -127,7 +127,7 @@ def content_terms(text: str) -> list[str]:
 
 _WANTS_NUMBER = re.compile(r"\bhow (?:many|much|long|often|old|far|large|big|deep|high|fast)\b|"
                            r"\bwhat (?:year|percentage)\b|\bwhen\b|"
-                           r"多少|多长|多深|多高|多远|多久|多大|几[个年月日天次名位项条倍种]|哪一?年|何时", re.IGNORECASE)
+                           f"多少|多长|多深|多高|多远|多久|多大|几(?![乎何])[{HAN}]|哪一?年|何时", re.IGNORECASE)
 _NUMBER = re.compile(r"[0-9０-９]|[两二三四五六七八九十百千万亿零]|\b(?:two|three|four|five|six|seven|eight|nine|ten|"
                      r"eleven|twelve|twenty|thirty|forty|fifty|hundred|thousand|million|billion|dozen|once|twice)\b",
                      re.IGNORECASE)
@@ -242,6 +242,37 @@ def question_focus(question: str) -> list[str]:
         return []
     seg = m.group(1) or m.group(2)
     return [a + b for a, b in zip(seg, seg[1:])]
+
+
+# "the default X of/for Y": X, the setting asked about ("wrapcol", "buffer size"), and the names from code in Y
+_DEFAULT_OF = re.compile(r"\bdefault ((?:[\w.]+ ){0,2}?[\w.]+)(?: (?:of|for|in|used by) (?:the )?(.+?))?\W*$",
+                         re.IGNORECASE)
+
+
+def default_asked(question: str) -> tuple[list[str], list[str]] | None:
+    """For an English "what is the default X of Y?" question, the words of X and the last part of each name
+    from code in Y (`tempfile.NamedTemporaryFile`: NamedTemporaryFile, lowercased), or None. Its answer is a
+    sentence that states X for Y: the default of another setting, or of X in another function, does not
+    answer it."""
+    if is_chinese(question):
+        return None
+    m = _DEFAULT_OF.search(question)
+    if not m:
+        return None
+    setting = [w for w in re.findall(r"[a-z0-9_]+", m.group(1).lower()) if w not in STOPWORDS]
+    owners = [ident.split(".")[-1].lower() for ident in _IDENTIFIER.findall(m.group(2) or "")]
+    return (setting, owners) if setting else None
+
+
+# a transliterated foreign name (祖宾·梅塔, 哈维尔·索拉纳): a quote that never names it is about someone else
+_ZH_FOREIGN_NAME = re.compile(f"([{HAN}]{{2}})[·•・]([{HAN}]{{2}})")
+
+
+def foreign_names(question: str) -> list[tuple[str, str]]:
+    """The transliterated names of a Chinese question, each as the two characters on either side of its dot
+    (祖宾·梅塔: 祖宾, 梅塔; the question does not say where the name begins and ends, and either half names
+    the person in a quote)."""
+    return _ZH_FOREIGN_NAME.findall(normalize(question))
 
 
 # ---- WordNet (Debian's wordnet-base, read directly) -------------------------------------------------------
