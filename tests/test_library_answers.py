@@ -64,10 +64,15 @@ MUSEUM = """上海博物馆新馆开放
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    library = Library(tmp_path_factory.mktemp("library"))
-    for name, text in (("codec.txt", CODEC_PAGE), ("tmpfiles.txt", FILES_PAGE), ("nanjing_road.txt", STREET),
-                       ("museum.txt", MUSEUM)):
-        library.add_file(name, data=text.encode(), name=name)
+    return library_of(tmp_path_factory.mktemp("library"), codec=CODEC_PAGE, tmpfiles=FILES_PAGE,
+                      nanjing_road=STREET, museum=MUSEUM)
+
+
+def library_of(path, **documents: str) -> Library:
+    """A library at `path` holding each text as the file NAME.txt."""
+    library = Library(path)
+    for name, text in documents.items():
+        library.add_file(f"{name}.txt", data=text.encode(), name=f"{name}.txt")
     return library
 
 
@@ -187,10 +192,7 @@ CONCERT = """维也纳新年音乐会举行
 
 
 def test_a_chinese_question_about_a_foreign_name_the_evidence_never_names_is_not_found(tmp_path):
-    library = Library(tmp_path / "library")
-    for name, text in (("nanjing_road.txt", STREET), ("museum.txt", MUSEUM), ("concert.txt", CONCERT)):
-        library.add_file(name, data=text.encode(), name=name)
-    answerer = Answerer(library)
+    answerer = Answerer(library_of(tmp_path / "library", nanjing_road=STREET, museum=MUSEUM, concert=CONCERT))
     named = answerer.ask("指挥第五十九届维也纳新年音乐会的里卡尔多·穆蒂是哪国人？", strategy="extractive")
     assert not named.not_found and "意大利指挥家里卡尔多·穆蒂" in named.answer
     # the same concert, another conductor: the passage is close, but it is about someone else
@@ -215,10 +217,7 @@ Yield the name of every subdirectory below top, and the names of the files in ea
 
 @pytest.mark.skipif(not wordnet_available(), reason="Debian's wordnet-base is not installed (`make system` installs it)")
 def test_a_question_about_a_thing_its_document_never_names_is_not_found(tmp_path):
-    library = Library(tmp_path / "library")
-    for name, text in (("codec.txt", CODEC_PAGE), ("tmpfiles.txt", FILES_PAGE), ("dirwalk.txt", WALK_PAGE)):
-        library.add_file(name, data=text.encode(), name=name)
-    answerer = Answerer(library)
+    answerer = Answerer(library_of(tmp_path / "library", codec=CODEC_PAGE, tmpfiles=FILES_PAGE, dirwalk=WALK_PAGE))
     # the codec page documents its functions, not paths: the other pages speak of paths, the codec page never
     # does, nor of anything close to one
     ans = answerer.ask("Which function of codec encodes a path as Base64?", strategy="extractive")
