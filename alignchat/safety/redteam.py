@@ -2,7 +2,7 @@
 
     python -m alignchat.safety.redteam show [--split eval]                   # the set, one JSON line per item
     python -m alignchat.safety.redteam build-dpo --model smollm2-135m-instruct --out runs/harmless3/pairs.jsonl
-        [--harmful en=75,zh=120]                                         # harmful requests drawn per language
+        [--harmful en=75,zh=120] [--benign curated-zh=90]                # how many of each are drawn
     alignchat eval run --model smollm2-135m-instruct --suite redteam --out runs/eval/smollm2-redteam
 
 The set: held-out harmful requests (the moderation classifier's held-out split, alignchat/safety/data.py;
@@ -499,33 +499,51 @@ def dpo_prompts(items: list[RedTeamItem] | None = None, examples=None, templates
     for (source, lang), n in benign.items():
         pool = sorted((e for e in train if e.kind in ("lookalike", "harmless") and e.source == source and e.lang == lang),
                       key=lambda e: _h(e.text, "dpo-benign"))
+        if n > len(pool):
+            raise ValueError(f"asked for {n} {source}-{lang} harmless prompts; the classifier's training split "
+                             f"holds {len(pool)} usable ones")
         out += [DPOPrompt(e.text, lang, "benign", e.text, source=f"{source}-{e.kind}") for e in pool[:n]]
+    return out
+
+
+def parse_counts(spec: str, defaults: dict, option: str, keys: dict[str, object], what: str = "LANG") -> dict:
+    """`KEY=N,KEY=N` as a copy of `defaults` with those counts set; `keys` maps each KEY as written (a `what`:
+    LANG, SOURCE-LANG) to its key in `defaults`. A key not named keeps its default; a bad part raises ValueError
+    naming `option`."""
+    out = dict(defaults)
+    seen = set()
+    example = ",".join(f"{k}={defaults[v]}" for k, v in list(keys.items())[:2])
+    for part in spec.split(","):
+        name, eq, n = part.strip().partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise ValueError(f"{option}: {part.strip()!r} is not {what}=COUNT (e.g. {example})")
+        if name not in keys:
+            raise ValueError(f"{option}: unknown {'language' if what == 'LANG' else what} {name!r} (one of {', '.join(keys)})")
+        if name in seen:
+            raise ValueError(f"{option}: {name} given twice")
+        try:
+            count = int(n.strip())
+        except ValueError:
+            count = -1
+        if count < 0:
+            raise ValueError(f"{option}: {name}={n.strip()!r} is not a whole number >= 0")
+        seen.add(name)
+        out[keys[name]] = count
     return out
 
 
 def parse_harmful(spec: str) -> dict[str, int]:
     """`--harmful en=75,zh=120` as `dpo_prompts`' harmful_train: how many of the classifier's training-split
     harmful requests to draw per language; a language not named keeps its `DPO_HARMFUL_TRAIN` count."""
-    out = dict(DPO_HARMFUL_TRAIN)
-    seen = set()
-    for part in spec.split(","):
-        lang, eq, n = part.strip().partition("=")
-        lang = lang.strip()
-        if not eq or not lang:
-            raise ValueError(f"--harmful: {part.strip()!r} is not LANG=COUNT (e.g. en=75,zh=120)")
-        if lang not in DPO_HARMFUL_TRAIN:
-            raise ValueError(f"--harmful: unknown language {lang!r} (one of {', '.join(DPO_HARMFUL_TRAIN)})")
-        if lang in seen:
-            raise ValueError(f"--harmful: {lang} given twice")
-        try:
-            count = int(n.strip())
-        except ValueError:
-            count = -1
-        if count < 0:
-            raise ValueError(f"--harmful: {lang}={n.strip()!r} is not a whole number >= 0")
-        seen.add(lang)
-        out[lang] = count
-    return out
+    return parse_counts(spec, DPO_HARMFUL_TRAIN, "--harmful", {k: k for k in DPO_HARMFUL_TRAIN})
+
+
+def parse_benign(spec: str) -> dict[tuple[str, str], int]:
+    """`--benign curated-zh=90,curated-en=60` as `dpo_prompts`' benign: how many harmless training-split prompts
+    to draw per SOURCE-LANG; one not named keeps its `DPO_BENIGN` count."""
+    return parse_counts(spec, DPO_BENIGN, "--benign", {f"{src}-{lang}": (src, lang) for src, lang in DPO_BENIGN},
+                        "SOURCE-LANG")
 
 
 def build_dpo(client, out: str | Path, prompts: list[DPOPrompt] | None = None, log=sys.stderr,
@@ -585,6 +603,10 @@ def main(argv=None) -> int:
                    help="training-split harmful requests drawn per language, e.g. en=75,zh=120 (a language not "
                         "named keeps its default; default " + ",".join(f"{k}={v}" for k, v in DPO_HARMFUL_TRAIN.items())
                         + ")")
+    p.add_argument("--benign", default=None, metavar="SOURCE-LANG=N,...",
+                   help="training-split harmless prompts drawn per source and language, e.g. curated-zh=90 (one "
+                        "not named keeps its default; default " + ",".join(f"{s}-{l}={v}" for (s, l), v in
+                                                                          DPO_BENIGN.items()) + ")")
     sub.add_parser("judge-agreement", help="the judge against the hand-checked labels")
     a = ap.parse_args(argv)
     if a.cmd == "show":
@@ -593,7 +615,8 @@ def main(argv=None) -> int:
                 print(json.dumps(asdict(i), ensure_ascii=False))
     elif a.cmd == "build-dpo":
         try:
-            prompts = dpo_prompts(harmful_train=None if a.harmful is None else parse_harmful(a.harmful))
+            prompts = dpo_prompts(harmful_train=None if a.harmful is None else parse_harmful(a.harmful),
+                                  benign=None if a.benign is None else parse_benign(a.benign))
         except ValueError as e:
             ap.error(str(e))
         from ..client import make_client
