@@ -506,10 +506,11 @@ def dpo_prompts(items: list[RedTeamItem] | None = None, examples=None, templates
     return out
 
 
-def parse_counts(spec: str, defaults: dict, option: str, keys: dict[str, object], what: str = "LANG") -> dict:
-    """`KEY=N,KEY=N` as a copy of `defaults` with those counts set; `keys` maps each KEY as written (a `what`:
-    LANG, SOURCE-LANG) to its key in `defaults`. A key not named keeps its default; a bad part raises ValueError
-    naming `option`."""
+def parse_counts(spec: str, defaults: dict, option: str, keys: dict[str, object], what: str = "LANG",
+                 noun: str = "language") -> dict:
+    """`KEY=N,KEY=N` as a copy of `defaults` with those counts set; `keys` maps each KEY as written (a `what`,
+    called a `noun` in errors) to its key in `defaults`. A key not named keeps its default; a bad part raises
+    ValueError naming `option`."""
     out = dict(defaults)
     seen = set()
     example = ",".join(f"{k}={defaults[v]}" for k, v in list(keys.items())[:2])
@@ -519,7 +520,7 @@ def parse_counts(spec: str, defaults: dict, option: str, keys: dict[str, object]
         if not eq or not name:
             raise ValueError(f"{option}: {part.strip()!r} is not {what}=COUNT (e.g. {example})")
         if name not in keys:
-            raise ValueError(f"{option}: unknown {'language' if what == 'LANG' else what} {name!r} (one of {', '.join(keys)})")
+            raise ValueError(f"{option}: unknown {noun} {name!r} (one of {', '.join(keys)})")
         if name in seen:
             raise ValueError(f"{option}: {name} given twice")
         try:
@@ -543,7 +544,7 @@ def parse_benign(spec: str) -> dict[tuple[str, str], int]:
     """`--benign curated-zh=90,curated-en=60` as `dpo_prompts`' benign: how many harmless training-split prompts
     to draw per SOURCE-LANG; one not named keeps its `DPO_BENIGN` count."""
     return parse_counts(spec, DPO_BENIGN, "--benign", {f"{src}-{lang}": (src, lang) for src, lang in DPO_BENIGN},
-                        "SOURCE-LANG")
+                        "SOURCE-LANG", "SOURCE-LANG")
 
 
 def build_dpo(client, out: str | Path, prompts: list[DPOPrompt] | None = None, log=sys.stderr,
