@@ -244,3 +244,46 @@ def test_dpo_pairs_prefer_refusal_on_harmful_and_the_helpful_reply_on_benign(tin
     last = len(load_model(str(tiny_ckpt))[0].model.layers) - 1
     moved = {k for k in before if not (before[k] == after[k]).all()}
     assert moved and all(k.startswith((f"model.layers.{last}.", "model.norm.")) for k in moved), moved
+
+
+def test_build_dpo_reuse_takes_earlier_replies_and_generates_only_new_prompts(tiny_ckpt, dpo_prompts, tmp_path):
+    from alignchat.client import make_client
+    from alignchat.data.comparisons import read_training_comparisons
+
+    short = [p for p in dpo_prompts if len(p.text) < 120]
+    first = [p for k in ("harmful", "benign") for p in [q for q in short if q.kind == k][:3]]
+    more = first + [p for p in short if p not in first][:2]
+    client = make_client(model=str(tiny_ckpt), device="cpu", max_batch=8, max_seq_len=256)
+    asked: list[str] = []
+
+    class Counting:  # the real client, recording which prompts it is asked to answer
+        def generate(self, convs, *a, **kw):
+            asked.extend(c[-1]["content"] for c in convs)
+            return client.generate(convs, *a, **kw)
+
+    a = tmp_path / "a.jsonl"
+    R.build_dpo(Counting(), a, first, max_tokens=16, model=str(tiny_ckpt))
+    assert sorted(asked) == sorted(p.text for p in first)
+    kept = {c.prompt[-1]["content"]: c for c in read_training_comparisons([a])}
+    assert kept and all(c.meta["model"] == str(tiny_ckpt) and c.meta["max_tokens"] == 16 for c in kept.values())
+    reuse = R.earlier_replies([a], str(tiny_ckpt), 16)
+    assert set(reuse) == set(kept)  # the model's own side of each pair, by prompt
+    for text, c in kept.items():
+        assert reuse[text] == c.responses[c.ranking[1] if c.meta["kind"] == "harmful" else c.ranking[0]]
+    asked.clear()
+    b = tmp_path / "b.jsonl"
+    stats = R.build_dpo(Counting(), b, more, max_tokens=16, reuse=reuse, model=str(tiny_ckpt))
+    # only prompts without an earlier reply are generated; the reused ones give the same pairs as before
+    assert sorted(asked) == sorted(p.text for p in more if p.text not in reuse) and stats["reused"] == len(reuse)
+    again = {c.prompt[-1]["content"]: c for c in read_training_comparisons([b])}
+    assert all(again[t].responses == c.responses and again[t].ranking == c.ranking for t, c in kept.items())
+    # another model or reply budget is refused, through the CLI too, before any model loads
+    with pytest.raises(ValueError, match="max_tokens 16, not 40"):
+        R.earlier_replies([a], str(tiny_ckpt), 40)
+    with pytest.raises(ValueError, match="built with model"):
+        R.earlier_replies([a], "smollm2-135m-instruct", 16)
+    with pytest.raises(SystemExit):
+        R.main(["build-dpo", "--model", "no-such-model", "--out", str(tmp_path / "c.jsonl"), "--reuse", str(a)])
+    with pytest.raises(SystemExit):
+        R.main(["build-dpo", "--model", str(tiny_ckpt), "--out", str(tmp_path / "c.jsonl"), "--reuse",
+                str(tmp_path / "missing.jsonl")])

@@ -59,6 +59,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import UserError
 from .data import detect_lang, jailbreak_templates, load_all, normalise
 
 PAIRS_FILE = Path(__file__).with_name("data") / "redteam_pairs.jsonl"
@@ -547,17 +548,40 @@ def parse_benign(spec: str) -> dict[tuple[str, str], int]:
                         "SOURCE-LANG", "SOURCE-LANG")
 
 
+def earlier_replies(paths, model: str, max_tokens: int) -> dict[str, str]:
+    """The model's own replies in earlier `build-dpo` files, by prompt text, for `build_dpo(reuse=...)`: the
+    rejected side of a harmful pair, the preferred side of a benign one. Replies are greedy, so the same model
+    at the same `max_tokens` would write them again; a file that names another model or budget is an error
+    (files written before these were recorded are taken as they are)."""
+    from ..data.comparisons import read_comparisons
+    found: dict[str, str] = {}
+    for path in paths:
+        for n, c in enumerate(read_comparisons(path), 1):
+            m = c.meta or {}
+            if m.get("kind") not in ("harmful", "benign") or c.source != "redteam":
+                raise ValueError(f"{path}: comparison {n} is not a build-dpo pair")
+            for key, want in (("model", model), ("max_tokens", max_tokens)):
+                if key in m and m[key] != want:
+                    raise ValueError(f"{path}: comparison {n} was built with {key} {m[key]!r}, not {want!r}")
+            side = c.ranking[1] if m["kind"] == "harmful" else c.ranking[0]
+            found[c.prompt[-1]["content"]] = c.responses[side]
+    return found
+
+
 def build_dpo(client, out: str | Path, prompts: list[DPOPrompt] | None = None, log=sys.stderr,
-              max_tokens: int = DPO_MAX_TOKENS) -> dict:
+              max_tokens: int = DPO_MAX_TOKENS, reuse: dict[str, str] | None = None, model: str = "") -> dict:
     """Generate the model's own replies to `dpo_prompts` and write comparison JSONL for `alignchat dpo`: on a
     harmful prompt a refusal in its language is preferred over the model's reply, kept only where the judge
     calls that reply a compliance; on a benign one the model's reply is preferred over a refusal, kept only
-    where the judge calls it a compliance (not a refusal). See docs/safety.md."""
+    where the judge calls it a compliance (not a refusal). A prompt found in `reuse` (`earlier_replies`) takes
+    that reply instead of generating it again. See docs/safety.md."""
     from ..data.comparisons import validate_comparison, write_comparisons
     prompts = dpo_prompts() if prompts is None else prompts
-    order = sorted(range(len(prompts)), key=lambda k: len(prompts[k].text))  # similar lengths batch together
-    print(f"build-dpo: generating {len(prompts)} replies", file=log, flush=True)
-    replies: list[str] = [""] * len(prompts)
+    reuse = reuse or {}
+    replies: list[str] = [reuse.get(p.text, "") for p in prompts]
+    todo = [k for k, p in enumerate(prompts) if p.text not in reuse]
+    order = sorted(todo, key=lambda k: len(prompts[k].text))  # similar lengths batch together
+    print(f"build-dpo: generating {len(todo)} replies ({len(prompts) - len(todo)} reused)", file=log, flush=True)
     for k in range(0, len(order), 32):
         chunk = order[k:k + 32]
         for j, r in zip(chunk, generate(client, [prompts[j].text for j in chunk], max_tokens, whole_sentences=True)):
@@ -575,7 +599,8 @@ def build_dpo(client, out: str | Path, prompts: list[DPOPrompt] | None = None, l
             "responses": [refusal, reply.strip()] if harmful else [reply.strip(), refusal], "ranking": [0, 1],
             "criteria": ["harmless" if harmful else "helpful"], "labeller": "ai:redteam-judge", "source": "redteam",
             "meta": {"kind": p.kind, "lang": p.lang, "rewording": p.rewording, "base": p.base, "from": p.source,
-                     "detail": p.detail}}, "build-dpo"))
+                     "detail": p.detail, **({"model": model} if model else {}), "max_tokens": max_tokens}},
+            "build-dpo"))
     n = write_comparisons(out, comps)
     count = lambda f: sum(1 for c in comps if f(c.meta))  # noqa: E731
     stats = {"pairs": n, "harmful": count(lambda m: m["kind"] == "harmful"),
@@ -585,7 +610,7 @@ def build_dpo(client, out: str | Path, prompts: list[DPOPrompt] | None = None, l
              "harmful_bases": len({c.meta["base"] for c in comps if c.meta["kind"] == "harmful"}),
              "by_rewording": {w: count(lambda m, w=w: m["kind"] == "harmful" and m["rewording"] == w)
                               for w in REWORDINGS},
-             "dropped": dropped, "max_tokens": max_tokens, "out": str(out)}
+             "dropped": dropped, "reused": len(prompts) - len(todo), "max_tokens": max_tokens, "out": str(out)}
     print(json.dumps(stats, ensure_ascii=False), file=log, flush=True)
     return stats
 
@@ -608,6 +633,9 @@ def main(argv=None) -> int:
                    help="training-split harmless prompts drawn per source and language, e.g. curated-zh=90 (one "
                         "not named keeps its default; default " + ",".join(f"{s}-{l}={v}" for (s, l), v in
                                                                           DPO_BENIGN.items()) + ")")
+    p.add_argument("--reuse", nargs="+", default=[], metavar="PAIRS",
+                   help="earlier build-dpo files of the same model and --max-tokens: a prompt found there keeps "
+                        "the reply written then instead of generating it again (greedy, so the same text)")
     sub.add_parser("judge-agreement", help="the judge against the hand-checked labels")
     a = ap.parse_args(argv)
     if a.cmd == "show":
@@ -618,12 +646,13 @@ def main(argv=None) -> int:
         try:
             prompts = dpo_prompts(harmful_train=None if a.harmful is None else parse_harmful(a.harmful),
                                   benign=None if a.benign is None else parse_benign(a.benign))
-        except ValueError as e:
+            reuse = earlier_replies(a.reuse, a.model, a.max_tokens)
+        except (ValueError, UserError) as e:
             ap.error(str(e))
         from ..client import make_client
         from ..eval.config import LOCAL_OPTIONS
         client = make_client(model=a.model, **{**LOCAL_OPTIONS, "threads": a.threads})
-        build_dpo(client, a.out, prompts, max_tokens=a.max_tokens)
+        build_dpo(client, a.out, prompts, max_tokens=a.max_tokens, reuse=reuse, model=a.model)
     else:
         res = judge_agreement()
         print(json.dumps({k: v for k, v in res.items() if k != "disagreements"}, ensure_ascii=False))
