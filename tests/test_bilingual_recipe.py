@@ -176,3 +176,22 @@ def test_train_rows_names_what_it_cannot_find(tmp_path):
         apply_trainable(model, "first:2")
     with pytest.raises(UserError, match="rows_lr"):
         apply_trainable(model, "last:1", embedding_rows(tok, "template"), rows_lr=0)
+
+
+def test_the_distillation_requests_are_not_the_held_out_fluency_prompts_and_the_prefixes_take_one():
+    """Step 3's requests (alignchat/data/prompts/chat_*.txt) are written for the recipe: none is a held-out
+    @zh_fluency prompt, none repeats, the Chinese ones are Chinese; each prefix has one {prompt} slot and
+    stops at the start of its next example."""
+    from alignchat.data.chinese_sources import fluency_prompts
+    from alignchat.train.distill import context_stop, read_context
+
+    prompts = REPO / "alignchat" / "data" / "prompts"
+    zh = [x.strip() for x in (prompts / "chat_zh.txt").read_text(encoding="utf-8").splitlines() if x.strip()]
+    en = [x.strip() for x in (prompts / "chat_en.txt").read_text(encoding="utf-8").splitlines() if x.strip()]
+    held = {p.strip() for p in fluency_prompts()}
+    assert len(zh) >= 150 and len(en) >= 50 and len(held) == 50
+    assert len(set(zh)) == len(zh) and len(set(en)) == len(en)
+    assert not held & set(zh) and not held & set(en)
+    assert all(HAN.search(p) for p in zh) and not any(HAN.search(p) for p in en)
+    assert context_stop(read_context(str(prompts / "context_zh.txt"))) == "\n问："
+    assert context_stop(read_context(str(prompts / "context_en.txt"))) == "\nQ: "

@@ -328,3 +328,68 @@ def test_black_box_through_a_real_openai_endpoint(tmp_path, teacher_ckpt):
         srv.stop()
     assert any(a.strip() for a in direct)
     _check_records(out, direct, "remote-teacher", system)
+
+
+def test_black_box_context_distillation_answers_through_a_few_shot_prefix(tmp_path, teacher_ckpt, capsys):
+    """With --context the teacher completes the prefix with the prompt put in, as raw text: the record pairs
+    the plain user turn with that completion (stripped, cut at the stop string), and says which context."""
+    import hashlib
+
+    from alignchat.engine import Engine, SamplingParams
+    from alignchat.hub import load_model
+
+    prompts, out = tmp_path / "prompts.jsonl", tmp_path / "ctx.jsonl"
+    _prompt_file(prompts)
+    context = "问：你好\n答：你好！\n\nQ: {prompt}\nA:"
+    (tmp_path / "ctx.txt").write_text(context, encoding="utf-8")
+    args = ["distill", "black-box", "--teacher-model", teacher_ckpt, "--prompts", prompts, "--out", out,
+            "--context", tmp_path / "ctx.txt", "--device", "cpu"] + BLACK
+    proc = _cli(args, capsys)
+    assert proc.returncode == 0, proc.stderr
+    model, tok, _ = load_model(teacher_ckpt)
+    eng = Engine(model, tok)
+    raw = [eng.generate([tok.encode(context.replace("{prompt}", p))],
+                        SamplingParams(max_tokens=8, temperature=0, stop=["\nQ: "], seed=i))[0].text
+           for i, p in enumerate(PROMPTS)]
+    recs = read_sft_jsonl(out)
+    assert len(recs) == len(PROMPTS) and any(r.strip() for r in raw)
+    chat = [eng.chat([{"role": "user", "content": p}], SamplingParams(max_tokens=8, temperature=0)).text
+            for p in PROMPTS]
+    assert [r.strip() for r in raw] != [c.strip() for c in chat]  # the prefix changes what the teacher says
+    for rec, prompt, answer in zip(recs, PROMPTS, raw):
+        assert rec["messages"] == [{"role": "user", "content": prompt},
+                                   {"role": "assistant", "content": answer.strip()}]
+        assert rec["meta"]["context"] == {"file": str(tmp_path / "ctx.txt"),
+                                          "sha256": hashlib.sha256(context.encode()).hexdigest()}
+
+    # min_distinct_2: answers that repeat a character pair are dropped, and say why
+    loops = tmp_path / "loops.jsonl"
+    proc = _cli([a if a != out else loops for a in args] + ["min_distinct_2=1.0"], capsys)
+    assert proc.returncode == 0, proc.stderr
+    from alignchat.train.distill import char_distinct_2
+    kept = [r.strip() for r in raw if r.strip() and char_distinct_2(r.strip()) >= 1.0]
+    assert [r["messages"][-1]["content"] for r in read_sft_jsonl(loops)] == kept
+    dropped = [json.loads(x) for x in (tmp_path / "loops.dropped.jsonl").read_text().splitlines()]
+    assert len(dropped) == len(PROMPTS) - len(kept) and all(d["why"] in ("repetitive", "empty") for d in dropped)
+    assert char_distinct_2("好好好好好好") < 0.5 < char_distinct_2("今天天气很好，我们去公园。")
+    from alignchat.train.distill import context_stop
+    assert context_stop(context) == "\nQ: " and context_stop("问：你好\n答：你好！\n\n问：{prompt}\n答：") == "\n问："
+    assert context_stop("Example.\n\n{prompt}") == "\n\n"
+
+
+def test_black_box_context_errors_come_before_the_teacher_loads(tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    _prompt_file(prompts)
+    (tmp_path / "no_slot.txt").write_text("Q: hello\nA:", encoding="utf-8")
+    base = ["distill", "black-box", "--teacher-model", tmp_path / "missing-model", "--prompts", prompts,
+            "--out", tmp_path / "o.jsonl"]
+    proc = _cli(base + ["--context", tmp_path / "no_slot.txt"], capsys)
+    assert proc.returncode == 2 and "{prompt} exactly once" in proc.stderr
+    proc = _cli(base + ["--context", tmp_path / "absent.txt"], capsys)
+    assert proc.returncode == 2 and "--context" in proc.stderr
+    (tmp_path / "ok.txt").write_text("Q: {prompt}\nA:", encoding="utf-8")
+    proc = _cli(base + ["--context", tmp_path / "ok.txt", "--system", "Be brief."], capsys)
+    assert proc.returncode == 2 and "one user turn" in proc.stderr
+    proc = _cli(base + ["min_distinct_2=1.5"], capsys)
+    assert proc.returncode == 2 and "min_distinct_2" in proc.stderr
+    assert not (tmp_path / "o.jsonl").exists()

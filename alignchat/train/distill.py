@@ -27,7 +27,12 @@ Notable choices:
   a distilled student and one trained on the data alone are compared on the same measure; the training
   log has `kl` and `ce` per token beside the mixed `loss`.
 - Black-box resumes: prompts already answered in `--out` are skipped, and answers are written as they come
-  (every `chunk` prompts, atomically). An answer cut off by `max_tokens` is dropped unless `keep_truncated`.
+  (every `chunk` prompts, atomically). An answer cut off by `max_tokens` is dropped unless `keep_truncated`,
+  and with `min_distinct_2` one that loops (character-bigram Distinct-2 below it).
+- Context distillation (`--context FILE`, Askell et al. 2021): a base model, which has no chat format, is
+  the teacher through a few-shot prefix; it completes `prefix + prompt` as raw text, stopping where its next
+  example would begin (a new line opening as the prompt's line does), and the record pairs the *plain* prompt with that answer, so SFT teaches
+  the student to answer in the chat template as the base model does after the examples.
 """
 from __future__ import annotations
 
@@ -92,6 +97,14 @@ class BlackBoxConfig:
     top_p: float = setting(SAMPLING_DEFAULTS.top_p, "nucleus sampling mass")
     seed: int = setting(0, "base seed: prompt i of the file is answered with seed + i, so a rerun draws the same")
     keep_truncated: bool = setting(False, "keep answers cut off at max_tokens (default: drop them)")
+    context: str = setting("", "context distillation: a text file holding a few-shot prefix that ends in {prompt}; "
+                               "the teacher completes it, with the prompt's one user turn put in, as raw text "
+                               "(no chat template), so a base model answers as its examples do, and stops where "
+                               "its next example would begin (a new line opening as the {prompt} line does); "
+                               "the record keeps the plain conversation")
+    repetition_penalty: float = setting(1.0, "the teacher's repetition penalty (>1 discourages repeated tokens)")
+    min_distinct_2: float = setting(0.0, "drop answers whose character-bigram Distinct-2 is below this "
+                                         "(degenerate repetition); 0 keeps all")
     teacher_name: str = setting("", "the teacher's name in the records' provenance (default: the client's name)")
     chunk: int = setting(16, "prompts per write (progress survives interruption)")
     quiet: bool = setting(False, "no progress bar")
@@ -327,7 +340,42 @@ def _consecutive_runs(items: list[tuple[int, str, list[dict]]]) -> list[list[tup
     return runs
 
 
-def answer_prompts(client, todo: list[tuple[int, str, list[dict]]], cfg: BlackBoxConfig) -> list:
+def read_context(path: str) -> str:
+    """A context-distillation prefix: the file's text, which must hold `{prompt}` exactly once."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--context {path}: {e}") from e
+    if text.count("{prompt}") != 1:
+        raise UserError(f"--context {path}: the text must hold {{prompt}} exactly once, where the user's turn goes")
+    return text
+
+
+def context_stop(context: str) -> str:
+    """Where the teacher's answer ends under a context: a new line that opens as the `{prompt}` line does
+    ("\\nQ: " for a line "Q: {prompt}"), that is, the teacher beginning another example."""
+    lead = context[:context.index("{prompt}")].rsplit("\n", 1)[-1]
+    return "\n" + lead if lead.strip() else "\n\n"
+
+
+def teacher_input(prompt: list[dict], context: str, where: str):
+    """What the teacher is given for one prompt: the conversation itself, or with a context, the context's
+    text with the conversation's one user turn in place of `{prompt}`."""
+    if not context:
+        return prompt
+    if len(prompt) != 1 or prompt[0].get("role") != "user":
+        raise UserError(f"{where}: with --context a prompt is one user turn (no system prompt or earlier turns)")
+    return context.replace("{prompt}", prompt[0]["content"].strip())
+
+
+def char_distinct_2(text: str) -> float:
+    """Distinct-2 over the non-space characters of `text` (punctuation included), as the Chinese fluency
+    check counts it: 1.0 for no repeated character pair, near 0 for a loop."""
+    from ..eval.metrics import distinct_n
+    return distinct_n([" ".join(ch for ch in text if not ch.isspace())], 2) if text.strip() else 0.0
+
+
+def answer_prompts(client, todo: list[tuple[int, str, list[dict]]], cfg: BlackBoxConfig, context: str = "") -> list:
     """The teacher's completions for (file index, where, prompt) items: prompt i of the file is sampled with
     seed cfg.seed + i whichever prompts were already answered, so a resumed run draws what one run would.
     Consecutive prompts go to the client as one batch (a batch gives prompt j the seed + j)."""
@@ -335,20 +383,24 @@ def answer_prompts(client, todo: list[tuple[int, str, list[dict]]], cfg: BlackBo
     outs = []
     for run in _consecutive_runs(todo):
         sampling = Sampling(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            seed=cfg.seed + run[0][0])
-        outs += client.generate([p for _, _, p in run], sampling)
+                            seed=cfg.seed + run[0][0], stop=(context_stop(context),) if context else (),
+                            repetition_penalty=cfg.repetition_penalty)
+        outs += client.generate([teacher_input(p, context, w) for _, w, p in run], sampling)
     return outs
 
 
 def sft_record(prompt: list[dict], answer: str, teacher: str, cfg: BlackBoxConfig, where: str,
-               finish_reason: str) -> dict:
-    """One SFT record in the project's schema, with the teacher and the sampling as provenance."""
+               finish_reason: str, context_sha256: str = "") -> dict:
+    """One SFT record in the project's schema, with the teacher, the sampling and any context as provenance."""
     from ..data.comparisons import validate_sft_record
+    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
+    if cfg.repetition_penalty != 1.0:
+        sampling["repetition_penalty"] = cfg.repetition_penalty
+    meta = {"teacher": teacher, "prompt_from": where, "finish_reason": finish_reason, "sampling": sampling}
+    if context_sha256:
+        meta["context"] = {"file": cfg.context, "sha256": context_sha256}
     rec = {"messages": prompt + [{"role": "assistant", "content": answer}], "source": f"distill:{teacher}",
-           "task": None, "format": "dialogue",
-           "meta": {"teacher": teacher, "prompt_from": where, "finish_reason": finish_reason,
-                    "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
-                                 "seed": cfg.seed}}}
+           "task": None, "format": "dialogue", "meta": meta}
     return validate_sft_record(rec, where)
 
 
@@ -364,7 +416,15 @@ def run_black_box(cfg: BlackBoxConfig, args) -> int:
                         + " required")
     if cfg.chunk < 1 or cfg.max_tokens < 1:
         raise UserError("chunk and max_tokens must be at least 1")
+    if not 0.0 <= cfg.min_distinct_2 <= 1.0:
+        raise UserError(f"min_distinct_2 must be in [0, 1], not {cfg.min_distinct_2}")
+    if cfg.repetition_penalty <= 0:
+        raise UserError(f"repetition_penalty must be > 0, not {cfg.repetition_penalty}")
+    context = read_context(cfg.context) if cfg.context else ""
+    context_sha = hashlib.sha256(context.encode("utf-8")).hexdigest() if context else ""
     prompts = [(where, with_system(p, cfg.system)) for where, p in read_prompts(cfg.prompts)]
+    for where, p in prompts:  # a prompt the context cannot take is an error before the teacher loads
+        teacher_input(p, context, where)
     records = read_sft_jsonl(cfg.out) if Path(cfg.out).exists() else []
     dropped = [obj for _, obj in iter_jsonl(dropped_path(cfg.out))] if dropped_path(cfg.out).exists() else []
     done = {prompt_key(r["messages"][:-1]) for r in records} | {prompt_key(d["prompt"]) for d in dropped}
@@ -381,12 +441,18 @@ def run_black_box(cfg: BlackBoxConfig, args) -> int:
     try:
         for start in range(0, len(todo), cfg.chunk):  # written as it goes: an interrupted run keeps its work
             chunk = todo[start:start + cfg.chunk]
-            for (i, where, p), out in zip(chunk, answer_prompts(client, chunk, cfg)):
-                if (out.finish_reason == "length" and not cfg.keep_truncated) or not out.text.strip():
+            for (i, where, p), out in zip(chunk, answer_prompts(client, chunk, cfg, context)):
+                answer = out.text.strip() if context else out.text
+                why = ("empty" if not answer.strip() else out.finish_reason
+                       if out.finish_reason == "length" and not cfg.keep_truncated
+                       else "repetitive" if cfg.min_distinct_2 and char_distinct_2(answer) < cfg.min_distinct_2
+                       else None)
+                if why:
                     cut += 1
-                    dropped.append({"prompt": p, "prompt_from": where, "finish_reason": out.finish_reason})
+                    dropped.append({"prompt": p, "prompt_from": where, "finish_reason": out.finish_reason,
+                                    "why": why})
                     continue
-                records.append(sft_record(p, out.text, teacher, cfg, where, out.finish_reason))
+                records.append(sft_record(p, answer, teacher, cfg, where, out.finish_reason, context_sha))
                 new += 1
             write_jsonl(cfg.out, records)
             if dropped:
