@@ -366,7 +366,7 @@ def test_black_box_context_distillation_answers_through_a_few_shot_prefix(tmp_pa
     loops = tmp_path / "loops.jsonl"
     proc = _cli([a if a != out else loops for a in args] + ["min_distinct_2=1.0"], capsys)
     assert proc.returncode == 0, proc.stderr
-    from alignchat.train.distill import char_distinct_2
+    from alignchat.eval.metrics import char_distinct_2
     kept = [r.strip() for r in raw if r.strip() and char_distinct_2(r.strip()) >= 1.0]
     assert [r["messages"][-1]["content"] for r in read_sft_jsonl(loops)] == kept
     dropped = [json.loads(x) for x in (tmp_path / "loops.dropped.jsonl").read_text().splitlines()]

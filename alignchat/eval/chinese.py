@@ -132,8 +132,7 @@ def fluency(reply: str, prompt: str = "") -> dict:
     han = len(_HAN.findall(text))
     letters = sum(ch.isalnum() for ch in text)
     share = han / letters if letters else 0.0
-    # per character, so a run of punctuation or emoji (one unit for `text_units`) counts as the repetition it is
-    distinct = M.distinct_n([" ".join(ch for ch in text if not ch.isspace())], 2) if text else 0.0
+    distinct = M.char_distinct_2(text)
     bigrams = lambda t: [a + b for a, b in zip(t, t[1:])]  # noqa: E731 (over the non-space characters)
     own = bigrams([ch for ch in text if not ch.isspace()])
     theirs = set(bigrams([ch for ch in echo if not ch.isspace()]))

@@ -162,6 +162,12 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
     return len(grams) / total if total else 0.0
 
 
+def char_distinct_2(text: str) -> float:
+    """Distinct-2 over the single non-space characters of one text, punctuation and emoji included (so a run of
+    them counts as the repetition it is): 1.0 for no repeated character pair, near 0 for a loop; 0 for no text."""
+    return distinct_n([" ".join(ch for ch in text if not ch.isspace())], 2) if text.strip() else 0.0
+
+
 # ------------------------------------------------------------------------------------ accuracy, ECE
 
 def accuracy(predictions: Sequence, golds: Sequence) -> float:

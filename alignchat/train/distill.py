@@ -31,8 +31,9 @@ Notable choices:
   and with `min_distinct_2` one that loops (character-bigram Distinct-2 below it).
 - Context distillation (`--context FILE`, Askell et al. 2021): a base model, which has no chat format, is
   the teacher through a few-shot prefix; it completes `prefix + prompt` as raw text, stopping where its next
-  example would begin (a new line opening as the prompt's line does), and the record pairs the *plain* prompt with that answer, so SFT teaches
-  the student to answer in the chat template as the base model does after the examples.
+  example would begin (a new line opening as the prompt's line does), and the record pairs the *plain*
+  prompt with that answer, so SFT teaches the student to answer in the chat template as the base model does
+  after the examples.
 """
 from __future__ import annotations
 
@@ -368,11 +369,17 @@ def teacher_input(prompt: list[dict], context: str, where: str):
     return context.replace("{prompt}", prompt[0]["content"].strip())
 
 
-def char_distinct_2(text: str) -> float:
-    """Distinct-2 over the non-space characters of `text` (punctuation included), as the Chinese fluency
-    check counts it: 1.0 for no repeated character pair, near 0 for a loop."""
-    from ..eval.metrics import distinct_n
-    return distinct_n([" ".join(ch for ch in text if not ch.isspace())], 2) if text.strip() else 0.0
+def drop_reason(answer: str, finish_reason: str, cfg: BlackBoxConfig) -> str | None:
+    """Why an answer is not kept ('empty', 'length' without keep_truncated, 'repetitive' under
+    min_distinct_2), or None to keep it."""
+    from ..eval.metrics import char_distinct_2
+    if not answer.strip():
+        return "empty"
+    if finish_reason == "length" and not cfg.keep_truncated:
+        return "length"
+    if cfg.min_distinct_2 and char_distinct_2(answer) < cfg.min_distinct_2:
+        return "repetitive"
+    return None
 
 
 def answer_prompts(client, todo: list[tuple[int, str, list[dict]]], cfg: BlackBoxConfig, context: str = "") -> list:
@@ -443,10 +450,7 @@ def run_black_box(cfg: BlackBoxConfig, args) -> int:
             chunk = todo[start:start + cfg.chunk]
             for (i, where, p), out in zip(chunk, answer_prompts(client, chunk, cfg, context)):
                 answer = out.text.strip() if context else out.text
-                why = ("empty" if not answer.strip() else out.finish_reason
-                       if out.finish_reason == "length" and not cfg.keep_truncated
-                       else "repetitive" if cfg.min_distinct_2 and char_distinct_2(answer) < cfg.min_distinct_2
-                       else None)
+                why = drop_reason(answer, out.finish_reason, cfg)
                 if why:
                     cut += 1
                     dropped.append({"prompt": p, "prompt_from": where, "finish_reason": out.finish_reason,
