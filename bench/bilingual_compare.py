@@ -67,7 +67,7 @@ def main() -> int:
                          "a": round(ka / n, 4), "a_ci95": [round(x, 4) for x in wilson_interval(ka, n)],
                          "b": round(kb / n, 4), "b_ci95": [round(x, 4) for x in wilson_interval(kb, n)],
                          "diff": round((kb - ka) / n, 4), "b_only": only_b, "a_only": only_a,
-                         "mcnemar_p": round(mcnemar_exact_p(only_b, only_a), 4)})
+                         "mcnemar_p": float(f"{mcnemar_exact_p(only_b, only_a):.3g}")})
     pooled = []
     for lang in sorted({r["language"] for r in rows if r["language"]}):
         firsts = {}
@@ -84,7 +84,7 @@ def main() -> int:
                        "a": round(ka / n, 4), "a_ci95": [round(x, 4) for x in wilson_interval(ka, n)],
                        "b": round(kb / n, 4), "b_ci95": [round(x, 4) for x in wilson_interval(kb, n)],
                        "diff": round(d, 4), "diff_ci95": [round(d - half, 4), round(d + half, 4)],
-                       "b_only": only_b, "a_only": only_a, "mcnemar_p": round(mcnemar_exact_p(only_b, only_a), 6)})
+                       "b_only": only_b, "a_only": only_a, "mcnemar_p": float(f"{mcnemar_exact_p(only_b, only_a):.3g}")})
     result = {"a": str(a), "b": str(b), "rows": rows, "pooled": pooled,
               "only_in_a": sorted(set(runs_a) - set(runs_b)), "only_in_b": sorted(set(runs_b) - set(runs_a))}
     out = Path(args.out)

@@ -195,3 +195,61 @@ def test_the_distillation_requests_are_not_the_held_out_fluency_prompts_and_the_
     assert all(HAN.search(p) for p in zh) and not any(HAN.search(p) for p in en)
     assert context_stop(read_context(str(prompts / "context_zh.txt"))) == "\n问："
     assert context_stop(read_context(str(prompts / "context_en.txt"))) == "\nQ: "
+
+
+def test_echo_pairs_rank_each_reply_above_the_request_repeated_and_dpo_on_them_unlearns_the_echo(
+        recipe_data, tmp_path, capsys):
+    """`python -m alignchat.data.bilingual --echo-pairs` (the recipe's step after SFT): every single-turn
+    record's reply is ranked above its request written back word for word, dialogues and replies that are
+    echoes already are left out, and DPO on the pairs moves the tiny Gemma-style model from the echo to the
+    reply on the training prompts."""
+    from alignchat.cli import main
+    from alignchat.data.comparisons import read_comparisons
+    from alignchat.hub import load_model
+    from alignchat.train.dpo import response_logprobs
+    from alignchat.train.reward import collate_rankings
+
+    d = recipe_data[0] / "data"
+    extra = tmp_path / "extra.jsonl"
+    q = "春节期间人们通常会做些什么？"
+    extra.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n" for m in [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": q}],  # an echo already: skipped
+        [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"},
+         {"role": "user", "content": "再见"}, {"role": "assistant", "content": "再见！"}],  # a dialogue: skipped
+        [{"role": "user", "content": "什么是二维码？"}, {"role": "assistant", "content": "一种能用手机扫描的图形码。"}]]),
+        encoding="utf-8")
+    out = tmp_path / "pairs.jsonl"
+    r = subprocess.run([sys.executable, "-m", "alignchat.data.bilingual", "--echo-pairs", f"{d / 'train.jsonl'},{extra}",
+                        "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    pairs = read_comparisons(out)  # what `alignchat dpo` reads
+    train = read(d / "train.jsonl")
+    single = {user_text(t) for t in train if sum(m["role"] != "system" for m in t["messages"]) == 2}
+    requests = [p.prompt[-1]["content"] for p in pairs]
+    assert json.loads(r.stdout)["pairs"] == len(pairs) > 20 and len(set(requests)) == len(requests)
+    assert "什么是二维码？" in requests and q not in requests and "再见" not in requests
+    assert set(requests) - {"什么是二维码？"} <= single
+    for p in pairs:
+        assert p.ranking == [0, 1] and p.responses[1] == p.prompt[-1]["content"] != p.responses[0]
+    assert {p.meta["lang"] for p in pairs} == {"zh", "en"}
+    r = subprocess.run([sys.executable, "-m", "alignchat.data.bilingual", "--echo-pairs", str(tmp_path / "none.jsonl"),
+                        "--out", str(tmp_path / "x.jsonl")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 2 and "none.jsonl" in r.stderr and "Traceback" not in r.stderr
+
+    base = tiny_gemma_checkpoint(tmp_path / "base")
+    some = pairs[:16]
+
+    def margin(ckpt):  # mean log-prob of the reply minus that of the echo
+        model, tok, _ = load_model(ckpt)
+        model.eval()
+        with torch.no_grad():
+            lp = response_logprobs(model, collate_rankings(some, tok, 256))
+        return float((lp[0::2] - lp[1::2]).mean())
+
+    from alignchat.data.comparisons import write_comparisons
+    write_comparisons(tmp_path / "some.jsonl", some)
+    rc = main(["dpo", "--model", str(base), "--data", str(tmp_path / "some.jsonl"), "--out", str(tmp_path / "dpo"),
+               "--max-steps", "8", "--lr", "3e-3", "--beta", "0.1", "--rankings-per-batch", "4", "--held-out", "0",
+               "--max-len", "256", "nll_weight=1.0", "warmup_steps=1", "eval_every=0", "save_every=8", "progress=false"])
+    assert rc == 0, capsys.readouterr().err
+    assert margin(tmp_path / "dpo" / "final") > margin(base) + 1.0

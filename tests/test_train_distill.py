@@ -393,3 +393,23 @@ def test_black_box_context_errors_come_before_the_teacher_loads(tmp_path, capsys
     proc = _cli(base + ["min_distinct_2=1.5"], capsys)
     assert proc.returncode == 2 and "min_distinct_2" in proc.stderr
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_black_box_drops_an_answer_that_repeats_the_request_with_drop_echoes():
+    """The base model behind the Chinese prefix sometimes writes the question again instead of answering it
+    (a real record: "春节期间人们通常会做些什么？" answered with itself); with drop_echoes such an answer is
+    dropped as 'echo', whole or nearly whole, or opening the answer, while an answer that reuses the
+    question's words is kept."""
+    from alignchat.eval.metrics import echo_share, echoes
+    from alignchat.train.distill import BlackBoxConfig, drop_reason
+
+    on, off = BlackBoxConfig(drop_echoes=True), BlackBoxConfig()
+    q = "春节期间人们通常会做些什么？"
+    for answer in (q, "春节期间人们通常会做些什么", q + "春节期间人们会贴春联、吃年夜饭。", "人们通常会做些什么？"):
+        assert drop_reason(answer, "stop", on, q) == "echo", answer
+        assert drop_reason(answer, "stop", off, q) is None
+    answer = "春节期间，人们会贴春联、放鞭炮、吃年夜饭，还会走亲访友，互相拜年。"
+    assert drop_reason(answer, "stop", on, q) is None and 0 < echo_share(answer, q) < 0.5
+    assert not echoes(answer, q) and not echoes(q, "")  # no request: nothing to echo
+    # the other reasons come first, as before
+    assert drop_reason("  ", "stop", on, q) == "empty" and drop_reason(q, "length", on, q) == "length"

@@ -126,16 +126,58 @@ def write(instructions: str | Path, out: str | Path, **kw) -> dict:
     return manifest
 
 
+def echo_pairs(records: list[dict], where: str = "") -> list:
+    """Comparisons against the echo: for every record with one user turn (after an optional system
+    prompt) and one reply, the reply ranked above the user turn repeated word for word, which is what the
+    base model writes in the chat template and what short questions still get after SFT. Records whose
+    reply already repeats the request (`eval.metrics.echoes`) are skipped; each request is used once."""
+    from ..eval.metrics import echoes
+    from .comparisons import Comparison
+
+    out, seen = [], set()
+    for rec in records:
+        msgs = rec.get("messages") or []
+        turns = [m for m in msgs if m.get("role") != "system"]
+        if len(turns) != 2 or turns[0].get("role") != "user" or turns[1].get("role") != "assistant":
+            continue
+        request, reply = (turns[0].get("content") or "").strip(), (turns[1].get("content") or "").strip()
+        if not request or not reply or request in seen or echoes(reply, request):
+            continue
+        seen.add(request)
+        out.append(Comparison(prompt=msgs[:-1], responses=[reply, request], ranking=[0, 1],
+                              labeller="ai:echo-rule", source=f"echo-pairs:{rec.get('task') or rec.get('source') or where}",
+                              meta={"lang": "zh" if _HAN.search(request) else "en", "from": rec.get("id", "")}))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m alignchat.data.bilingual", description=__doc__.split("\n\n")[0])
-    p.add_argument("--instructions", required=True, help="the builder's output directory (train/heldout.jsonl)")
-    p.add_argument("--out", required=True, help="output directory (train.jsonl, heldout.jsonl, manifest.json)")
+    p.add_argument("--instructions", help="the builder's output directory (train/heldout.jsonl)")
+    p.add_argument("--out", required=True, help="output directory (train.jsonl, heldout.jsonl, manifest.json), "
+                                                "or with --echo-pairs the comparison JSONL file")
+    p.add_argument("--echo-pairs", metavar="SFT.jsonl,...",
+                   help="instead: write comparisons (for `alignchat dpo`) that rank each single-turn record's "
+                        "reply above the request repeated (echo_pairs)")
     p.add_argument("--zh", type=int, default=DEFAULT_ZH, help="Chinese training records (default %(default)s)")
     p.add_argument("--en", type=int, default=DEFAULT_EN, help="English training records (default %(default)s)")
     p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
                    help="drop records longer than this, all turns together (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.echo_pairs:
+        from .comparisons import read_sft, write_comparisons
+        pairs = []
+        try:
+            for path in [x for x in args.echo_pairs.split(",") if x]:
+                pairs += echo_pairs(read_sft(path), where=path)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        write_comparisons(args.out, pairs)
+        print(json.dumps({"out": args.out, "pairs": len(pairs)}))
+        return 0
+    if not args.instructions:
+        p.error("--instructions is required (or --echo-pairs)")
     try:
         m = write(args.instructions, args.out, zh=args.zh, en=args.en, max_chars=args.max_chars, seed=args.seed)
     except UserError as e:

@@ -49,7 +49,7 @@ from .example import Example
 MULTIEMO = "bigbench-1.0.0/bigbench/benchmark_tasks/multiemo/all_text_zh/task.json"
 MULTIEMO_LABELS = {"positive": "正面", "negative": "负面", "neutral": "中性", "ambivalent": "褒贬不一"}
 FLUENCY_TOKENS = 96
-MIN_HAN, MIN_HAN_SHARE, MIN_DISTINCT_2, MAX_ECHO_SHARE = 8, 0.6, 0.6, 0.8
+MIN_HAN, MIN_HAN_SHARE, MIN_DISTINCT_2, MAX_ECHO_SHARE = 8, 0.6, 0.6, M.ECHO_SHARE
 
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _RIDDLE_INSTRUCTION = "猜字谜：根据描述猜出一个字，直接给出用英文方括号[]括起来的答案。"
@@ -133,10 +133,7 @@ def fluency(reply: str, prompt: str = "") -> dict:
     letters = sum(ch.isalnum() for ch in text)
     share = han / letters if letters else 0.0
     distinct = M.char_distinct_2(text)
-    bigrams = lambda t: [a + b for a, b in zip(t, t[1:])]  # noqa: E731 (over the non-space characters)
-    own = bigrams([ch for ch in text if not ch.isspace()])
-    theirs = set(bigrams([ch for ch in echo if not ch.isspace()]))
-    echoed = sum(b in theirs for b in own) / len(own) if own and theirs else 0.0
+    echoed = M.echo_share(text, echo)
     reason = ("empty" if not text else "echo" if echoed >= MAX_ECHO_SHARE else "not_chinese" if share < MIN_HAN_SHARE
               else "too_short" if han < MIN_HAN else "repetitive" if distinct < MIN_DISTINCT_2 else None)
     return {"fluent": reason is None, "reason": reason, "han_chars": han, "han_share": share, "distinct_2": distinct,

@@ -168,6 +168,26 @@ def char_distinct_2(text: str) -> float:
     return distinct_n([" ".join(ch for ch in text if not ch.isspace())], 2) if text.strip() else 0.0
 
 
+ECHO_SHARE = 0.8  # `echoes`: the share of a reply's character pairs found in the prompt that makes it an echo
+
+
+def echo_share(text: str, prompt: str) -> float:
+    """The share of `text`'s character bigrams (spaces ignored) that also occur in `prompt`: 1.0 for a reply
+    made of the prompt's own words (the prompt "为什么天空是蓝色的？请简单解释。" to "为什么天空是蓝色的？"),
+    low for an answer; 0 when either has under two characters."""
+    pairs = lambda t: [a + b for a, b in zip(t, t[1:])]  # noqa: E731 (over the non-space characters)
+    own = pairs([ch for ch in text if not ch.isspace()])
+    theirs = set(pairs([ch for ch in prompt if not ch.isspace()]))
+    return sum(b in theirs for b in own) / len(own) if own and theirs else 0.0
+
+
+def echoes(reply: str, prompt: str) -> bool:
+    """Whether `reply` repeats `prompt` rather than answering it: it opens with the whole prompt, or at least
+    ECHO_SHARE of its character bigrams are the prompt's."""
+    reply, prompt = reply.strip(), prompt.strip()
+    return bool(prompt) and (reply.startswith(prompt) or echo_share(reply, prompt) >= ECHO_SHARE)
+
+
 # ------------------------------------------------------------------------------------ accuracy, ECE
 
 def accuracy(predictions: Sequence, golds: Sequence) -> float:

@@ -28,7 +28,9 @@ Notable choices:
   log has `kl` and `ce` per token beside the mixed `loss`.
 - Black-box resumes: prompts already answered in `--out` are skipped, and answers are written as they come
   (every `chunk` prompts, atomically). An answer cut off by `max_tokens` is dropped unless `keep_truncated`,
-  and with `min_distinct_2` one that loops (character-bigram Distinct-2 below it).
+  with `min_distinct_2` one that loops (character-bigram Distinct-2 below it), and with `drop_echoes` one
+  that repeats the request instead of answering it (a base model behind a few-shot prefix sometimes writes
+  the question again; trained on, such a record teaches the student to echo).
 - Context distillation (`--context FILE`, Askell et al. 2021): a base model, which has no chat format, is
   the teacher through a few-shot prefix; it completes `prefix + prompt` as raw text, stopping where its next
   example would begin (a new line opening as the prompt's line does), and the record pairs the *plain*
@@ -106,6 +108,8 @@ class BlackBoxConfig:
     repetition_penalty: float = setting(1.0, "the teacher's repetition penalty (>1 discourages repeated tokens)")
     min_distinct_2: float = setting(0.0, "drop answers whose character-bigram Distinct-2 is below this "
                                          "(degenerate repetition); 0 keeps all")
+    drop_echoes: bool = setting(False, "drop answers that repeat the request instead of answering it (open with "
+                                       "the whole request, or have most character pairs in it: eval.metrics.echoes)")
     teacher_name: str = setting("", "the teacher's name in the records' provenance (default: the client's name)")
     chunk: int = setting(16, "prompts per write (progress survives interruption)")
     quiet: bool = setting(False, "no progress bar")
@@ -369,16 +373,18 @@ def teacher_input(prompt: list[dict], context: str, where: str):
     return context.replace("{prompt}", prompt[0]["content"].strip())
 
 
-def drop_reason(answer: str, finish_reason: str, cfg: BlackBoxConfig) -> str | None:
-    """Why an answer is not kept ('empty', 'length' without keep_truncated, 'repetitive' under
-    min_distinct_2), or None to keep it."""
-    from ..eval.metrics import char_distinct_2
+def drop_reason(answer: str, finish_reason: str, cfg: BlackBoxConfig, request: str = "") -> str | None:
+    """Why an answer to `request` (the last user turn) is not kept ('empty', 'length' without keep_truncated,
+    'repetitive' under min_distinct_2, 'echo' with drop_echoes), or None to keep it."""
+    from ..eval.metrics import char_distinct_2, echoes
     if not answer.strip():
         return "empty"
     if finish_reason == "length" and not cfg.keep_truncated:
         return "length"
     if cfg.min_distinct_2 and char_distinct_2(answer) < cfg.min_distinct_2:
         return "repetitive"
+    if cfg.drop_echoes and echoes(answer, request):
+        return "echo"
     return None
 
 
@@ -450,7 +456,8 @@ def run_black_box(cfg: BlackBoxConfig, args) -> int:
             chunk = todo[start:start + cfg.chunk]
             for (i, where, p), out in zip(chunk, answer_prompts(client, chunk, cfg, context)):
                 answer = out.text.strip() if context else out.text
-                why = drop_reason(answer, out.finish_reason, cfg)
+                request = next((m.get("content") or "" for m in reversed(p) if m.get("role") == "user"), "")
+                why = drop_reason(answer, out.finish_reason, cfg, request)
                 if why:
                     cut += 1
                     dropped.append({"prompt": p, "prompt_from": where, "finish_reason": out.finish_reason,
