@@ -7,7 +7,7 @@ config and real tokenizer (the 262,144-token SentencePiece vocabulary, so the pa
 recipe's own) and *randomly initialised* weights, then runs the real `alignchat sft` on it twice:
 
 - `cpu-recipe`: the settings of docs/bilingual.md's CPU run (the last 4 blocks, the chat rows at 5x,
-  2 rows of 512 tokens, 60 steps), so the two machines are compared on the same work;
+  2 rows of 512 tokens, 75 steps), so the two machines are compared on the same work;
 - `all-blocks`: what the docs suggest on a GPU (every block and the whole embedding trained, 8 rows of
   512 tokens) for `--passes` passes over the packed data.
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 RUNS = {
     "cpu-recipe": ["--trainable", "last:4", "--train-rows", "template,roles", "--rows-lr", "5",
-                   "max_steps=60", "batch_size=2", "lr=2e-4", "warmup_steps=3"],
+                   "max_steps=75", "batch_size=2", "lr=2e-4", "warmup_steps=3", "min_lr_ratio=0.1"],
     "all-blocks": ["--trainable", "all", "batch_size=8", "lr=5e-5", "warmup_steps=5"],
 }
 
@@ -54,16 +54,14 @@ def random_checkpoint(shape: Path, out: Path, seed: int = 0) -> Path:
 def summarise(run_dir: Path, wall_s: float) -> dict:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     steps = [r for r in rows if "step_time_s" in r]
-    val = [r for r in rows if "val_loss" in r]
-    times = [r["step_time_s"] for r in steps[1:]] or [r["step_time_s"] for r in steps]  # the first one compiles/warms
+    timed = steps[1:] or steps  # the first logged step includes the warm-up
+    median = lambda key, digits: (round(statistics.median(r[key] for r in timed), digits)  # noqa: E731
+                                  if timed and all(key in r for r in timed) else None)
     return {
         "logged_steps": len(steps), "last_step": rows[-1].get("step") if rows else None,
-        "median_step_s": round(statistics.median(times), 4) if times else None,
-        "median_tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steps[1:] or steps), 1),
-        "median_mfu": round(statistics.median(r["mfu"] for r in steps[1:] or steps if "mfu" in r), 4)
-        if any("mfu" in r for r in steps) else None,
-        "tokens_seen": steps[-1].get("tokens_seen") if steps else None,
-        "val_losses": [round(r["val_loss"], 3) for r in val],
+        "median_step_s": median("step_time_s", 4), "median_tokens_per_s": median("tokens_per_s", 1),
+        "median_mfu": median("mfu", 4), "tokens_seen": steps[-1].get("tokens_seen") if steps else None,
+        "val_losses": [round(r["val_loss"], 3) for r in rows if "val_loss" in r],
         "wall_s_whole_command": round(wall_s, 1),
     }
 
@@ -80,22 +78,26 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=0, help="cap every run at this many steps (a smoke test)")
     args = ap.parse_args()
 
+    names = [x for x in args.runs.split(",") if x]
+    if not names or set(names) - set(RUNS):
+        ap.error(f"--runs takes names from {', '.join(RUNS)}")
+
     import torch
+
+    from alignchat.tokenizer import Tokenizer
+    from alignchat.train.loop import TrainConfig, init_distributed
+    from alignchat.train.sft import sft_batches
 
     out = Path(args.out)
     ckpt = random_checkpoint(Path(args.shape), out / "gemma-3-270m-random")
     data = [x for x in args.data.split(",") if x]
-    from alignchat.hub import load_model
-    from alignchat.train.loop import TrainConfig, init_distributed
-    from alignchat.train.sft import sft_batches
-
-    _, tok, _ = load_model(str(ckpt))
+    tok = Tokenizer.load(Path(args.shape))
     b = sft_batches(data, tok, TrainConfig(batch_size=1, seq_len=512, device="cpu"), init_distributed("cpu"),
                     val_fraction=0.0)
     result = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "torch": torch.__version__, "conversations": len(b.train_convs), "packed_rows": len(b.rows),
               "train_tokens": sum(len(c.input_ids) for c in b.train_convs), "runs": {}}
-    for name in [x for x in args.runs.split(",") if x]:
+    for name in names:
         extra = list(RUNS[name])
         if name == "all-blocks":
             extra.append(f"max_steps={max(1, round(args.passes * len(b.rows) / 8))}")

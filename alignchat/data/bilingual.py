@@ -144,8 +144,9 @@ def echo_pairs(records: list[dict], where: str = "") -> list:
         if not request or not reply or request in seen or echoes(reply, request):
             continue
         seen.add(request)
+        origin = rec.get("task") or rec.get("source") or where
         out.append(Comparison(prompt=msgs[:-1], responses=[reply, request], ranking=[0, 1],
-                              labeller="ai:echo-rule", source=f"echo-pairs:{rec.get('task') or rec.get('source') or where}",
+                              labeller="ai:echo-rule", source=f"echo-pairs:{origin}",
                               meta={"lang": "zh" if _HAN.search(request) else "en", "from": rec.get("id", "")}))
     return out
 
