@@ -11,13 +11,14 @@ recipe's own) and *randomly initialised* weights, then runs the real `alignchat 
 - `all-blocks`: what the docs suggest on a GPU (every block and the whole embedding trained, 8 rows of
   512 tokens) for `--passes` passes over the packed data.
 
-Each run's metrics.jsonl gives tokens/s and MFU (the training loop's own, against the GPU's peak); this
-script sums the step times and writes one JSON. The losses are those of random weights and mean nothing.
+Each run's metrics.jsonl gives step times, tokens/s and MFU (the training loop's own, against the GPU's
+peak); this script writes their medians and each command's wall time to one JSON. The losses are those of
+random weights and mean nothing.
 
     python bench/bilingual_sft_gpu.py --shape DIR --data a.jsonl,b.jsonl --val-data heldout.jsonl --out DIR
 
-DIR for --shape holds gemma-3-270m's config.json, tokenizer.json and tokenizer_config.json (copied from
-`alignchat models path gemma-3-270m`'s checkpoint).
+DIR for --shape holds gemma-3-270m's config.json, tokenizer.json and tokenizer_config.json, copied from the
+pulled checkpoint (`gemma-3-270m/checkpoint/` in the models directory that `alignchat models list` prints).
 """
 from __future__ import annotations
 
